@@ -1,0 +1,1 @@
+//! qwen-macros: the `specialize!` proc-macro shim.

@@ -1,0 +1,1 @@
+//! qwen: Qwen-Image specializations and pipeline.
