@@ -1,0 +1,364 @@
+//! The graph IR: named nodes in topological order, declared inputs and weights, outputs,
+//! and reusable block bodies.
+//!
+//! Node names are the checkpoint key paths of the module that made them
+//! (`attn.to_q`, `img_mlp.net.2`), so generated code can keep them.
+
+use std::collections::BTreeMap;
+
+use crate::shape::{DType, Dim, Shape};
+
+/// Index of a node in [`Graph::nodes`].
+pub type NodeId = usize;
+
+/// One output of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Value {
+    pub node: NodeId,
+    pub out: usize,
+}
+
+/// Type of a value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TensorTy {
+    pub shape: Shape,
+    pub dtype: DType,
+}
+
+impl std::fmt::Display for TensorTy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.shape, self.dtype)
+    }
+}
+
+/// A graph input (an activation handed in by the caller).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputDecl {
+    pub name: String,
+    pub ty: TensorTy,
+}
+
+/// A change applied to a weight between the checkpoint and the generated code, recorded
+/// by the graph (usually by a layout pass) and applied by the loader, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WeightXform {
+    /// Keep index `index` of axis `axis` (the axis disappears).
+    TakeAxis { axis: usize, index: usize },
+    /// Permute axes.
+    Permute(Vec<usize>),
+    /// Reshape to these dims.
+    Reshape(Vec<usize>),
+}
+
+impl WeightXform {
+    /// Shape after the transform, if it applies.
+    pub fn apply(&self, shape: &[usize]) -> Option<Vec<usize>> {
+        match self {
+            WeightXform::TakeAxis { axis, index } => (*axis < shape.len() && *index < shape[*axis])
+                .then(|| {
+                    let mut s = shape.to_vec();
+                    s.remove(*axis);
+                    s
+                }),
+            WeightXform::Permute(p) => {
+                let mut seen = p.clone();
+                seen.sort();
+                (p.len() == shape.len() && seen == (0..p.len()).collect::<Vec<_>>())
+                    .then(|| p.iter().map(|&i| shape[i]).collect())
+            }
+            WeightXform::Reshape(s) => {
+                (s.iter().product::<usize>() == shape.iter().product::<usize>()).then(|| s.clone())
+            }
+        }
+    }
+}
+
+/// A weight: its checkpoint key (relative to the block prefix inside a block body), its
+/// shape and dtype as stored, and the transforms applied when loading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightDecl {
+    pub key: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub xforms: Vec<WeightXform>,
+}
+
+impl WeightDecl {
+    /// The shape the generated code sees, after the transforms.
+    pub fn loaded_shape(&self) -> Option<Vec<usize>> {
+        self.xforms
+            .iter()
+            .try_fold(self.shape.clone(), |s, x| x.apply(&s))
+    }
+}
+
+/// Attention masking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MaskKind {
+    None,
+    Causal,
+    /// A fourth input `[B, Lk]` bool: true = attend.
+    KeyPadding,
+}
+
+/// RoPE layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RopeLayout {
+    /// Pairs `(x[2k], x[2k+1])` rotate together (Qwen-Image DiT, complex multiply).
+    Interleaved,
+    /// `x[k]` pairs with `x[k + d/2]` (Qwen2.5-VL text encoder).
+    RotateHalf,
+}
+
+/// Unary elementwise ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unary {
+    Neg,
+    Exp,
+    Sqrt,
+    Rsqrt,
+    Square,
+    Sin,
+    Cos,
+    Tanh,
+    Sigmoid,
+    Silu,
+    GeluTanh,
+}
+
+/// Binary elementwise ops (broadcasting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+}
+
+/// Reductions over one axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reduce {
+    Sum,
+    Mean,
+    Max,
+}
+
+/// Operations. Inputs are listed per op; all shapes are checked by [`crate::ops::infer`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Graph input number `.0`.
+    Input(usize),
+    /// Weight number `.0`.
+    Weight(usize),
+    /// A scalar constant (broadcasts).
+    Scalar(f64),
+    /// A small constant tensor (f32 data, row-major).
+    ConstTensor {
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    },
+    /// `start, start+1, …` of length `len`, as f32: `[len]`.
+    Arange {
+        start: Dim,
+        len: Dim,
+    },
+
+    // --- linear algebra ---
+    /// `x @ w^T (+ b)`; inputs x `[.., in]`, w `[out, in]`, (b `[out]`).
+    Linear {
+        bias: bool,
+    },
+    /// `a @ b` (batched, broadcasting leading dims).
+    MatMul,
+    /// `table[ids]`; inputs table `[V, D]`, ids `[..]` integer → `[.., D]`.
+    Embedding,
+
+    // --- norms ---
+    /// `x·rsqrt(mean(x²)+eps)(·w)` over the last axis; inputs x, (w `[C]`).
+    RmsNorm {
+        eps: f64,
+        affine: bool,
+    },
+    /// LayerNorm over the last axis without affine parameters.
+    LayerNorm {
+        eps: f64,
+    },
+    /// The VAE's channel L2 norm: `x / max(‖x‖₂, eps) · √C · gamma` over the last axis;
+    /// inputs x, gamma `[C]`.
+    ChannelL2Norm {
+        eps: f64,
+    },
+
+    // --- attention ---
+    /// Scaled-dot-product attention; inputs q `[B, Hq, Lq, D]`, k, v `[B, Hkv, Lk, D]`
+    /// (Hq a multiple of Hkv: GQA), and for `KeyPadding` a mask `[B, Lk]`.
+    Sdpa {
+        scale: f64,
+        mask: MaskKind,
+    },
+    /// Rotary embedding; inputs x `[B, L, H, D]`, cos and sin `[L, D/2]`.
+    Rope {
+        layout: RopeLayout,
+    },
+
+    // --- elementwise ---
+    Unary(Unary),
+    Binary(Binary),
+    Softmax {
+        axis: isize,
+    },
+    Reduce {
+        kind: Reduce,
+        axis: isize,
+        keep_dims: bool,
+    },
+    Cast(DType),
+    Clamp {
+        min: f64,
+        max: f64,
+    },
+
+    // --- convolution (NHWC, weights OHWI) ---
+    /// inputs x `[B, H, W, Cin]`, w `[Cout, kh, kw, Cin]`, (b `[Cout]`); padding is
+    /// `[(top, bottom), (left, right)]`.
+    Conv2d {
+        stride: [usize; 2],
+        padding: [(usize, usize); 2],
+        bias: bool,
+    },
+    /// A causal 3-D conv as written by PyTorch models; inputs x `[B, T, H, W, Cin]`,
+    /// w `[Cout, Cin, kt, kh, kw]` (checkpoint layout), (b). Spatial padding `pad` on H
+    /// and W, temporal padding `kt-1` in front. Only the layout pass makes it runnable.
+    CausalConv3d {
+        pad: usize,
+        bias: bool,
+    },
+    /// Nearest-neighbour 2× upsampling of `[B, H, W, C]`.
+    Upsample2x,
+
+    // --- shapes ---
+    Reshape(Vec<Dim>),
+    Transpose(Vec<usize>),
+    BroadcastTo(Vec<Dim>),
+    Concat {
+        axis: usize,
+    },
+    /// `x[.., start..end, ..]` along `axis`.
+    Slice {
+        axis: usize,
+        start: Dim,
+        end: Dim,
+    },
+
+    // --- structure ---
+    /// Call block `block` once with weights under `prefix`; the outputs are the block's.
+    Call {
+        block: String,
+        prefix: String,
+    },
+    /// Call block `block` `count` times with weights under `prefix.{i}`; the first `carry`
+    /// inputs are replaced by the outputs after each call (which must match them); the
+    /// rest are passed unchanged to every call.
+    Repeat {
+        block: String,
+        prefix: String,
+        count: usize,
+        carry: usize,
+    },
+
+    /// Per-token RoPE tables before folding: outputs img cos, img sin `[L_img, Σd/2]`,
+    /// txt cos, txt sin `[L_txt, Σd/2]`. Only [`crate::passes::rope_fold`] lowers it.
+    RopeTables(RopeSpec),
+}
+
+/// What the Qwen-Image style 3-axis RoPE needs to know (spec §2.5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeSpec {
+    pub theta: f64,
+    /// Per-axis dims (frame, height, width), e.g. `[16, 56, 56]`.
+    pub axes_dims: [usize; 3],
+    /// The packed grid (rows, cols) of the image; must be constant to fold.
+    pub grid: [Dim; 2],
+    /// Image tokens, `rows·cols`.
+    pub img_len: Dim,
+    /// Text length (usually runtime).
+    pub txt_len: Dim,
+}
+
+impl Op {
+    /// Short name for messages and docs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input(_) => "input",
+            Op::Weight(_) => "weight",
+            Op::Scalar(_) => "scalar",
+            Op::ConstTensor { .. } => "const_tensor",
+            Op::Arange { .. } => "arange",
+            Op::Linear { .. } => "linear",
+            Op::MatMul => "matmul",
+            Op::Embedding => "embedding",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::ChannelL2Norm { .. } => "channel_l2_norm",
+            Op::Sdpa { .. } => "sdpa",
+            Op::Rope { .. } => "rope",
+            Op::Unary(_) => "unary",
+            Op::Binary(_) => "binary",
+            Op::Softmax { .. } => "softmax",
+            Op::Reduce { .. } => "reduce",
+            Op::Cast(_) => "cast",
+            Op::Clamp { .. } => "clamp",
+            Op::Conv2d { .. } => "conv2d",
+            Op::CausalConv3d { .. } => "causal_conv3d",
+            Op::Upsample2x => "upsample2x",
+            Op::Reshape(_) => "reshape",
+            Op::Transpose(_) => "transpose",
+            Op::BroadcastTo(_) => "broadcast_to",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::Call { .. } => "call",
+            Op::Repeat { .. } => "repeat",
+            Op::RopeTables(_) => "rope_tables",
+        }
+    }
+}
+
+/// A node: op, input values, name, inferred output types.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<Value>,
+    pub outputs: Vec<TensorTy>,
+}
+
+/// A graph (a component or a block body).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Graph {
+    pub name: String,
+    pub inputs: Vec<InputDecl>,
+    pub weights: Vec<WeightDecl>,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<(String, Value)>,
+    /// Block bodies used by `Call`/`Repeat` nodes (nested blocks live in the top graph).
+    pub blocks: BTreeMap<String, Graph>,
+}
+
+impl Graph {
+    /// Type of a value.
+    pub fn ty(&self, v: Value) -> &TensorTy {
+        &self.nodes[v.node].outputs[v.out]
+    }
+
+    /// Number of nodes with this op name (handy in tests).
+    pub fn count_op(&self, name: &str) -> usize {
+        self.nodes.iter().filter(|n| n.op.name() == name).count()
+    }
+
+    /// Every block body, this graph's and nested, by name.
+    pub fn all_blocks(&self) -> impl Iterator<Item = (&String, &Graph)> {
+        self.blocks.iter()
+    }
+}
