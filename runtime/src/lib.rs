@@ -1,1 +1,25 @@
-//! qwen-runtime
+//! The runtime of qwen-aot: what the generated model code needs around it.
+//!
+//! - [`device`]: pick the MLX device (GPU when the loaded libmlx has one, else CPU).
+//! - [`weights`]: memory-map safetensors checkpoints (single file or sharded with a
+//!   `*.safetensors.index.json`), check them against what a model expects, and hand out
+//!   tensors as MLX arrays.
+//! - [`error`]: the error types, which name the file and the tensor.
+//!
+//! Budget: this crate knows nothing about Qwen or the graph DSL and stays small (well
+//! under ~1,000 lines). Model knowledge lives in `models/qwen`.
+
+pub mod device;
+pub mod error;
+pub mod weights;
+
+pub use device::{Backend, ChosenDevice};
+pub use error::{DeviceError, WeightError};
+pub use weights::{Checkpoint, Dtype, Extra, TensorSpec};
+
+/// Re-exports for generated code, which refers to `::qwen_runtime::__private::mlx_rs`
+/// so that the crates it expands in need no direct mlx-rs dependency.
+#[doc(hidden)]
+pub mod __private {
+    pub use mlx_rs;
+}

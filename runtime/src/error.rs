@@ -1,0 +1,158 @@
+//! Errors of the runtime. Messages are lowercase and say where: file and tensor.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::weights::{Dtype, TensorSpec};
+
+/// Opening a checkpoint, checking it, or reading a tensor from it.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    // === Files ===
+    #[error("checkpoint not found: {}", path.display())]
+    NotFound { path: PathBuf },
+
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("no .safetensors file in {}", dir.display())]
+    NoSafetensors { dir: PathBuf },
+
+    #[error(
+        "{} holds {} .safetensors files and no *.safetensors.index.json to say how they fit: {}",
+        dir.display(), files.len(), files.join(", ")
+    )]
+    Ambiguous { dir: PathBuf, files: Vec<String> },
+
+    // === Sharded checkpoints ===
+    #[error("malformed index {}: {reason}", path.display())]
+    Index { path: PathBuf, reason: String },
+
+    #[error("missing shard {}, named by the index {}", shard.display(), index.display())]
+    MissingShard { index: PathBuf, shard: PathBuf },
+
+    #[error(
+        "index {} places tensor `{name}` in {}, which does not hold it",
+        index.display(), shard.display()
+    )]
+    NotInShard {
+        index: PathBuf,
+        shard: PathBuf,
+        name: String,
+    },
+
+    // === safetensors content ===
+    #[error("corrupt safetensors file {}: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+
+    #[error(
+        "truncated safetensors file {}: its header describes {expected} bytes, the file has {actual}",
+        path.display()
+    )]
+    Truncated {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("tensor `{name}` in {} has dtype {dtype}, which the runtime does not load", path.display())]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+
+    // === Tensors ===
+    #[error("tensor `{name}` not found in {}", path.display())]
+    TensorNotFound { path: PathBuf, name: String },
+
+    #[error("checkpoint {} does not match the model ({} problems):\n{}", path.display(), problems.len(), Problems(problems))]
+    Mismatch {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+
+    #[error("tensor `{name}` in {} has a dimension too large for MLX: {shape:?}", path.display())]
+    TooLarge {
+        path: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+    },
+}
+
+/// One difference between a checkpoint and what a model expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The model needs this tensor; the checkpoint lacks it.
+    Missing(TensorSpec),
+    /// Present with another shape.
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// Present with another dtype.
+    Dtype {
+        name: String,
+        expected: Dtype,
+        found: Dtype,
+    },
+    /// In the checkpoint, unknown to the model (reported under [`crate::Extra::Report`]).
+    Unexpected { name: String, file: PathBuf },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Missing(spec) => write!(
+                f,
+                "missing tensor `{}` ({} {:?})",
+                spec.name, spec.dtype, spec.shape
+            ),
+            Problem::Shape {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor `{name}` has shape {found:?}, expected {expected:?}"
+            ),
+            Problem::Dtype {
+                name,
+                expected,
+                found,
+            } => write!(f, "tensor `{name}` has dtype {found}, expected {expected}"),
+            Problem::Unexpected { name, file } => {
+                write!(f, "unexpected tensor `{name}` in {}", file.display())
+            }
+        }
+    }
+}
+
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Choosing or querying an MLX device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("no gpu in the loaded libmlx (a cpu-only build); use the cpu or put the cuda libmlx on LD_LIBRARY_PATH")]
+    NoGpu,
+
+    #[error("mlx could not {what}: {message}")]
+    Mlx { what: &'static str, message: String },
+}

@@ -1,0 +1,366 @@
+//! The runtime's weight loader on real safetensors files written in a temporary folder,
+//! and the device choice against the libmlx the tests are linked with.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use half::bf16;
+use qwen_runtime::device::{self, Backend};
+use qwen_runtime::{Checkpoint, Dtype, Extra, TensorSpec, WeightError};
+use safetensors::tensor::TensorView;
+
+/// One tensor to write: name, dtype, shape, raw little-endian bytes.
+struct T {
+    name: &'static str,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+fn f32s(name: &'static str, shape: &[usize], values: &[f32]) -> T {
+    assert_eq!(shape.iter().product::<usize>(), values.len());
+    T {
+        name,
+        dtype: safetensors::Dtype::F32,
+        shape: shape.to_vec(),
+        bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+fn bf16s(name: &'static str, shape: &[usize], values: &[f32]) -> T {
+    assert_eq!(shape.iter().product::<usize>(), values.len());
+    T {
+        name,
+        dtype: safetensors::Dtype::BF16,
+        shape: shape.to_vec(),
+        bytes: values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+fn zeros(name: &'static str, shape: &[usize]) -> T {
+    f32s(name, shape, &vec![0.0; shape.iter().product()])
+}
+
+fn write(path: &Path, tensors: &[T]) {
+    let views: Vec<(&str, TensorView<'_>)> = tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name,
+                TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// A two-shard checkpoint in diffusers/transformers layout; returns the folder.
+fn sharded(dir: &Path) -> PathBuf {
+    let a = "diffusion_pytorch_model-00001-of-00002.safetensors";
+    let b = "diffusion_pytorch_model-00002-of-00002.safetensors";
+    write(
+        &dir.join(a),
+        &[
+            f32s("blocks.0.w", &[2, 3], &[1., 2., 3., 4., 5., 6.]),
+            zeros("blocks.0.b", &[3]),
+        ],
+    );
+    write(
+        &dir.join(b),
+        &[bf16s(
+            "blocks.1.w",
+            &[3, 2],
+            &[0.5, -1.0, 2.0, 0.25, 8.0, -3.0],
+        )],
+    );
+    let map: BTreeMap<&str, &str> = [("blocks.0.w", a), ("blocks.0.b", a), ("blocks.1.w", b)]
+        .into_iter()
+        .collect();
+    let index = format!(
+        "{{\"metadata\": {{\"total_size\": 48}}, \"weight_map\": {}}}",
+        serde_json_map(&map)
+    );
+    fs::write(
+        dir.join("diffusion_pytorch_model.safetensors.index.json"),
+        index,
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+fn serde_json_map(map: &BTreeMap<&str, &str>) -> String {
+    let body: Vec<String> = map
+        .iter()
+        .map(|(k, v)| format!("\"{k}\": \"{v}\""))
+        .collect();
+    format!("{{{}}}", body.join(", "))
+}
+
+fn expected() -> Vec<TensorSpec> {
+    vec![
+        TensorSpec::new("blocks.0.w", [2, 3], Dtype::F32),
+        TensorSpec::new("blocks.0.b", [3], Dtype::F32),
+        TensorSpec::new("blocks.1.w", [3, 2], Dtype::BF16),
+    ]
+}
+
+fn message(result: Result<impl std::fmt::Debug, WeightError>) -> String {
+    result.unwrap_err().to_string()
+}
+
+#[test]
+fn sharded_index_routes_every_tensor_to_its_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = Checkpoint::open(sharded(tmp.path())).unwrap();
+    assert_eq!(ckpt.names(), ["blocks.0.b", "blocks.0.w", "blocks.1.w"]);
+    assert_eq!(
+        ckpt.spec("blocks.1.w"),
+        Some(TensorSpec::new("blocks.1.w", [3, 2], Dtype::BF16))
+    );
+    assert!(ckpt
+        .file_of("blocks.1.w")
+        .unwrap()
+        .ends_with("diffusion_pytorch_model-00002-of-00002.safetensors"));
+    ckpt.check(&expected(), Extra::Report).unwrap();
+    assert!(ckpt.spec("nope").is_none());
+}
+
+#[test]
+fn index_file_can_be_opened_directly() {
+    let tmp = tempfile::tempdir().unwrap();
+    sharded(tmp.path());
+    let ckpt = Checkpoint::open(
+        tmp.path()
+            .join("diffusion_pytorch_model.safetensors.index.json"),
+    )
+    .unwrap();
+    assert_eq!(ckpt.names().len(), 3);
+}
+
+#[test]
+fn missing_shard_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = sharded(tmp.path());
+    fs::remove_file(dir.join("diffusion_pytorch_model-00002-of-00002.safetensors")).unwrap();
+    let msg = message(Checkpoint::open(&dir));
+    assert!(
+        msg.starts_with("missing shard ")
+            && msg.contains(
+                "diffusion_pytorch_model-00002-of-00002.safetensors, named by the index "
+            )
+            && msg.ends_with("diffusion_pytorch_model.safetensors.index.json"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn index_pointing_at_the_wrong_shard_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = sharded(tmp.path());
+    let index = dir.join("diffusion_pytorch_model.safetensors.index.json");
+    let text = fs::read_to_string(&index).unwrap().replace(
+        "\"blocks.1.w\": \"diffusion_pytorch_model-00002",
+        "\"blocks.1.w\": \"diffusion_pytorch_model-00001",
+    );
+    fs::write(&index, text).unwrap();
+    let msg = message(Checkpoint::open(&dir));
+    assert!(
+        msg.contains("places tensor `blocks.1.w` in ")
+            && msg.ends_with("00001-of-00002.safetensors, which does not hold it"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn malformed_index_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("model.safetensors.index.json");
+    fs::write(&index, "{\"weight_map\": [1, 2]}").unwrap();
+    let msg = message(Checkpoint::open(&index));
+    assert!(msg.starts_with("malformed index "), "{msg}");
+    assert!(msg.ends_with(": no `weight_map` object"), "{msg}");
+
+    fs::write(&index, "{not json").unwrap();
+    let msg = message(Checkpoint::open(&index));
+    assert!(
+        msg.starts_with("malformed index ") && msg.contains("key must be a string"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn truncated_file_says_how_many_bytes_are_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.safetensors");
+    write(&path, &[zeros("w", &[4, 4]), zeros("b", &[4])]);
+    let full = fs::read(&path).unwrap();
+    fs::write(&path, &full[..full.len() - 10]).unwrap();
+    let msg = message(Checkpoint::open(&path));
+    let expected = format!(
+        "truncated safetensors file {}: its header describes {} bytes, the file has {}",
+        path.display(),
+        full.len(),
+        full.len() - 10
+    );
+    assert_eq!(msg, expected);
+}
+
+#[test]
+fn file_cut_inside_its_header_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.safetensors");
+    write(&path, &[zeros("w", &[4, 4])]);
+    let full = fs::read(&path).unwrap();
+    fs::write(&path, &full[..20]).unwrap();
+    let msg = message(Checkpoint::open(&path));
+    assert_eq!(
+        msg,
+        format!(
+            "corrupt safetensors file {}: the header length runs past the end of the file",
+            path.display()
+        )
+    );
+    fs::write(&path, b"abc").unwrap();
+    let msg = message(Checkpoint::open(&path));
+    assert!(
+        msg.ends_with("shorter than the 8-byte header length"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn wrong_shape_and_wrong_dtype_are_all_reported_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = Checkpoint::open(sharded(tmp.path())).unwrap();
+    let want = vec![
+        TensorSpec::new("blocks.0.w", [3, 2], Dtype::F32), // wrong shape
+        TensorSpec::new("blocks.0.b", [3], Dtype::BF16),   // wrong dtype
+        TensorSpec::new("blocks.1.w", [3, 2], Dtype::BF16), // fine
+        TensorSpec::new("blocks.2.w", [4], Dtype::F32),    // missing
+    ];
+    let msg = message(ckpt.check(&want, Extra::Allow));
+    let index = tmp
+        .path()
+        .join("diffusion_pytorch_model.safetensors.index.json");
+    assert_eq!(
+        msg,
+        format!(
+            "checkpoint {} does not match the model (3 problems):\n  \
+             tensor `blocks.0.w` has shape [2, 3], expected [3, 2]\n  \
+             tensor `blocks.0.b` has dtype f32, expected bf16\n  \
+             missing tensor `blocks.2.w` (f32 [4])",
+            index.display()
+        )
+    );
+}
+
+#[test]
+fn unknown_extra_tensors_allowed_or_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.safetensors");
+    write(
+        &path,
+        &[
+            zeros("w", &[2]),
+            zeros("extra.a", &[1]),
+            zeros("extra.b", &[1]),
+        ],
+    );
+    let ckpt = Checkpoint::open(tmp.path()).unwrap();
+    let want = [TensorSpec::new("w", [2], Dtype::F32)];
+    ckpt.check(&want, Extra::Allow).unwrap();
+    let msg = message(ckpt.check(&want, Extra::Report));
+    assert_eq!(
+        msg,
+        format!(
+            "checkpoint {p} does not match the model (2 problems):\n  \
+             unexpected tensor `extra.a` in {p}\n  \
+             unexpected tensor `extra.b` in {p}",
+            p = path.display()
+        )
+    );
+}
+
+#[test]
+fn missing_file_tensor_and_folder_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nowhere = tmp.path().join("nowhere.safetensors");
+    assert_eq!(
+        message(Checkpoint::open(&nowhere)),
+        format!("checkpoint not found: {}", nowhere.display())
+    );
+    assert_eq!(
+        message(Checkpoint::open(tmp.path())),
+        format!("no .safetensors file in {}", tmp.path().display())
+    );
+
+    write(&tmp.path().join("a.safetensors"), &[zeros("w", &[1])]);
+    let ckpt = Checkpoint::open(tmp.path()).unwrap();
+    assert_eq!(
+        message(ckpt.array("v")),
+        format!(
+            "tensor `v` not found in {}",
+            tmp.path().join("a.safetensors").display()
+        )
+    );
+
+    write(&tmp.path().join("b.safetensors"), &[zeros("w", &[1])]);
+    let msg = message(Checkpoint::open(tmp.path()));
+    assert!(
+        msg.ends_with(
+            "holds 2 .safetensors files and no *.safetensors.index.json to say how they fit: \
+             a.safetensors, b.safetensors"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn arrays_round_trip_in_their_stored_dtype() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = Checkpoint::open(sharded(tmp.path())).unwrap();
+
+    let w = ckpt.array("blocks.0.w").unwrap();
+    assert_eq!(w.shape(), [2, 3]);
+    assert_eq!(w.dtype(), mlx_dtype(Dtype::F32));
+    assert_eq!(w.as_slice::<f32>(), [1., 2., 3., 4., 5., 6.]);
+
+    let v = ckpt.array("blocks.1.w").unwrap();
+    assert_eq!(v.shape(), [3, 2]);
+    assert_eq!(v.dtype(), mlx_dtype(Dtype::BF16));
+    let values: Vec<f32> = v.as_slice::<bf16>().iter().map(|x| x.to_f32()).collect();
+    assert_eq!(values, [0.5, -1.0, 2.0, 0.25, 8.0, -3.0]);
+
+    // MLX computes with the loaded arrays: [2,3] x [3,2] in f32.
+    let product = w
+        .matmul(v.as_dtype(mlx_dtype(Dtype::F32)).unwrap())
+        .unwrap();
+    assert_eq!(product.as_slice::<f32>(), [28.5, -9.5, 60.0, -20.75]);
+}
+
+fn mlx_dtype(dtype: Dtype) -> qwen_runtime::__private::mlx_rs::Dtype {
+    dtype.to_mlx()
+}
+
+#[test]
+fn device_choice_never_panics_on_a_cpu_only_libmlx() {
+    let chosen = device::choose();
+    if device::count(Backend::Gpu) == 0 {
+        // The CPU wheel the tests link against: no GPU, CPU chosen, GPU refused cleanly.
+        assert_eq!(chosen.backend, Backend::Cpu);
+        assert!(chosen.name.starts_with("cpu:0"), "{}", chosen.name);
+        let err = device::select(Backend::Gpu).unwrap_err();
+        assert!(
+            err.to_string().starts_with("no gpu in the loaded libmlx"),
+            "{err}"
+        );
+    } else {
+        assert_eq!(chosen.backend, Backend::Gpu);
+        assert!(chosen.name.starts_with("gpu:0"), "{}", chosen.name);
+    }
+    assert!(device::count(Backend::Cpu) >= 1);
+}
