@@ -116,7 +116,7 @@ impl GraphBuilder {
     }
 
     fn node(&mut self, op: Op, inputs: &[Tensor]) -> Result<Tensor> {
-        let base = op.name();
+        let base = op.label();
         Ok(self.node_named(base, op, inputs)?[0])
     }
 

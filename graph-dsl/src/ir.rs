@@ -288,6 +288,34 @@ pub struct RopeSpec {
 }
 
 impl Op {
+    /// A label for auto-named nodes: the op name, or the specific unary/binary op.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Op::Unary(u) => match u {
+                Unary::Neg => "neg",
+                Unary::Exp => "exp",
+                Unary::Sqrt => "sqrt",
+                Unary::Rsqrt => "rsqrt",
+                Unary::Square => "square",
+                Unary::Sin => "sin",
+                Unary::Cos => "cos",
+                Unary::Tanh => "tanh",
+                Unary::Sigmoid => "sigmoid",
+                Unary::Silu => "silu",
+                Unary::GeluTanh => "gelu",
+            },
+            Op::Binary(b) => match b {
+                Binary::Add => "add",
+                Binary::Sub => "sub",
+                Binary::Mul => "mul",
+                Binary::Div => "div",
+                Binary::Max => "max",
+                Binary::Min => "min",
+            },
+            _ => self.name(),
+        }
+    }
+
     /// Short name for messages and docs.
     pub fn name(&self) -> &'static str {
         match self {

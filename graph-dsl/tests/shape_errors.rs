@@ -28,12 +28,12 @@ fn elementwise_that_does_not_broadcast() {
     let y = b.input("y", [2usize, 5, 8], DType::F32).unwrap();
     let e = b.add(x, y).unwrap_err();
     assert!(
-        matches!(&e, DslError::ShapeMismatch { node, .. } if node == "binary"),
+        matches!(&e, DslError::ShapeMismatch { node, .. } if node == "add"),
         "{e:?}"
     );
     assert_eq!(
         e.to_string(),
-        "node `binary` (binary): shapes [2, 3, 8] and [2, 5, 8] do not fit: shapes do not broadcast"
+        "node `add` (binary): shapes [2, 3, 8] and [2, 5, 8] do not fit: shapes do not broadcast"
     );
 }
 

@@ -1,0 +1,429 @@
+//! Module skeleton: header, consts, helpers, weights structs, forward functions.
+
+mod ops;
+mod weights;
+
+use std::collections::BTreeMap;
+
+use graph_dsl::{Dim, Graph, Op, Value};
+use proc_macro2::{Ident, Literal, TokenStream};
+use quote::{format_ident, quote};
+
+use crate::error::{CodegenError, Result};
+use crate::names::{camel, ident, snake, Namer};
+use crate::Spec;
+
+/// The weights struct name of a graph.
+pub(crate) fn weights_ty(graph: &str) -> Ident {
+    format_ident!("{}Weights", camel(graph))
+}
+
+/// The forward function name of a graph.
+pub(crate) fn fn_name(graph: &str) -> Ident {
+    ident(&snake(graph))
+}
+
+/// An `i32` literal.
+pub(crate) fn lit_i32(n: usize) -> Literal {
+    Literal::i32_unsuffixed(n as i32)
+}
+
+/// An `f32` literal.
+pub(crate) fn lit_f32(v: f64) -> Literal {
+    Literal::f32_suffixed(v as f32)
+}
+
+/// How generated code refers to one value.
+#[derive(Debug, Clone)]
+pub(crate) enum Val {
+    /// A local `Array` (referenced as `&x`).
+    Local(Ident),
+    /// A `&Array` parameter.
+    Param(Ident),
+    /// A weight field (`&w.field`).
+    Weight(Ident),
+    /// A scalar constant.
+    Scalar(f64),
+}
+
+/// State while emitting one function.
+pub(crate) struct FnCx<'a> {
+    pub g: &'a Graph,
+    pub vals: BTreeMap<Value, Val>,
+    pub dims: BTreeMap<String, Ident>,
+    pub names: Namer,
+    /// Const tables this function needs at module level: (ident, bytes).
+    pub tables: Vec<(Ident, Vec<u8>)>,
+    pub table_prefix: String,
+}
+
+impl FnCx<'_> {
+    /// `&Array` tokens for a value.
+    pub fn r(&self, v: Value) -> Result<TokenStream> {
+        match self.vals.get(&v) {
+            Some(Val::Local(i)) => Ok(quote!(&#i)),
+            Some(Val::Param(i)) => Ok(quote!(#i)),
+            Some(Val::Weight(i)) => Ok(quote!(&w.#i)),
+            Some(Val::Scalar(s)) => {
+                let s = lit_f32(*s);
+                Ok(quote!(&Array::from_f32(#s)))
+            }
+            None => Err(self.unsupported(v.node, "a value used before it is defined")),
+        }
+    }
+
+    /// The scalar behind a value, if it is one.
+    pub fn scalar(&self, v: Value) -> Option<f64> {
+        match self.vals.get(&v) {
+            Some(Val::Scalar(s)) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// An `i32` expression for a dim.
+    pub fn dim(&self, d: &Dim) -> Result<TokenStream> {
+        match d {
+            Dim::Const(n) => {
+                let n = lit_i32(*n);
+                Ok(quote!(#n))
+            }
+            Dim::Sym(s) => self.sym(s),
+            Dim::Affine { terms, konst } => {
+                let mut parts = vec![];
+                for (s, c) in terms {
+                    let i = self.sym(s)?;
+                    let mag = Literal::i32_unsuffixed(c.unsigned_abs() as i32);
+                    let t = if c.abs() == 1 { i } else { quote!(#mag * #i) };
+                    parts.push((*c < 0, t));
+                }
+                let mut out = TokenStream::new();
+                for (k, (neg, t)) in parts.into_iter().enumerate() {
+                    match (k, neg) {
+                        (0, false) => out.extend(t),
+                        (0, true) => out.extend(quote!(-#t)),
+                        (_, false) => out.extend(quote!(+ #t)),
+                        (_, true) => out.extend(quote!(- #t)),
+                    }
+                }
+                if *konst != 0 {
+                    let m = Literal::i32_unsuffixed(konst.unsigned_abs() as i32);
+                    if *konst > 0 {
+                        out.extend(quote!(+ #m));
+                    } else {
+                        out.extend(quote!(- #m));
+                    }
+                }
+                Ok(quote!((#out)))
+            }
+        }
+    }
+
+    fn sym(&self, s: &str) -> Result<TokenStream> {
+        match self.dims.get(s) {
+            Some(i) => Ok(quote!(#i)),
+            None => Err(CodegenError::UnboundSymbol {
+                graph: self.g.name.clone(),
+                sym: s.to_string(),
+            }),
+        }
+    }
+
+    /// `&[d0, d1, …]` for dims.
+    pub fn dims_slice(&self, ds: &[Dim]) -> Result<TokenStream> {
+        let ds = ds.iter().map(|d| self.dim(d)).collect::<Result<Vec<_>>>()?;
+        Ok(quote!(&[#(#ds),*]))
+    }
+
+    /// An error for `node`.
+    pub fn unsupported(&self, node: usize, why: &str) -> CodegenError {
+        let n = &self.g.nodes[node];
+        CodegenError::Unsupported {
+            graph: self.g.name.clone(),
+            node: n.name.clone(),
+            op: n.op.name(),
+            why: why.to_string(),
+        }
+    }
+}
+
+/// Symbols used anywhere in a graph (shapes and op attributes), sorted.
+fn symbols(g: &Graph) -> Vec<String> {
+    let mut v: Vec<String> = vec![];
+    for i in &g.inputs {
+        v.extend(i.ty.shape.symbols());
+    }
+    for n in &g.nodes {
+        for o in &n.outputs {
+            v.extend(o.shape.symbols());
+        }
+        match &n.op {
+            Op::Reshape(d) | Op::BroadcastTo(d) => v.extend(d.iter().flat_map(Dim::symbols)),
+            Op::Slice { start, end, .. } => {
+                v.extend(start.symbols());
+                v.extend(end.symbols());
+            }
+            Op::Arange { start, len } => {
+                v.extend(start.symbols());
+                v.extend(len.symbols());
+            }
+            _ => {}
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Emit one forward function (and collect its const tables).
+fn emit_fn(g: &Graph, tables: &mut Vec<(Ident, Vec<u8>)>) -> Result<TokenStream> {
+    let mut cx = FnCx {
+        g,
+        vals: BTreeMap::new(),
+        dims: BTreeMap::new(),
+        names: Namer::default(),
+        tables: vec![],
+        table_prefix: snake(&g.name).to_uppercase(),
+    };
+    cx.names.reserve("w");
+    let has_weights = weights::has_weights(g);
+    // parameters
+    let mut params = vec![];
+    let mut param_idents = vec![];
+    if has_weights {
+        let ty = weights_ty(&g.name);
+        params.push(quote!(w: &#ty));
+    }
+    for inp in &g.inputs {
+        let i = cx.names.fresh(&inp.name);
+        param_idents.push(i.clone());
+        params.push(quote!(#i: &Array));
+    }
+    // runtime dims: read from the first input that carries the symbol, else a parameter
+    let mut prologue = vec![];
+    for s in symbols(g) {
+        let id = cx.names.fresh(&format!("dim_{s}"));
+        let found = g.inputs.iter().enumerate().find_map(|(k, inp)| {
+            inp.ty
+                .shape
+                .0
+                .iter()
+                .position(|d| *d == Dim::Sym(s.clone()))
+                .map(|ax| (k, ax))
+        });
+        match found {
+            Some((k, ax)) => {
+                let p = &param_idents[k];
+                let ax = Literal::usize_unsuffixed(ax);
+                prologue.push(quote!(let #id = #p.shape()[#ax];));
+            }
+            None => params.push(quote!(#id: i32)),
+        }
+        cx.dims.insert(s, id);
+    }
+    // body
+    let mut body = vec![];
+    for (k, node) in g.nodes.iter().enumerate() {
+        match &node.op {
+            Op::Input(i) => {
+                cx.vals.insert(
+                    Value { node: k, out: 0 },
+                    Val::Param(param_idents[*i].clone()),
+                );
+            }
+            Op::Weight(i) => {
+                let f = ident(&weights::field_name(&g.weights[*i].key));
+                cx.vals.insert(Value { node: k, out: 0 }, Val::Weight(f));
+            }
+            Op::Scalar(s) => {
+                cx.vals.insert(Value { node: k, out: 0 }, Val::Scalar(*s));
+            }
+            _ => body.push(ops::emit(&mut cx, k)?),
+        }
+    }
+    // outputs
+    let mut outs = vec![];
+    let mut counts: BTreeMap<Value, usize> = BTreeMap::new();
+    for (_, v) in &g.outputs {
+        *counts.entry(*v).or_default() += 1;
+    }
+    for (_, v) in &g.outputs {
+        let t = match cx.vals.get(v) {
+            Some(Val::Local(i)) if counts[v] == 1 => quote!(#i),
+            _ => {
+                let r = cx.r(*v)?;
+                quote!((#r).clone())
+            }
+        };
+        outs.push(t);
+    }
+    let (ret_ty, ret) = if outs.len() == 1 {
+        (quote!(Array), quote!(#(#outs)*))
+    } else {
+        let tys = outs.iter().map(|_| quote!(Array));
+        (quote!((#(#tys),*)), quote!((#(#outs),*)))
+    };
+    let name = fn_name(&g.name);
+    let mut doc = vec![format!(" Forward of `{}`.", g.name), String::new()];
+    for i in &g.inputs {
+        doc.push(format!(" - in `{}`: {}", i.name, i.ty));
+    }
+    for (n, v) in &g.outputs {
+        doc.push(format!(" - out `{}`: {}", n, g.ty(*v)));
+    }
+    tables.append(&mut cx.tables);
+    Ok(quote! {
+        #(#[doc = #doc])*
+        pub fn #name(#(#params),*) -> Result<#ret_ty, Exception> {
+            #(#prologue)*
+            #(#body)*
+            Ok(#ret)
+        }
+    })
+}
+
+fn helpers() -> TokenStream {
+    quote! {
+        /// Errors of `load`: a weight the checkpoint cannot give, or an MLX failure while
+        /// converting it.
+        #[derive(Debug)]
+        pub enum LoadError {
+            Weight(WeightError),
+            Mlx(Exception),
+        }
+
+        impl ::std::fmt::Display for LoadError {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                match self {
+                    LoadError::Weight(e) => write!(f, "{e}"),
+                    LoadError::Mlx(e) => write!(f, "mlx: {e}"),
+                }
+            }
+        }
+
+        impl ::std::error::Error for LoadError {}
+
+        impl From<WeightError> for LoadError {
+            fn from(e: WeightError) -> Self {
+                LoadError::Weight(e)
+            }
+        }
+
+        impl From<Exception> for LoadError {
+            fn from(e: Exception) -> Self {
+                LoadError::Mlx(e)
+            }
+        }
+
+        fn __key(prefix: &str, rel: &str) -> String {
+            if prefix.is_empty() {
+                rel.to_string()
+            } else {
+                format!("{prefix}.{rel}")
+            }
+        }
+
+        fn __scalar(v: f32, like: &Array) -> Result<Array, Exception> {
+            Array::from_f32(v).as_dtype(like.dtype())
+        }
+
+        fn __silu(x: &Array) -> Result<Array, Exception> {
+            ops::multiply(x, &ops::sigmoid(x)?)
+        }
+
+        /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`
+        fn __gelu_tanh(x: &Array) -> Result<Array, Exception> {
+            let x3 = ops::multiply(&ops::square(x)?, x)?;
+            let inner = ops::add(x, &ops::multiply(&x3, &__scalar(0.044715, x)?)?)?;
+            let inner = ops::multiply(&inner, &__scalar(0.7978845608028654, x)?)?;
+            let half = ops::multiply(x, &__scalar(0.5, x)?)?;
+            ops::multiply(&half, &ops::add(&ops::tanh(&inner)?, &__scalar(1.0, x)?)?)
+        }
+
+        /// `x[.., start..end, ..]` along `axis`.
+        fn __slice(x: &Array, axis: i32, start: i32, end: i32) -> Result<Array, Exception> {
+            let mut parts = ops::split_sections(x, &[start, end], axis)?;
+            Ok(parts.swap_remove(1))
+        }
+
+        fn __f32s(bytes: &[u8]) -> Vec<f32> {
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        }
+
+        fn __load(ckpt: &Checkpoint, key: &str, dtype: Dtype) -> Result<Array, LoadError> {
+            Ok(ckpt.array(key)?.as_dtype(dtype)?)
+        }
+
+        fn __take(a: &Array, axis: i32, index: i32) -> Result<Array, Exception> {
+            ops::squeeze_axes(&__slice(a, axis, index, index + 1)?, &[axis])
+        }
+    }
+}
+
+/// Generate one module for `spec` from `graphs` (already through the passes).
+pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
+    // every block body, once, sorted by name
+    let mut blocks: BTreeMap<String, Graph> = BTreeMap::new();
+    for g in graphs {
+        for (name, b) in &g.blocks {
+            match blocks.get(name) {
+                Some(prev) if prev != b => return Err(CodegenError::DuplicateGraph(name.clone())),
+                _ => {
+                    let mut b = b.clone();
+                    b.blocks = g.blocks.clone();
+                    blocks.insert(name.clone(), b);
+                }
+            }
+        }
+    }
+    let mut items = vec![];
+    let mut tables = vec![];
+    let mut seen = std::collections::BTreeSet::new();
+    for g in blocks.values().chain(graphs.iter()) {
+        if !seen.insert(g.name.clone()) {
+            return Err(CodegenError::DuplicateGraph(g.name.clone()));
+        }
+        if weights::has_weights(g) {
+            items.push(weights::emit_struct(g)?);
+        }
+        items.push(emit_fn(g, &mut tables)?);
+    }
+    let tables = tables.into_iter().map(|(id, bytes)| {
+        let lit = Literal::byte_string(&bytes);
+        let n = Literal::usize_unsuffixed(bytes.len() / 4);
+        let doc = format!(" {n} f32 values, little-endian.");
+        quote! {
+            #[doc = #doc]
+            const #id: &[u8] = #lit;
+        }
+    });
+    let consts = spec.consts.iter().map(|(n, v)| {
+        let id = ident(&n.to_uppercase());
+        let v = Literal::usize_unsuffixed(*v);
+        quote!(pub const #id: usize = #v;)
+    });
+    let module = ident(&spec.module);
+    let header = format!(
+        " Generated by graph-codegen for {}; do not edit (change the graph or codegen instead).",
+        spec.title
+    );
+    let helpers = helpers();
+    Ok(quote! {
+        #[doc = #header]
+        #[allow(unused_variables, unused_imports, clippy::all)]
+        pub mod #module {
+            use ::qwen_runtime::__private::mlx_rs::{self as mlx, error::Exception, fast, ops, Array, Dtype};
+            use ::qwen_runtime::weights::{Checkpoint, Dtype as WeightDtype, TensorSpec, WeightError};
+
+            #(#consts)*
+
+            #helpers
+
+            #(#items)*
+
+            #(#tables)*
+        }
+    })
+}
