@@ -341,7 +341,7 @@ fn helpers() -> TokenStream {
 
         /// `x[.., start..end, ..]` along `axis`.
         fn __slice(x: &Array, axis: i32, start: i32, end: i32) -> Result<Array, Exception> {
-            let mut parts = ops::split_sections(x, &[start, end], axis)?;
+            let mut parts = ops::split_at_indices(x, &[start, end], axis)?;
             Ok(parts.swap_remove(1))
         }
 
@@ -415,7 +415,8 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
         #[allow(unused_variables, unused_imports, clippy::all)]
         pub mod #module {
             use ::qwen_runtime::__private::mlx_rs::{self as mlx, error::Exception, fast, ops, Array, Dtype};
-            use ::qwen_runtime::weights::{Checkpoint, Dtype as WeightDtype, TensorSpec, WeightError};
+            use ::qwen_runtime::weights::{Checkpoint, Dtype as WeightDtype, TensorSpec};
+            use ::qwen_runtime::WeightError;
 
             #(#consts)*
 

@@ -162,24 +162,24 @@ pub(crate) fn emit(cx: &mut FnCx, k: usize) -> Result<TokenStream> {
                     let #o = {
                         // pairs (x[2k], x[2k+1]) times (cos_k + i·sin_k)
                         let xr = ops::reshape(#x, &[#b, #l, #h, #half, 2])?;
-                        let p = ops::split_sections(&xr, &[1], -1)?;
+                        let p = ops::split_at_indices(&xr, &[1], -1)?;
                         let c = ops::reshape(#c, &[#l, 1, #half, 1])?;
                         let s = ops::reshape(#s, &[#l, 1, #half, 1])?;
                         let re = ops::subtract(&ops::multiply(&p[0], &c)?, &ops::multiply(&p[1], &s)?)?;
                         let im = ops::add(&ops::multiply(&p[0], &s)?, &ops::multiply(&p[1], &c)?)?;
-                        let r = ops::concatenate_axis(&[re, im], -1)?;
+                        let r = ops::concatenate(&[re, im], -1)?;
                         ops::reshape(&r, &[#b, #l, #h, #full])?.as_dtype((#x).dtype())?
                     };
                 },
                 RopeLayout::RotateHalf => quote! {
                     let #o = {
                         // x[k] pairs with x[k + d/2]
-                        let p = ops::split_sections(#x, &[#half], -1)?;
+                        let p = ops::split_at_indices(#x, &[#half], -1)?;
                         let c = ops::reshape(#c, &[#l, 1, #half])?;
                         let s = ops::reshape(#s, &[#l, 1, #half])?;
                         let lo = ops::subtract(&ops::multiply(&p[0], &c)?, &ops::multiply(&p[1], &s)?)?;
                         let hi = ops::add(&ops::multiply(&p[1], &c)?, &ops::multiply(&p[0], &s)?)?;
-                        ops::concatenate_axis(&[lo, hi], -1)?.as_dtype((#x).dtype())?
+                        ops::concatenate(&[lo, hi], -1)?.as_dtype((#x).dtype())?
                     };
                 },
             }
@@ -316,7 +316,7 @@ pub(crate) fn emit(cx: &mut FnCx, k: usize) -> Result<TokenStream> {
             let xs = (0..ins.len()).map(a).collect::<Result<Vec<_>>>()?;
             let ax = lit_i32(*axis);
             let o = out(cx, k, 0, &name);
-            quote!(let #o = ops::concatenate_axis(&[#(#xs),*], #ax)?;)
+            quote!(let #o = ops::concatenate(&[#(#xs),*], #ax)?;)
         }
         Op::Slice { axis, start, end } => {
             let x = a(0)?;
@@ -499,21 +499,21 @@ mod tests {
             let dim_l = x.shape()[1];
             let rope = {
                 let xr = ops::reshape(x, &[2, dim_l, 2, 4, 2])?;
-                let p = ops::split_sections(&xr, &[1], -1)?;
+                let p = ops::split_at_indices(&xr, &[1], -1)?;
                 let c = ops::reshape(cos, &[dim_l, 1, 4, 1])?;
                 let s = ops::reshape(cos, &[dim_l, 1, 4, 1])?;
                 let re = ops::subtract(&ops::multiply(&p[0], &c)?, &ops::multiply(&p[1], &s)?)?;
                 let im = ops::add(&ops::multiply(&p[0], &s)?, &ops::multiply(&p[1], &c)?)?;
-                let r = ops::concatenate_axis(&[re, im], -1)?;
+                let r = ops::concatenate(&[re, im], -1)?;
                 ops::reshape(&r, &[2, dim_l, 2, 8])?.as_dtype((x).dtype())?
             };
             let rope_1 = {
-                let p = ops::split_sections(&rope, &[4], -1)?;
+                let p = ops::split_at_indices(&rope, &[4], -1)?;
                 let c = ops::reshape(cos, &[dim_l, 1, 4])?;
                 let s = ops::reshape(cos, &[dim_l, 1, 4])?;
                 let lo = ops::subtract(&ops::multiply(&p[0], &c)?, &ops::multiply(&p[1], &s)?)?;
                 let hi = ops::add(&ops::multiply(&p[1], &c)?, &ops::multiply(&p[0], &s)?)?;
-                ops::concatenate_axis(&[lo, hi], -1)?.as_dtype((&rope).dtype())?
+                ops::concatenate(&[lo, hi], -1)?.as_dtype((&rope).dtype())?
             };
             let transpose = ops::transpose_axes(&rope_1, &[0, 2, 1, 3])?;
             let sdpa = fast::scaled_dot_product_attention(
@@ -652,7 +652,7 @@ mod tests {
         pub fn t(x: &Array, img: &Array) -> Result<Array, Exception> {
             let dim_b = x.shape()[0];
             let dim_l_txt = x.shape()[1];
-            let concat = ops::concatenate_axis(&[x, img], 1)?;
+            let concat = ops::concatenate(&[x, img], 1)?;
             let reshape = ops::reshape(&concat, &[dim_b, (dim_l_txt + 6), 2, 4])?;
             let slice = __slice(&reshape, 1, 0, dim_l_txt)?;
             let slice_1 = __slice(&reshape, 1, dim_l_txt, (dim_l_txt + 6))?;

@@ -1,1 +1,7 @@
 //! qwen: Qwen-Image specializations and pipeline.
+//!
+//! [`specializations`] holds one `specialize!` line per resolution; each expands to a
+//! module of shape-specialized mlx-rs code with the same item names (`transformer`,
+//! `dual_stream_block`, `rope`, `vae_up1_resnet0`, their `*Weights` structs, and consts).
+
+pub mod specializations;

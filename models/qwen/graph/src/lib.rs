@@ -1,1 +1,181 @@
-//! qwen-graph
+//! qwen-graph: the Qwen-Image networks written in the graph DSL, and [`build`], which
+//! makes every graph of one specialization (resolution × config × CFG strategy) and runs
+//! the passes on them. The `specialize!` macro calls [`build`] and hands the result to
+//! graph-codegen.
+//!
+//! - [`transformer`]: the MMDiT (dual-stream block, whole transformer, RoPE tables);
+//! - [`vae`]: decoder residual block (NHWC after the `layout` pass);
+//! - [`text_encoder`]: a Qwen2.5-VL decoder layer;
+//! - [`config`]: the real config and the tiny test config.
+
+pub mod config;
+pub mod text_encoder;
+pub mod transformer;
+pub mod vae;
+
+use graph_dsl::passes::{self, specialize, CfgJoin, PassConfig};
+use graph_dsl::{DslError, Graph};
+
+pub use config::ConfigName;
+
+/// One specialization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Output width in pixels.
+    pub width: usize,
+    /// Output height in pixels.
+    pub height: usize,
+    pub config: ConfigName,
+    pub cfg: CfgJoin,
+}
+
+/// What codegen needs: consts, a title, the graphs after all passes.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub title: String,
+    pub consts: Vec<(String, usize)>,
+    pub graphs: Vec<Graph>,
+}
+
+/// Why a specialization could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Dsl(#[from] DslError),
+    #[error("tiny config (tests/fixtures/tiny_config.json): {0}")]
+    Config(#[from] serde_json::Error),
+}
+
+/// Build and specialize every graph of `r`.
+pub fn build(r: &Request) -> Result<Built, BuildError> {
+    let cfg = r.config.config()?;
+    let mut bindings = specialize::image_bindings(r.height, r.width)?;
+    if r.cfg == CfgJoin::SplitHalves {
+        bindings.insert("B".into(), 2);
+    }
+    let pc = PassConfig {
+        bindings: bindings.clone(),
+        cfg: r.cfg,
+        single_frame: true,
+    };
+    let t = &cfg.transformer;
+    let (cin, cout) = cfg.vae.up_block_io(1);
+    let graphs = [
+        transformer::rope(t)?,
+        transformer::transformer(t)?,
+        vae::residual_block("vae_up1_resnet0", cin, cout)?,
+    ];
+    let graphs = graphs
+        .iter()
+        .map(|g| passes::run(g, &pc))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (gh, gw) = (bindings["gh"], bindings["gw"]);
+    let consts = vec![
+        ("width".into(), r.width),
+        ("height".into(), r.height),
+        ("latent_h".into(), bindings["h"]),
+        ("latent_w".into(), bindings["w"]),
+        ("grid_h".into(), gh),
+        ("grid_w".into(), gw),
+        ("img_tokens".into(), bindings["L_img"]),
+        ("packed_channels".into(), t.in_channels),
+        ("num_layers".into(), t.num_layers),
+        ("txt_rope_offset".into(), (gh / 2).max(gw / 2)),
+    ];
+    let config = match r.config {
+        ConfigName::Real => "real",
+        ConfigName::Tiny => "tiny",
+    };
+    let cfg_s = match r.cfg {
+        CfgJoin::Batched => "batched",
+        CfgJoin::SplitHalves => "split halves (B = 2)",
+    };
+    Ok(Built {
+        title: format!(
+            "res = {}x{} (W×H), config = {config}, CFG attention = {cfg_s}, VAE NHWC single frame",
+            r.width, r.height
+        ),
+        consts,
+        graphs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(w: usize, h: usize, config: ConfigName) -> Request {
+        Request {
+            width: w,
+            height: h,
+            config,
+            cfg: CfgJoin::Batched,
+        }
+    }
+
+    #[test]
+    fn tiny_fixture_resolution_builds() {
+        let b = build(&req(96, 64, ConfigName::Tiny)).unwrap();
+        let t = &b.graphs[1];
+        assert_eq!(t.inputs[0].ty.shape.to_string(), "[B, 24, 64]");
+        let block = &t.blocks["dual_stream_block"];
+        assert_eq!(block.weights.len(), 32); // 4 mod + 16 attn linears + 4 norms + 8 mlp
+        assert_eq!(block.count_op("sdpa"), 1);
+        assert_eq!(block.count_op("rope"), 4);
+        let vae = &b.graphs[2];
+        assert_eq!(vae.count_op("conv2d"), 3);
+        assert_eq!(vae.inputs[0].ty.shape.to_string(), "[B, hf, wf, 32]");
+    }
+
+    #[test]
+    fn real_1024_has_literal_image_shapes() {
+        let b = build(&req(1024, 1024, ConfigName::Real)).unwrap();
+        let t = &b.graphs[1];
+        assert_eq!(t.inputs[0].ty.shape.to_string(), "[B, 4096, 64]");
+        assert_eq!(
+            b.consts
+                .iter()
+                .find(|c| c.0 == "txt_rope_offset")
+                .unwrap()
+                .1,
+            32
+        );
+        assert_eq!(
+            b.graphs[0].ty(b.graphs[0].outputs[0].1).shape.to_string(),
+            "[4096, 64]"
+        );
+    }
+
+    #[test]
+    fn split_halves_binds_the_batch() {
+        let mut r = req(96, 64, ConfigName::Tiny);
+        r.cfg = CfgJoin::SplitHalves;
+        let b = build(&r).unwrap();
+        let block = &b.graphs[1].blocks["dual_stream_block"];
+        assert_eq!(block.count_op("sdpa"), 2);
+        assert_eq!(block.inputs[0].ty.shape.to_string(), "[2, 24, 64]");
+    }
+
+    #[test]
+    fn bad_resolution_is_an_error() {
+        let e = build(&req(1000, 1024, ConfigName::Real)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "width (VAE ×8, patch ×2) must be a multiple of 16; got 1000"
+        );
+    }
+
+    #[test]
+    fn text_encoder_layer_builds_with_gqa() {
+        let c = config::real().text_encoder;
+        let g = text_encoder::decoder_layer(&c).unwrap();
+        assert_eq!(g.count_op("sdpa"), 1);
+        let k = g
+            .weights
+            .iter()
+            .find(|w| w.key == "self_attn.k_proj.weight")
+            .unwrap();
+        assert_eq!(k.shape, vec![512, 3584]);
+        assert!(!g.weights.iter().any(|w| w.key == "self_attn.o_proj.bias"));
+    }
+}

@@ -1,1 +1,28 @@
-//! qwen-macros: the `specialize!` proc-macro shim.
+//! qwen-macros: `specialize!`, a thin shim. It parses the arguments ([`args`]), asks
+//! qwen-graph for the graphs of that specialization and graph-codegen for their code
+//! ([`expand`]). Misuse is a spanned compile error (all problems at once) plus an empty
+//! stub module, never a panic.
+//!
+//! ```ignore
+//! specialize!(res = 1024);                  // pub mod res1024 { … }
+//! specialize!(res = 1664x928);              // pub mod res1664x928 { … } (W×H)
+//! specialize!(res = 96x64, config = tiny);  // pub mod res96x64_tiny { … }
+//! specialize!(res = 96x64, config = tiny, cfg = split); // pub mod res96x64_tiny_split
+//! ```
+
+mod args;
+mod expand;
+
+use proc_macro::TokenStream;
+
+/// Generate one module of shape-specialized mlx-rs code. Options: `res = N` or
+/// `res = WxH` (multiples of 16, required), `config = real | tiny` (default real),
+/// `cfg = batched | split` (default batched: how CFG halves meet in attention).
+#[proc_macro]
+pub fn specialize(input: TokenStream) -> TokenStream {
+    let parsed = match syn::parse::Parser::parse(args::parse, input) {
+        Ok(p) => p,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    expand::expand(parsed).into()
+}

@@ -1,0 +1,174 @@
+//! Model configurations. Key names follow the published `config.json` files so they can be
+//! grepped against them. The real values are constants with their source; the tiny test
+//! config is read from `tests/fixtures/tiny_config.json` (the one place it lives).
+
+use serde::Deserialize;
+
+/// `transformer/config.json` (the fields the graph uses).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TransformerConfig {
+    pub patch_size: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub num_layers: usize,
+    pub attention_head_dim: usize,
+    pub num_attention_heads: usize,
+    pub joint_attention_dim: usize,
+    pub axes_dims_rope: [usize; 3],
+}
+
+impl TransformerConfig {
+    /// D = heads · head_dim.
+    pub fn inner_dim(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+}
+
+/// `text_encoder/config.json` (flat Qwen2.5-VL keys; language model only).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TextEncoderConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+}
+
+impl TextEncoderConfig {
+    /// Head dim = hidden / heads.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// `vae/config.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct VaeConfig {
+    pub base_dim: usize,
+    pub z_dim: usize,
+    pub dim_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+}
+
+impl VaeConfig {
+    /// Decoder stage widths: `base_dim · [mult[-1]] + reversed(mult)` (diffusers
+    /// `QwenImageDecoder3d`), e.g. 384, 384, 384, 192, 96.
+    pub fn decoder_dims(&self) -> Vec<usize> {
+        let last = *self.dim_mult.last().unwrap_or(&1);
+        std::iter::once(last)
+            .chain(self.dim_mult.iter().rev().copied())
+            .map(|m| m * self.base_dim)
+            .collect()
+    }
+
+    /// (in, out) channels of `decoder.up_blocks.{i}.resnets.0`: stages after the first
+    /// start from the upsampler's halved width.
+    pub fn up_block_io(&self, i: usize) -> (usize, usize) {
+        let d = self.decoder_dims();
+        let cin = if i == 0 { d[i] } else { d[i] / 2 };
+        (cin, d[i + 1])
+    }
+}
+
+/// All three networks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Config {
+    pub transformer: TransformerConfig,
+    pub text_encoder: TextEncoderConfig,
+    pub vae: VaeConfig,
+}
+
+/// Which configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigName {
+    /// The published Qwen-Image checkpoint.
+    Real,
+    /// The tiny test config of `tests/fixtures/tiny_config.json`.
+    Tiny,
+}
+
+impl ConfigName {
+    /// The configuration.
+    pub fn config(self) -> Result<Config, serde_json::Error> {
+        match self {
+            ConfigName::Real => Ok(real()),
+            ConfigName::Tiny => tiny(),
+        }
+    }
+}
+
+/// The published Qwen-Image configuration.
+///
+/// Sources (qwen-image-spec.md): transformer §2.1 (`transformer/config.json`, identical to
+/// the diffusers `QwenImageTransformer2DModel` defaults), text encoder §3.1
+/// (Qwen2.5-VL-7B-Instruct `config.json`, transformers 4.53.1), VAE §4.1
+/// (`vae/config.json`, identical to the diffusers `AutoencoderKLQwenImage` defaults).
+pub fn real() -> Config {
+    Config {
+        transformer: TransformerConfig {
+            patch_size: 2,
+            in_channels: 64,
+            out_channels: 16,
+            num_layers: 60,
+            attention_head_dim: 128,
+            num_attention_heads: 24,
+            joint_attention_dim: 3584,
+            axes_dims_rope: [16, 56, 56],
+        },
+        text_encoder: TextEncoderConfig {
+            vocab_size: 152064,
+            hidden_size: 3584,
+            intermediate_size: 18944,
+            num_hidden_layers: 28,
+            num_attention_heads: 28,
+            num_key_value_heads: 4,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+        },
+        vae: VaeConfig {
+            base_dim: 96,
+            z_dim: 16,
+            dim_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 2,
+        },
+    }
+}
+
+/// The tiny config, parsed from the fixture file at build time of this crate.
+pub fn tiny() -> Result<Config, serde_json::Error> {
+    serde_json::from_str(include_str!("../../../../tests/fixtures/tiny_config.json"))
+}
+
+/// RoPE θ of the DiT (`QwenEmbedRope(theta=10000)`, spec §2.5).
+pub const DIT_ROPE_THETA: f64 = 10000.0;
+/// LayerNorm / RMSNorm eps of the DiT (spec §2.3–2.4).
+pub const DIT_EPS: f64 = 1e-6;
+/// Sinusoid channels of the timestep embedding (spec §2.3).
+pub const TIMESTEP_CHANNELS: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_config_parses_from_the_fixture() {
+        let t = tiny().unwrap();
+        assert_eq!(t.transformer.inner_dim(), 64);
+        assert_eq!(t.transformer.axes_dims_rope, [8, 12, 12]);
+        assert_eq!(t.vae.decoder_dims(), vec![64, 64, 64, 32, 16]);
+        assert_eq!(t.vae.up_block_io(1), (32, 64));
+        assert_eq!(t.text_encoder.head_dim(), 8);
+    }
+
+    #[test]
+    fn real_config_derivations() {
+        let r = real();
+        assert_eq!(r.transformer.inner_dim(), 3072);
+        assert_eq!(r.vae.decoder_dims(), vec![384, 384, 384, 192, 96]);
+        assert_eq!(r.vae.up_block_io(1), (192, 384));
+        assert_eq!(r.text_encoder.head_dim(), 128);
+    }
+}

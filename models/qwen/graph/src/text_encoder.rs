@@ -1,0 +1,55 @@
+//! The Qwen2.5-VL language model (spec §3), text only. For now one decoder layer, which
+//! exercises the text-encoder ops of the DSL (GQA, causal attention, rotate-half RoPE,
+//! SwiGLU); the full encoder is a loop of it plus `embed_tokens` and the final norm.
+
+use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, Result, RopeLayout};
+
+use crate::config::TextEncoderConfig;
+
+/// `model.layers.{i}` (spec §3.3): `h = x + o_proj(Attn(RMSNorm(x)))`,
+/// `out = h + down(SiLU(gate(RMSNorm(h))) · up(RMSNorm(h)))`.
+// x: [B, S, hidden]   cos, sin: [S, head_dim/2] -> [B, S, hidden]
+pub fn decoder_layer(c: &TextEncoderConfig) -> Result<Graph> {
+    let (hs, nh, nkv, hd) = (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim(),
+    );
+    let (bb, s) = (Dim::sym("B"), Dim::sym("S"));
+    let mut b = GraphBuilder::new("text_decoder_layer");
+    let x = b.input("x", [bb.clone(), s.clone(), Dim::Const(hs)], DType::F32)?;
+    let cos = b.input("cos", [s.clone(), Dim::Const(hd / 2)], DType::F32)?;
+    let sin = b.input("sin", [s.clone(), Dim::Const(hd / 2)], DType::F32)?;
+
+    let h = b.rms_norm("input_layernorm", x, hs, c.rms_norm_eps)?;
+    let a = b.scope("self_attn", |b| {
+        let q = b.linear("q_proj", h, hs, nh * hd, true)?;
+        let k = b.linear("k_proj", h, hs, nkv * hd, true)?;
+        let v = b.linear("v_proj", h, hs, nkv * hd, true)?;
+        let q = b.reshape(q, [bb.clone(), s.clone(), Dim::Const(nh), Dim::Const(hd)])?; // [B, S, H, hd]
+        let k = b.reshape(k, [bb.clone(), s.clone(), Dim::Const(nkv), Dim::Const(hd)])?; // [B, S, KV, hd]
+        let v = b.reshape(v, [bb.clone(), s.clone(), Dim::Const(nkv), Dim::Const(hd)])?;
+        let q = b.rope(q, cos, sin, RopeLayout::RotateHalf)?;
+        let k = b.rope(k, cos, sin, RopeLayout::RotateHalf)?;
+        let q = b.transpose(q, &[0, 2, 1, 3])?;
+        let k = b.transpose(k, &[0, 2, 1, 3])?;
+        let v = b.transpose(v, &[0, 2, 1, 3])?;
+        let o = b.sdpa(q, k, v, 1.0 / (hd as f64).sqrt(), MaskKind::Causal, None)?; // GQA
+        let o = b.transpose(o, &[0, 2, 1, 3])?;
+        let o = b.reshape(o, [bb.clone(), s.clone(), Dim::Const(nh * hd)])?;
+        b.linear("o_proj", o, nh * hd, hs, false)
+    })?;
+    let x = b.add(x, a)?;
+    let h = b.rms_norm("post_attention_layernorm", x, hs, c.rms_norm_eps)?;
+    let m = b.scope("mlp", |b| {
+        let g = b.linear("gate_proj", h, hs, c.intermediate_size, false)?;
+        let u = b.linear("up_proj", h, hs, c.intermediate_size, false)?;
+        let g = b.silu(g)?;
+        let gu = b.mul(g, u)?;
+        b.linear("down_proj", gu, c.intermediate_size, hs, false)
+    })?;
+    let x = b.add(x, m)?;
+    b.output("x", x)?;
+    Ok(b.finish())
+}

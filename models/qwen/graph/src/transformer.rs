@@ -1,0 +1,265 @@
+//! The Qwen-Image MMDiT (`QwenImageTransformer2DModel`, spec §2): the dual-stream block,
+//! the whole transformer around a loop of blocks, and the RoPE tables.
+//!
+//! Symbols: `B` batch (run time), `L_img` image tokens (fixed by the resolution),
+//! `L_txt` text tokens (run time), `gh`/`gw` the packed grid.
+
+use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, Result, RopeLayout, RopeSpec, Tensor};
+
+use crate::config::{TransformerConfig, DIT_EPS, DIT_ROPE_THETA, TIMESTEP_CHANNELS};
+
+fn b_() -> Dim {
+    Dim::sym("B")
+}
+fn l_img() -> Dim {
+    Dim::sym("L_img")
+}
+fn l_txt() -> Dim {
+    Dim::sym("L_txt")
+}
+
+/// `y·(1 + scale) + shift`; shift, scale `[B, 1, D]`.
+fn modulate(b: &mut GraphBuilder, y: Tensor, shift: Tensor, scale: Tensor) -> Result<Tensor> {
+    let s1 = b.add_scalar(scale, 1.0)?;
+    let y = b.mul(y, s1)?;
+    b.add(y, shift)
+}
+
+/// `net.2(GELU_tanh(net.0.proj(y)))` (diffusers `FeedForward`, "gelu-approximate").
+fn mlp(b: &mut GraphBuilder, name: &str, y: Tensor, d: usize) -> Result<Tensor> {
+    b.scope(name, |b| {
+        let h = b.linear("net.0.proj", y, d, 4 * d, true)?; // [B, L, 4D]
+        let h = b.gelu_tanh(h)?;
+        b.linear("net.2", h, 4 * d, d, true) // [B, L, D]
+    })
+}
+
+/// Project one stream to `[B, L, H, Dh]` heads with per-head RMSNorm on q and k and RoPE.
+#[allow(clippy::too_many_arguments)]
+fn qkv(
+    b: &mut GraphBuilder,
+    c: &TransformerConfig,
+    y: Tensor,
+    len: Dim,
+    names: [&str; 5],
+    cos: Tensor,
+    sin: Tensor,
+) -> Result<[Tensor; 3]> {
+    let (d, nh, dh) = (c.inner_dim(), c.num_attention_heads, c.attention_head_dim);
+    let heads = [b_(), len, Dim::Const(nh), Dim::Const(dh)];
+    let q = b.linear(names[0], y, d, d, true)?;
+    let k = b.linear(names[1], y, d, d, true)?;
+    let v = b.linear(names[2], y, d, d, true)?;
+    let q = b.reshape(q, heads.clone())?; // [B, L, H, Dh]
+    let k = b.reshape(k, heads.clone())?;
+    let v = b.reshape(v, heads)?;
+    let q = b.rms_norm(names[3], q, dh, DIT_EPS)?;
+    let k = b.rms_norm(names[4], k, dh, DIT_EPS)?;
+    let q = b.rope(q, cos, sin, RopeLayout::Interleaved)?;
+    let k = b.rope(k, cos, sin, RopeLayout::Interleaved)?;
+    Ok([q, k, v])
+}
+
+/// Joint attention (`QwenDoubleStreamAttnProcessor2_0`, spec §2.4): text first, then image.
+// xi: [B, L_img, D]   ci: [B, L_txt, D]   -> (img [B, L_img, D], txt [B, L_txt, D])
+fn joint_attention(
+    b: &mut GraphBuilder,
+    c: &TransformerConfig,
+    xi: Tensor,
+    ci: Tensor,
+    rope: [Tensor; 4],
+) -> Result<(Tensor, Tensor)> {
+    let (d, dh) = (c.inner_dim(), c.attention_head_dim);
+    b.scope("attn", |b| {
+        let [iq, ik, iv] = qkv(
+            b,
+            c,
+            xi,
+            l_img(),
+            ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
+            rope[0],
+            rope[1],
+        )?;
+        let tnames = [
+            "add_q_proj",
+            "add_k_proj",
+            "add_v_proj",
+            "norm_added_q",
+            "norm_added_k",
+        ];
+        let [tq, tk, tv] = qkv(b, c, ci, l_txt(), tnames, rope[2], rope[3])?;
+        let mut joint = vec![];
+        for (t, i) in [(tq, iq), (tk, ik), (tv, iv)] {
+            let j = b.concat(&[t, i], 1)?; // [B, L_txt+L_img, H, Dh]
+            joint.push(b.transpose(j, &[0, 2, 1, 3])?); // [B, H, L, Dh]
+        }
+        let o = b.sdpa(
+            joint[0],
+            joint[1],
+            joint[2],
+            1.0 / (dh as f64).sqrt(),
+            MaskKind::None,
+            None,
+        )?;
+        let o = b.transpose(o, &[0, 2, 1, 3])?; // [B, L, H, Dh]
+        let l = l_txt().add(&l_img());
+        let o = b.reshape(o, [b_(), l.clone(), Dim::Const(d)])?; // [B, L, D]
+        let txt = b.slice(o, 1, 0, l_txt())?;
+        let img = b.slice(o, 1, l_txt(), l)?;
+        let img = b.linear("to_out.0", img, d, d, true)?;
+        let txt = b.linear("to_add_out", txt, d, d, true)?;
+        Ok((img, txt))
+    })
+}
+
+/// One dual-stream block (`QwenImageTransformerBlock`, spec §2.4); weights relative to
+/// `transformer_blocks.{i}`.
+pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
+    let (d, dh) = (c.inner_dim(), c.attention_head_dim);
+    let mut b = GraphBuilder::new("dual_stream_block");
+    let x = b.input("hidden_states", [b_(), l_img(), Dim::Const(d)], DType::F32)?;
+    let ctx = b.input(
+        "encoder_hidden_states",
+        [b_(), l_txt(), Dim::Const(d)],
+        DType::F32,
+    )?;
+    let temb = b.input("temb", [b_(), Dim::Const(d)], DType::F32)?;
+    let mut rope = vec![];
+    for (n, l) in [
+        ("img_cos", l_img()),
+        ("img_sin", l_img()),
+        ("txt_cos", l_txt()),
+        ("txt_sin", l_txt()),
+    ] {
+        rope.push(b.input(n, [l, Dim::Const(dh / 2)], DType::F32)?);
+    }
+    let rope = [rope[0], rope[1], rope[2], rope[3]];
+
+    // modulation: (shift, scale, gate) × 2 per stream from SiLU(temb)
+    let t = b.silu(temb)?;
+    let mut mods = vec![];
+    for name in ["img_mod.1", "txt_mod.1"] {
+        let m = b.linear(name, t, d, 6 * d, true)?; // [B, 6D]
+        let m = b.reshape(m, [b_(), Dim::Const(1), Dim::Const(6 * d)])?; // [B, 1, 6D]
+        mods.push(b.chunk(m, 6, 2)?); // 6 × [B, 1, D]
+    }
+    let (im, tm) = (&mods[0], &mods[1]);
+
+    let xn = b.layer_norm(x, DIT_EPS)?;
+    let xi = modulate(&mut b, xn, im[0], im[1])?;
+    let cn = b.layer_norm(ctx, DIT_EPS)?;
+    let ci = modulate(&mut b, cn, tm[0], tm[1])?;
+    let (a_img, a_txt) = joint_attention(&mut b, c, xi, ci, rope)?;
+    let g = b.mul(im[2], a_img)?;
+    let x = b.add(x, g)?;
+    let g = b.mul(tm[2], a_txt)?;
+    let ctx = b.add(ctx, g)?;
+
+    let xn = b.layer_norm(x, DIT_EPS)?;
+    let xm = modulate(&mut b, xn, im[3], im[4])?;
+    let xm = mlp(&mut b, "img_mlp", xm, d)?;
+    let g = b.mul(im[5], xm)?;
+    let x = b.add(x, g)?;
+    let cn = b.layer_norm(ctx, DIT_EPS)?;
+    let cm = modulate(&mut b, cn, tm[3], tm[4])?;
+    let cm = mlp(&mut b, "txt_mlp", cm, d)?;
+    let g = b.mul(tm[5], cm)?;
+    let ctx = b.add(ctx, g)?;
+
+    b.output("hidden_states", x)?;
+    b.output("encoder_hidden_states", ctx)?;
+    Ok(b.finish())
+}
+
+/// The RoPE tables of one specialization (spec §2.5), made once per generation: image
+/// positions from the (compile-time) grid, text positions `m + k` for the run-time text
+/// length. The `rope_fold` pass turns this into per-axis constants.
+pub fn rope(c: &TransformerConfig) -> Result<Graph> {
+    let mut b = GraphBuilder::new("rope");
+    let t = b.rope_tables(RopeSpec {
+        theta: DIT_ROPE_THETA,
+        axes_dims: c.axes_dims_rope,
+        grid: [Dim::sym("gh"), Dim::sym("gw")],
+        img_len: l_img(),
+        txt_len: l_txt(),
+    })?;
+    for (i, n) in ["img_cos", "img_sin", "txt_cos", "txt_sin"]
+        .iter()
+        .enumerate()
+    {
+        b.output(n, t[i])?;
+    }
+    Ok(b.finish())
+}
+
+/// The whole transformer (spec §2.3): `img_in`, `txt_norm`/`txt_in`, the timestep
+/// embedding, `num_layers` blocks in a loop, `norm_out`, `proj_out`.
+// hidden_states: [B, L_img, 64]   encoder_hidden_states: [B, L_txt, 3584]   timestep: [B] (≈σ)
+// -> [B, L_img, 64] velocity, packed
+pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
+    let (d, dh) = (c.inner_dim(), c.attention_head_dim);
+    let block = dual_stream_block(c)?;
+    let mut b = GraphBuilder::new("transformer");
+    let x = b.input(
+        "hidden_states",
+        [b_(), l_img(), Dim::Const(c.in_channels)],
+        DType::F32,
+    )?;
+    let ctx = b.input(
+        "encoder_hidden_states",
+        [b_(), l_txt(), Dim::Const(c.joint_attention_dim)],
+        DType::F32,
+    )?;
+    let ts = b.input("timestep", [b_()], DType::F32)?;
+    let mut rope = vec![];
+    for (n, l) in [
+        ("img_cos", l_img()),
+        ("img_sin", l_img()),
+        ("txt_cos", l_txt()),
+        ("txt_sin", l_txt()),
+    ] {
+        rope.push(b.input(n, [l, Dim::Const(dh / 2)], DType::F32)?);
+    }
+
+    let x = b.linear("img_in", x, c.in_channels, d, true)?; // [B, L_img, D]
+    let ctx = b.rms_norm("txt_norm", ctx, c.joint_attention_dim, DIT_EPS)?;
+    let ctx = b.linear("txt_in", ctx, c.joint_attention_dim, d, true)?; // [B, L_txt, D]
+
+    // timestep: sinusoid of 1000·t, [cos, sin], f_k = exp(−ln(10000)·k/128)
+    let half = TIMESTEP_CHANNELS / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() as f32 * 1000.0)
+        .collect();
+    let temb = b.scope("time_text_embed", |b| {
+        let f = b.const_tensor("timestep_freqs", &[1, half], freqs)?;
+        let t = b.reshape(ts, [b_(), Dim::Const(1)])?; // [B, 1]
+        let a = b.mul(t, f)?; // [B, 128]
+        let (cs, sn) = (
+            b.unary(graph_dsl::Unary::Cos, a)?,
+            b.unary(graph_dsl::Unary::Sin, a)?,
+        );
+        let emb = b.concat(&[cs, sn], 1)?; // [B, 256]
+        b.scope("timestep_embedder", |b| {
+            let h = b.linear("linear_1", emb, TIMESTEP_CHANNELS, d, true)?;
+            let h = b.silu(h)?;
+            b.linear("linear_2", h, d, d, true) // [B, D]
+        })
+    })?;
+
+    let mut ins = vec![x, ctx, temb];
+    ins.extend(rope);
+    let out = b.repeat(&block, "transformer_blocks", c.num_layers, 2, &ins)?;
+    let x = out[0];
+
+    // norm_out (AdaLayerNormContinuous): scale first, then shift
+    let t = b.silu(temb)?;
+    let e = b.linear("norm_out.linear", t, d, 2 * d, true)?; // [B, 2D]
+    let e = b.reshape(e, [b_(), Dim::Const(1), Dim::Const(2 * d)])?;
+    let parts = b.chunk(e, 2, 2)?;
+    let xn = b.layer_norm(x, DIT_EPS)?;
+    let x = modulate(&mut b, xn, parts[1], parts[0])?;
+    let p = c.patch_size * c.patch_size * c.out_channels;
+    let y = b.linear("proj_out", x, d, p, true)?; // [B, L_img, 64]
+    b.output("velocity", y)?;
+    Ok(b.finish())
+}

@@ -1,0 +1,165 @@
+//! Parse and validate `specialize!` arguments, collecting every problem.
+
+use proc_macro2::Span;
+use syn::parse::ParseStream;
+use syn::{Ident, LitInt, Token};
+
+/// Option keywords.
+pub const RES: &str = "res";
+pub const CONFIG: &str = "config";
+pub const CFG: &str = "cfg";
+const OPTIONS: &str = "res, config, cfg";
+
+/// Parsed arguments (what could be parsed) and every error found.
+pub struct Args {
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// Whether `res` was written as one number (square).
+    pub square: bool,
+    pub res_span: Span,
+    pub tiny: bool,
+    pub split: bool,
+    pub errors: Vec<syn::Error>,
+}
+
+impl Args {
+    /// The module name, e.g. `res1024`, `res96x64_tiny`.
+    pub fn module(&self) -> Option<String> {
+        let (w, h) = (self.width?, self.height?);
+        let mut s = if self.square {
+            format!("res{w}")
+        } else {
+            format!("res{w}x{h}")
+        };
+        if self.tiny {
+            s.push_str("_tiny");
+        }
+        if self.split {
+            s.push_str("_split");
+        }
+        Some(s)
+    }
+}
+
+fn check16(lit: &LitInt, v: usize, errors: &mut Vec<syn::Error>) {
+    if v == 0 || v % 16 != 0 {
+        errors.push(syn::Error::new_spanned(
+            lit,
+            format!("res must be a multiple of 16 (VAE ×8, patch ×2); got {v}"),
+        ));
+    }
+}
+
+/// `res = 1024` / `res = 1664x928`: (width, height, square).
+fn parse_res(lit: &LitInt, errors: &mut Vec<syn::Error>) -> Option<(usize, usize, bool)> {
+    let Ok(w) = lit.base10_parse::<usize>() else {
+        errors.push(syn::Error::new_spanned(
+            lit,
+            "res must be a number such as 1024 or 1664x928",
+        ));
+        return None;
+    };
+    let suffix = lit.suffix();
+    if suffix.is_empty() {
+        check16(lit, w, errors);
+        return Some((w, w, true));
+    }
+    match suffix
+        .strip_prefix('x')
+        .and_then(|h| h.parse::<usize>().ok())
+    {
+        Some(h) => {
+            let before = errors.len();
+            check16(lit, w, errors);
+            if errors.len() == before {
+                check16(lit, h, errors);
+            }
+            Some((w, h, false))
+        }
+        None => {
+            errors.push(syn::Error::new_spanned(
+                lit,
+                format!("res must be `N` or `WxH` (width x height, e.g. 1664x928); got `{lit}`"),
+            ));
+            None
+        }
+    }
+}
+
+/// Parse the argument list; only a token-level syntax error is returned as `Err`.
+pub fn parse(input: ParseStream) -> syn::Result<Args> {
+    let mut a = Args {
+        width: None,
+        height: None,
+        square: true,
+        res_span: Span::call_site(),
+        tiny: false,
+        split: false,
+        errors: vec![],
+    };
+    let mut seen: Vec<String> = vec![];
+    while !input.is_empty() {
+        let key: Ident = input.parse()?;
+        input.parse::<Token![=]>()?;
+        let k = key.to_string();
+        if seen.contains(&k) {
+            a.errors.push(syn::Error::new_spanned(
+                &key,
+                format!("duplicate option `{k}`"),
+            ));
+        }
+        seen.push(k.clone());
+        match k.as_str() {
+            RES => {
+                let lit: LitInt = input.parse()?;
+                a.res_span = lit.span();
+                if let Some((w, h, sq)) = parse_res(&lit, &mut a.errors) {
+                    if a.width.is_none() {
+                        (a.width, a.height, a.square) = (Some(w), Some(h), sq);
+                    }
+                }
+            }
+            CONFIG => {
+                let v: Ident = input.parse()?;
+                match v.to_string().as_str() {
+                    "real" => {}
+                    "tiny" => a.tiny = true,
+                    other => a.errors.push(syn::Error::new_spanned(
+                        &v,
+                        format!("unknown config `{other}`; expected `real` or `tiny`"),
+                    )),
+                }
+            }
+            CFG => {
+                let v: Ident = input.parse()?;
+                match v.to_string().as_str() {
+                    "batched" => {}
+                    "split" => a.split = true,
+                    other => a.errors.push(syn::Error::new_spanned(
+                        &v,
+                        format!("unknown cfg `{other}`; expected `batched` or `split`"),
+                    )),
+                }
+            }
+            other => {
+                // skip the value, whatever it is, and report the key
+                let _: proc_macro2::TokenTree = input.parse()?;
+                a.errors.push(syn::Error::new_spanned(
+                    &key,
+                    format!("unknown option `{other}`; expected one of {OPTIONS}"),
+                ));
+            }
+        }
+        if input.is_empty() {
+            break;
+        }
+        input.parse::<Token![,]>()?;
+    }
+    if !seen.iter().any(|k| k == RES) {
+        a.errors.push(syn::Error::new(
+            Span::call_site(),
+            "missing `res = …` (e.g. `specialize!(res = 1024)`)",
+        ));
+    }
+    Ok(a)
+}

@@ -1,0 +1,11 @@
+//! One `specialize!` line per resolution (see docs/adding-a-resolution.md). Every line
+//! expands to a module with the same item names; only literal shapes differ.
+
+use qwen_macros::specialize;
+
+// The published model.
+specialize!(res = 1024);
+
+// The tiny test config at the block fixtures' resolution (W×H = 96×64), used by the
+// parity tests in tests/.
+specialize!(res = 96x64, config = tiny);
