@@ -390,15 +390,28 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
         }
         items.push(emit_fn(g, &mut tables)?);
     }
-    let tables = tables.into_iter().map(|(id, bytes)| {
-        let lit = Literal::byte_string(&bytes);
-        let n = Literal::usize_unsuffixed(bytes.len() / 4);
-        let doc = format!(" {n} f32 values, little-endian.");
-        quote! {
-            #[doc = #doc]
-            const #id: &[u8] = #lit;
-        }
-    });
+    // identical tables (a square grid's row and column tables) are stored once
+    let mut first: BTreeMap<Vec<u8>, Ident> = BTreeMap::new();
+    let tables: Vec<TokenStream> = tables
+        .into_iter()
+        .map(|(id, bytes)| {
+            if let Some(prev) = first.get(&bytes) {
+                let doc = format!(" Same values as `{prev}`.");
+                return quote! {
+                    #[doc = #doc]
+                    const #id: &[u8] = #prev;
+                };
+            }
+            first.insert(bytes.clone(), id.clone());
+            let lit = Literal::byte_string(&bytes);
+            let n = Literal::usize_unsuffixed(bytes.len() / 4);
+            let doc = format!(" {n} f32 values, little-endian.");
+            quote! {
+                #[doc = #doc]
+                const #id: &[u8] = #lit;
+            }
+        })
+        .collect();
     let consts = spec.consts.iter().map(|(n, v)| {
         let id = ident(&n.to_uppercase());
         let v = Literal::usize_unsuffixed(*v);

@@ -1,0 +1,3 @@
+qwen_macros::specialize!(config = tiny);
+
+fn main() {}

@@ -1,0 +1,3 @@
+qwen_macros::specialize!(res = 1000);
+
+fn main() {}

@@ -1,0 +1,3 @@
+qwen_macros::specialize!(res = 512, config = huge, cfg = sometimes);
+
+fn main() {}
