@@ -27,8 +27,10 @@ type BuildResult<T> = Result<T, String>;
 
 fn main() {
     if let Err(message) = build() {
-        eprintln!("error: {message}");
-        std::process::exit(1);
+        // One line under cargo's own `error:`; cargo then fails the build (and reruns
+        // this script next time, so `./dev setup` followed by a rebuild just works).
+        let message = message.replace('\n', " ");
+        println!("cargo::error={message}");
     }
 }
 
@@ -163,10 +165,10 @@ fn check_tools() -> BuildResult<String> {
     }
     // bindgen would panic with a long backtrace; load libclang here first instead.
     clang_sys::load().map_err(|reason| {
-        let reason = reason.lines().next().unwrap_or_default().to_string();
+        let reason: String = reason.chars().take(160).collect();
         format!(
-            "libclang not found ({reason}): run `./dev setup`, or install it with \
-             `apt-get install libclang-dev`"
+            "libclang not found: run `./dev setup`, or install it with \
+             `apt-get install libclang-dev` (clang-sys said: {reason}...)"
         )
     })?;
     Ok(cmake)
