@@ -137,3 +137,56 @@ fn bench_matmul(chosen: &ChosenDevice, args: &Args) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("qwen-run").chain(argv.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn small_matmul_runs_on_the_cpu() {
+        run(&args(&[
+            "--device",
+            "cpu",
+            "--bench-matmul",
+            "8",
+            "--dtype",
+            "f32",
+            "--iters",
+            "1",
+        ]))
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_sizes_are_errors_not_panics() {
+        let err = run(&args(&["--device", "cpu", "--bench-matmul", "0"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--bench-matmul must be between 1 and 65536, got 0"
+        );
+        let err = run(&args(&["--device", "cpu", "--iters", "0"])).unwrap_err();
+        assert_eq!(err.to_string(), "--iters must be at least 1");
+    }
+
+    #[test]
+    fn unknown_options_are_rejected_by_the_parser() {
+        assert!(Args::try_parse_from(["qwen-run", "--device", "tpu"]).is_err());
+        assert!(Args::try_parse_from(["qwen-run", "--bench-matmul", "-3"]).is_err());
+    }
+
+    #[test]
+    fn asking_for_a_missing_gpu_is_an_error() {
+        if device::count(Backend::Gpu) > 0 {
+            return; // linked against a GPU libmlx: nothing to refuse
+        }
+        let err = run(&args(&["--device", "gpu"])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("no gpu in the loaded libmlx"),
+            "{err}"
+        );
+    }
+}
