@@ -1,4 +1,5 @@
-//! Helpers shared by the parity tests.
+//! Helpers shared by the tests (each test file uses a subset).
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
