@@ -56,6 +56,27 @@ fn fold_graph(g: &Graph) -> Result<Graph> {
     rewrite(&g, |b, node, ins| {
         let rank5 = ins.iter().any(|t| b.shape(*t).rank() == 5)
             || node.outputs.iter().any(|t| t.shape.rank() == 5);
+        // a per-frame reshape ([B, 1, H, W, C] <-> [B, H, W, C], as PyTorch's b·t folding)
+        // becomes the identity once the frame axis is gone
+        if let Op::Reshape(dims) = &node.op {
+            let mut to = dims.clone();
+            if to.len() == 5 {
+                if to[1] != Dim::Const(1) {
+                    return Err(err(
+                        &node.name,
+                        format!(
+                            "reshape to {} keeps more than one frame",
+                            Shape(dims.clone())
+                        ),
+                    ));
+                }
+                to.remove(1);
+            }
+            if *b.shape(ins[0]) == Shape(to.clone()) {
+                return Ok(Some(vec![ins[0]]));
+            }
+            return Ok(Some(b.node_named(&node.name, Op::Reshape(to), ins)?));
+        }
         let op = match &node.op {
             Op::CausalConv3d { pad, bias } => Op::Conv2d {
                 stride: [1, 1],
@@ -146,6 +167,47 @@ mod tests {
             .unwrap();
         assert_eq!(s.xforms[0], WeightXform::TakeAxis { axis: 2, index: 0 });
         assert_eq!(s.loaded_shape(), Some(vec![8, 1, 1, 4]));
+    }
+
+    #[test]
+    fn per_frame_reshapes_vanish() {
+        let mut b = GraphBuilder::new("f");
+        let x = b
+            .input(
+                "x",
+                [
+                    Dim::sym("B"),
+                    Dim::Const(1),
+                    Dim::Const(4),
+                    Dim::Const(4),
+                    Dim::Const(2),
+                ],
+                DType::F32,
+            )
+            .unwrap();
+        let f = b
+            .reshape(
+                x,
+                [Dim::sym("B"), Dim::Const(4), Dim::Const(4), Dim::Const(2)],
+            )
+            .unwrap();
+        let u = b.upsample2x(f).unwrap();
+        let y = b
+            .reshape(
+                u,
+                [
+                    Dim::sym("B"),
+                    Dim::Const(1),
+                    Dim::Const(8),
+                    Dim::Const(8),
+                    Dim::Const(2),
+                ],
+            )
+            .unwrap();
+        b.output("y", y).unwrap();
+        let g = run(&b.finish()).unwrap();
+        assert_eq!(g.count_op("reshape"), 0);
+        assert_eq!(g.ty(g.outputs[0].1).shape.to_string(), "[B, 8, 8, 2]");
     }
 
     #[test]

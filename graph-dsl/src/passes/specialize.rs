@@ -11,7 +11,7 @@ use crate::passes::{map_all, rewrite};
 use crate::shape::{Dim, Shape};
 
 /// The symbols an image of `height`×`width` pixels fixes: `H`, `W`, latent `h = H/8`,
-/// `w`, packed grid `gh = h/2`, `gw`, and `L_img = gh·gw`.
+/// `w`, `L_lat = h·w`, packed grid `gh = h/2`, `gw`, and `L_img = gh·gw`.
 pub fn image_bindings(height: usize, width: usize) -> Result<BTreeMap<String, usize>> {
     for (what, v) in [("height", height), ("width", width)] {
         if v == 0 || v % 16 != 0 {
@@ -29,6 +29,7 @@ pub fn image_bindings(height: usize, width: usize) -> Result<BTreeMap<String, us
         ("W".to_string(), width),
         ("h".to_string(), h),
         ("w".to_string(), w),
+        ("L_lat".to_string(), h * w),
         ("gh".to_string(), gh),
         ("gw".to_string(), gw),
         ("L_img".to_string(), gh * gw),

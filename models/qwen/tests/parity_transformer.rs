@@ -17,7 +17,9 @@ const TOL: f32 = 1e-4;
 
 /// `a[i..i+1, ..len]` along the first two axes (len `None`: all).
 fn take(a: &Array, i: i32, len: Option<i32>) -> Array {
-    let row = ops::split_at_indices(a, &[i, i + 1], 0).unwrap().swap_remove(1);
+    let row = ops::split_at_indices(a, &[i, i + 1], 0)
+        .unwrap()
+        .swap_remove(1);
     match len {
         Some(l) => ops::split_at_indices(&row, &[l], 1).unwrap().swap_remove(0),
         None => row,
@@ -38,14 +40,28 @@ fn tiny_transformer_matches_diffusers_without_masks() {
 
     let r = Checkpoint::open(fixture("references/transformer.safetensors")).unwrap();
     let get = |k: &str| r.array(&format!("96x64.{k}")).unwrap();
-    let (x, ctx, t) = (get("input.hidden_states"), get("input.encoder_hidden_states"), get("input.timestep"));
+    let (x, ctx, t) = (
+        get("input.hidden_states"),
+        get("input.encoder_hidden_states"),
+        get("input.timestep"),
+    );
     let valid = [9, 5];
 
     // sample 0: all 9 text tokens valid; reference run alone with mask None
-    let y0 = run(&w, &take(&x, 0, None), &take(&ctx, 0, Some(valid[0])), &take(&t, 0, None));
+    let y0 = run(
+        &w,
+        &take(&x, 0, None),
+        &take(&ctx, 0, Some(valid[0])),
+        &take(&t, 0, None),
+    );
     let e0 = rel_err(&y0, &get("nomask.output.sample"));
     // sample 1: 5 valid tokens; reference is the masked batch-2 call
-    let y1 = run(&w, &take(&x, 1, None), &take(&ctx, 1, Some(valid[1])), &take(&t, 1, None));
+    let y1 = run(
+        &w,
+        &take(&x, 1, None),
+        &take(&ctx, 1, Some(valid[1])),
+        &take(&t, 1, None),
+    );
     let e1 = rel_err(&y1, &take(&get("output.sample"), 1, None));
     println!("transformer 96x64: sample 0 (unmasked ref) rel err {e0:.3e}, sample 1 (unpadded vs masked ref) rel err {e1:.3e}");
     assert!(e0 <= TOL, "sample 0: {e0:.3e}");

@@ -4,7 +4,7 @@
 //! graph-codegen.
 //!
 //! - [`transformer`]: the MMDiT (dual-stream block, whole transformer, RoPE tables);
-//! - [`vae`]: decoder residual block (NHWC after the `layout` pass);
+//! - [`vae`]: the decoder (and its residual block), NHWC after the `layout` pass;
 //! - [`text_encoder`]: a Qwen2.5-VL decoder layer;
 //! - [`config`]: the real config and the tiny test config.
 
@@ -64,6 +64,7 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
         transformer::rope(t)?,
         transformer::transformer(t)?,
         vae::residual_block("vae_up1_resnet0", cin, cout)?,
+        vae::decoder(&cfg.vae)?,
     ];
     let graphs = graphs
         .iter()
@@ -125,6 +126,26 @@ mod tests {
         let vae = &b.graphs[2];
         assert_eq!(vae.count_op("conv2d"), 3);
         assert_eq!(vae.inputs[0].ty.shape.to_string(), "[B, hf, wf, 32]");
+    }
+
+    #[test]
+    fn vae_decoder_folds_to_nhwc_2d_convs() {
+        let b = build(&req(96, 64, ConfigName::Tiny)).unwrap();
+        let d = &b.graphs[3];
+        assert_eq!(d.inputs[0].ty.shape.to_string(), "[B, 8, 12, 16]");
+        assert_eq!(d.ty(d.outputs[0].1).shape.to_string(), "[B, 64, 96, 3]");
+        assert_eq!(d.count_op("causal_conv3d"), 0);
+        assert_eq!(d.count_op("reshape"), 2); // only the attention's pixel flattening
+        let bodies: Vec<&str> = d.blocks.keys().map(String::as_str).collect();
+        assert_eq!(
+            bodies,
+            [
+                "vae_resblock_16_16",
+                "vae_resblock_32_32",
+                "vae_resblock_32_64",
+                "vae_resblock_64_64"
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! is: NTHWC with causal 3-D convs. The `layout` pass folds the single frame away, so the
 //! generated code runs NHWC 2-D convs.
 
-use graph_dsl::{DType, Dim, Graph, GraphBuilder, Result};
+use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, Result, Tensor};
+
+use crate::config::VaeConfig;
 
 /// `QwenImageResidualBlock(cin → cout)` (spec §4.2): `conv2(SiLU(norm2(conv1(SiLU(norm1(x))))))
 /// + shortcut(x)`, the shortcut a 1×1×1 conv when `cin ≠ cout`.
@@ -33,5 +35,123 @@ pub fn residual_block(name: &str, cin: usize, cout: usize) -> Result<Graph> {
     let y = b.causal_conv3d("conv2", y, cout, cout, 3, true)?;
     let y = b.add(y, sc)?;
     b.output("y", y)?;
+    Ok(b.finish())
+}
+
+/// The name of the residual block body `cin → cout` (one function per distinct pair).
+fn resblock_name(cin: usize, cout: usize) -> String {
+    format!("vae_resblock_{cin}_{cout}")
+}
+
+/// `[B, 1, h, w, C]` ↔ `[B, h, w, C]`: PyTorch folds time into the batch for its 2-D
+/// layers; with one frame the `layout` pass turns both reshapes into nothing.
+fn frames(b: &mut GraphBuilder, x: Tensor, to_4d: bool) -> Result<Tensor> {
+    let s = b.shape(x).0.clone();
+    let dims = if to_4d {
+        vec![s[0].clone(), s[2].clone(), s[3].clone(), s[4].clone()]
+    } else {
+        vec![
+            s[0].clone(),
+            Dim::Const(1),
+            s[1].clone(),
+            s[2].clone(),
+            s[3].clone(),
+        ]
+    };
+    b.reshape(x, dims)
+}
+
+/// `QwenImageAttentionBlock(C)` (spec §4.2), per frame: channel-L2 norm, 1×1 `to_qkv`,
+/// single-head attention over the `h·w` pixels (head dim C), 1×1 `proj`, residual.
+// x: [B, 1, h, w, C] at the latent size (`L_lat = h·w`) -> same
+fn attention_block(b: &mut GraphBuilder, name: &str, x: Tensor, c: usize) -> Result<Tensor> {
+    b.scope(name, |b| {
+        let s = b.shape(x).0.clone();
+        let f = frames(b, x, true)?; // [B, h, w, C]
+        let n = b.channel_l2_norm("norm", f, &[c, 1, 1])?;
+        let qkv = b.conv2d("to_qkv", n, c, 3 * c, 1, 1, [(0, 0); 2], true)?; // [B, h, w, 3C]
+        let qkv = b.reshape(
+            qkv,
+            [
+                s[0].clone(),
+                Dim::Const(1),
+                Dim::sym("L_lat"),
+                Dim::Const(3 * c),
+            ],
+        )?;
+        let p = b.chunk(qkv, 3, 3)?; // 3 × [B, 1, h·w, C]
+        let o = b.sdpa(
+            p[0],
+            p[1],
+            p[2],
+            1.0 / (c as f64).sqrt(),
+            MaskKind::None,
+            None,
+        )?;
+        let o = b.reshape(o, [s[0].clone(), s[2].clone(), s[3].clone(), Dim::Const(c)])?; // [B, h, w, C]
+        let o = b.conv2d("proj", o, c, c, 1, 1, [(0, 0); 2], true)?;
+        let o = frames(b, o, false)?;
+        b.add(o, x)
+    })
+}
+
+/// `upsample2d`/`upsample3d` for one frame (spec §4.2): nearest 2×, then the 3×3 conv
+/// `resample.1` (C → C/2). The temporal conv of `upsample3d` is skipped on the first
+/// chunk, so a single image never uses it.
+// x: [B, 1, h, w, C] -> [B, 1, 2h, 2w, C/2]
+fn upsample(b: &mut GraphBuilder, name: &str, x: Tensor, c: usize) -> Result<Tensor> {
+    b.scope(name, |b| {
+        let f = frames(b, x, true)?;
+        let u = b.upsample2x(f)?;
+        let y = b.conv2d("resample.1", u, c, c / 2, 3, 1, [(1, 1); 2], true)?;
+        frames(b, y, false)
+    })
+}
+
+/// The decoder of `AutoencoderKLQwenImage` for one frame, with `post_quant_conv` in front
+/// and the final clamp (spec §4.3): `z` (de-normalized latents) → image in [−1, 1].
+// z: [B, 1, h, w, z_dim] -> [B, 1, H, W, 3] (NHWC [B, H, W, 3] after the layout pass)
+pub fn decoder(c: &VaeConfig) -> Result<Graph> {
+    let dims = c.decoder_dims();
+    let mut b = GraphBuilder::new("vae_decoder");
+    let (bb, h, w) = (Dim::sym("B"), Dim::sym("h"), Dim::sym("w"));
+    let z = b.input(
+        "z",
+        [bb, Dim::Const(1), h, w, Dim::Const(c.z_dim)],
+        DType::F32,
+    )?;
+    let x = b.causal_conv3d("post_quant_conv", z, c.z_dim, c.z_dim, 1, true)?;
+    let y = b.scope("decoder", |b| {
+        let mut x = b.causal_conv3d("conv_in", x, c.z_dim, dims[0], 3, true)?;
+        let res = |b: &mut GraphBuilder,
+                   x: Tensor,
+                   cin: usize,
+                   cout: usize,
+                   key: &str|
+         -> Result<Tensor> {
+            let body = residual_block(&resblock_name(cin, cout), cin, cout)?;
+            Ok(b.call(&body, key, &[x])?[0])
+        };
+        x = res(b, x, dims[0], dims[0], "mid_block.resnets.0")?;
+        x = attention_block(b, "mid_block.attentions.0", x, dims[0])?;
+        x = res(b, x, dims[0], dims[0], "mid_block.resnets.1")?;
+        let stages = dims.len() - 1;
+        for i in 0..stages {
+            let (cin, cout) = c.up_block_io(i);
+            for j in 0..=c.num_res_blocks {
+                let ci = if j == 0 { cin } else { cout };
+                x = res(b, x, ci, cout, &format!("up_blocks.{i}.resnets.{j}"))?;
+            }
+            if i + 1 < stages {
+                x = upsample(b, &format!("up_blocks.{i}.upsamplers.0"), x, cout)?;
+            }
+        }
+        let last = dims[stages];
+        let x = b.channel_l2_norm("norm_out", x, &[last, 1, 1, 1])?;
+        let x = b.silu(x)?;
+        b.causal_conv3d("conv_out", x, last, 3, 3, true)
+    })?;
+    let y = b.clamp(y, -1.0, 1.0)?;
+    b.output("image", y)?;
     Ok(b.finish())
 }
