@@ -89,7 +89,7 @@ pub(crate) fn emit(cx: &mut FnCx, k: usize) -> Result<TokenStream> {
         Op::Embedding => {
             let (t, ids) = (a(0)?, a(1)?);
             let o = out(cx, k, 0, &name);
-            quote!(let #o = ops::take_axis(#t, #ids, 0)?;)
+            quote!(let #o = ops::indexing::take_axis(#t, #ids, 0)?;)
         }
         Op::RmsNorm { eps, affine } => {
             let x = a(0)?;
@@ -437,6 +437,32 @@ mod tests {
                 &ops::transpose_axes(&w.net_2_weight, &[1, 0])?,
             )?;
             Ok(net_2)
+        }
+        ");
+    }
+
+    #[test]
+    fn embedding_and_matmul() {
+        let code = render(|b| {
+            let ids = b
+                .input("ids", [Dim::sym("B"), Dim::sym("S")], DType::I32)
+                .unwrap();
+            let e = b.embedding("embed_tokens", ids, 100, 8).unwrap();
+            let t = b.transpose(e, &[0, 2, 1]).unwrap();
+            b.matmul(e, t).unwrap()
+        });
+        assert_snapshot!(code, @r"
+        /// Forward of `t`.
+        ///
+        /// - in `ids`: [B, S]:i32
+        /// - out `y`: [B, S, S]:bf16
+        pub fn t(w: &TWeights, ids: &Array) -> Result<Array, Exception> {
+            let dim_b = ids.shape()[0];
+            let dim_s = ids.shape()[1];
+            let embed_tokens = ops::indexing::take_axis(&w.embed_tokens_weight, ids, 0)?;
+            let transpose = ops::transpose_axes(&embed_tokens, &[0, 2, 1])?;
+            let matmul = ops::matmul(&embed_tokens, &transpose)?;
+            Ok(matmul)
         }
         ");
     }

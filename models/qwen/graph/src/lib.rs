@@ -5,7 +5,7 @@
 //!
 //! - [`transformer`]: the MMDiT (dual-stream block, whole transformer, RoPE tables);
 //! - [`vae`]: the decoder (and its residual block), NHWC after the `layout` pass;
-//! - [`text_encoder`]: a Qwen2.5-VL decoder layer;
+//! - [`text_encoder`]: the Qwen2.5-VL language model (text only);
 //! - [`config`]: the real config and the tiny test config.
 
 pub mod config;
@@ -65,6 +65,7 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
         transformer::transformer(t)?,
         vae::residual_block("vae_up1_resnet0", cin, cout)?,
         vae::decoder(&cfg.vae)?,
+        text_encoder::text_encoder(&cfg.text_encoder)?,
     ];
     let graphs = graphs
         .iter()

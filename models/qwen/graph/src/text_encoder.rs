@@ -1,6 +1,5 @@
-//! The Qwen2.5-VL language model (spec §3), text only. For now one decoder layer, which
-//! exercises the text-encoder ops of the DSL (GQA, causal attention, rotate-half RoPE,
-//! SwiGLU); the full encoder is a loop of it plus `embed_tokens` and the final norm.
+//! The Qwen2.5-VL language model (spec §3), text only: the decoder layer (GQA, causal
+//! attention, rotate-half RoPE, SwiGLU) and the encoder around a loop of it.
 
 use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, Result, RopeLayout};
 
@@ -51,5 +50,35 @@ pub fn decoder_layer(c: &TextEncoderConfig) -> Result<Graph> {
     })?;
     let x = b.add(x, m)?;
     b.output("x", x)?;
+    Ok(b.finish())
+}
+
+/// The language model (spec §3.3), text only: `embed_tokens`, `num_hidden_layers`
+/// decoder layers in a loop, the final `norm` — whose output is what the pipeline uses.
+/// Positions are `0..S` (an unpadded prompt; M-RoPE reduces to 1-D RoPE for text, θ from
+/// the config), so the cos/sin tables are made here from the run-time length.
+// input_ids: [B, S] i32 -> [B, S, hidden]
+pub fn text_encoder(c: &TextEncoderConfig) -> Result<Graph> {
+    let (hs, hd) = (c.hidden_size, c.head_dim());
+    let layer = decoder_layer(c)?;
+    let s = Dim::sym("S");
+    let mut b = GraphBuilder::new("text_encoder");
+    let ids = b.input("input_ids", [Dim::sym("B"), s.clone()], DType::I32)?;
+    let x = b.embedding("model.embed_tokens", ids, c.vocab_size, hs)?; // [B, S, hidden]
+                                                                       // inv_freq_j = θ^(−2j/hd), j < hd/2 (as transformers computes it, in f32)
+    let inv: Vec<f32> = (0..hd / 2)
+        .map(|j| 1.0 / (c.rope_theta as f32).powf((2 * j) as f32 / hd as f32))
+        .collect();
+    let inv = b.const_tensor("rope_inv_freq", &[1, hd / 2], inv)?;
+    let pos = b.arange(0, s.clone())?;
+    let pos = b.reshape(pos, [s, Dim::Const(1)])?;
+    let ang = b.mul(pos, inv)?; // [S, hd/2]
+    let cos = b.unary(graph_dsl::Unary::Cos, ang)?;
+    let sin = b.unary(graph_dsl::Unary::Sin, ang)?;
+    let x = b.scope("model", |b| {
+        b.repeat(&layer, "layers", c.num_hidden_layers, 1, &[x, cos, sin])
+    })?[0];
+    let x = b.rms_norm("model.norm", x, hs, c.rms_norm_eps)?;
+    b.output("hidden_states", x)?;
     Ok(b.finish())
 }
