@@ -12,7 +12,7 @@ use crate::ops::infer;
 use crate::shape::{DType, Dim, Shape};
 
 /// A handle to a value of the graph being built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tensor(pub Value);
 
 /// Builds one [`Graph`].
@@ -51,6 +51,17 @@ impl GraphBuilder {
             scope: vec![],
             names: BTreeMap::new(),
         }
+    }
+
+    /// Take `g`'s weights and block bodies (passes that rebuild inputs themselves).
+    pub(crate) fn adopt_weights_and_blocks(&mut self, g: &Graph) {
+        self.g.weights = g.weights.clone();
+        self.g.blocks = g.blocks.clone();
+    }
+
+    /// A registered block body.
+    pub fn block(&self, name: &str) -> Option<&Graph> {
+        self.g.blocks.get(name)
     }
 
     // ---- scoping and names ----

@@ -9,3 +9,7 @@ specialize!(res = 1024);
 // The tiny test config at the block fixtures' resolution (W×H = 96×64), used by the
 // parity tests in tests/.
 specialize!(res = 96x64, config = tiny);
+
+// The same, with both CFG halves in one transformer call, each with its own text length
+// (`cfg = split`); pinned against the masked batch-2 reference in tests/.
+specialize!(res = 96x64, config = tiny, cfg = split);

@@ -67,3 +67,29 @@ fn tiny_transformer_matches_diffusers_without_masks() {
     assert!(e0 <= TOL, "sample 0: {e0:.3e}");
     assert!(e1 <= TOL, "sample 1: {e1:.3e}");
 }
+
+/// Both samples in ONE call of the `cfg = split` module — the shape of a CFG step with a
+/// prompt and a negative prompt of different lengths — against the masked batch-2 call.
+#[test]
+fn split_halves_module_matches_the_masked_batch_in_one_call() {
+    use qwen::specializations::res96x64_tiny_split as split;
+
+    let ck = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
+    let w = split::TransformerWeights::load(&ck, "", Dtype::Float32).unwrap();
+    let r = Checkpoint::open(fixture("references/transformer.safetensors")).unwrap();
+    let get = |k: &str| r.array(&format!("96x64.{k}")).unwrap();
+    let (x, ctx, t) = (
+        get("input.hidden_states"),
+        get("input.encoder_hidden_states"),
+        get("input.timestep"),
+    );
+    let (c0, c1) = (take(&ctx, 0, Some(9)), take(&ctx, 1, Some(5)));
+    let (ic, is, tc0, ts0) = split::rope(9).unwrap();
+    let (_, _, tc1, ts1) = split::rope(5).unwrap();
+    let y = split::transformer(&w, &x, &c0, &c1, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1).unwrap();
+    let e = rel_err(&y, &get("output.sample"));
+    println!(
+        "transformer 96x64, cfg = split (text lengths 9 and 5, one call, no mask): rel err {e:.3e}"
+    );
+    assert!(e <= TOL, "rel err {e:.3e}");
+}

@@ -49,14 +49,16 @@ pub enum BuildError {
 /// Build and specialize every graph of `r`.
 pub fn build(r: &Request) -> Result<Built, BuildError> {
     let cfg = r.config.config()?;
-    let mut bindings = specialize::image_bindings(r.height, r.width)?;
-    if r.cfg == CfgJoin::SplitHalves {
-        bindings.insert("B".into(), 2);
-    }
+    let bindings = specialize::image_bindings(r.height, r.width)?;
+    // the CFG strategy concerns the transformer only; the other networks keep a free batch
     let pc = PassConfig {
         bindings: bindings.clone(),
-        cfg: r.cfg,
+        cfg: CfgJoin::Batched,
         single_frame: true,
+    };
+    let pc_dit = PassConfig {
+        cfg: r.cfg,
+        ..pc.clone()
     };
     let t = &cfg.transformer;
     let (cin, cout) = cfg.vae.up_block_io(1);
@@ -69,7 +71,8 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
     ];
     let graphs = graphs
         .iter()
-        .map(|g| passes::run(g, &pc))
+        .enumerate()
+        .map(|(i, g)| passes::run(g, if i == 1 { &pc_dit } else { &pc }))
         .collect::<Result<Vec<_>, _>>()?;
     let (gh, gw) = (bindings["gh"], bindings["gw"]);
     let consts = vec![
@@ -90,7 +93,7 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
     };
     let cfg_s = match r.cfg {
         CfgJoin::Batched => "batched",
-        CfgJoin::SplitHalves => "split halves (B = 2)",
+        CfgJoin::SplitHalves => "split halves (B = 2, one text length per half)",
     };
     Ok(Built {
         title: format!(
@@ -176,6 +179,14 @@ mod tests {
         let block = &b.graphs[1].blocks["dual_stream_block"];
         assert_eq!(block.count_op("sdpa"), 2);
         assert_eq!(block.inputs[0].ty.shape.to_string(), "[2, 24, 64]");
+        assert_eq!(block.inputs[1].ty.shape.to_string(), "[1, L_txt0, 64]");
+        assert_eq!(block.inputs[2].ty.shape.to_string(), "[1, L_txt1, 64]");
+        let t = &b.graphs[1];
+        let outs: Vec<&str> = t.outputs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(outs, ["velocity"]);
+        assert_eq!(t.inputs.len(), 10); // x, text ×2, timestep, img cos/sin, txt cos ×2, txt sin ×2
+                                        // the VAE keeps a free batch
+        assert_eq!(b.graphs[3].inputs[0].ty.shape.to_string(), "[B, 8, 12, 16]");
     }
 
     #[test]

@@ -8,11 +8,15 @@ use graph_dsl::passes::CfgJoin;
 use qwen_graph::{build, Built, ConfigName, Request};
 
 fn built(width: usize, height: usize, config: ConfigName) -> Built {
+    built_cfg(width, height, config, CfgJoin::Batched)
+}
+
+fn built_cfg(width: usize, height: usize, config: ConfigName, cfg: CfgJoin) -> Built {
     build(&Request {
         width,
         height,
         config,
-        cfg: CfgJoin::Batched,
+        cfg,
     })
     .unwrap()
 }
@@ -56,6 +60,14 @@ fn tiny_dual_stream_block() {
     let block = b.graphs[1].blocks["dual_stream_block"].clone();
     let code = generate_string(&spec("res96x64_tiny", &b), &[block]).unwrap();
     insta::assert_snapshot!("tiny_dual_stream_block", code);
+}
+
+#[test]
+fn tiny_split_dual_stream_block() {
+    let b = built_cfg(96, 64, ConfigName::Tiny, CfgJoin::SplitHalves);
+    let block = b.graphs[1].blocks["dual_stream_block"].clone();
+    let code = generate_string(&spec("res96x64_tiny_split", &b), &[block]).unwrap();
+    insta::assert_snapshot!("tiny_split_dual_stream_block", code);
 }
 
 #[test]
