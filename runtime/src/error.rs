@@ -156,3 +156,48 @@ pub enum DeviceError {
     #[error("mlx could not {what}: {message}")]
     Mlx { what: &'static str, message: String },
 }
+
+/// Loading a tokenizer folder, or encoding / decoding with it.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    // === Files ===
+    #[error("tokenizer file not found: {}", path.display())]
+    NotFound { path: PathBuf },
+
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("malformed {}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("malformed merges file {}, line {line}: {reason}", path.display())]
+    Merges {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
+    #[error("bad added token in {}: {reason}", path.display())]
+    AddedToken { path: PathBuf, reason: String },
+
+    // === The tokenizers crate ===
+    #[error("cannot build the tokenizer of {}: {message}", dir.display())]
+    Build { dir: PathBuf, message: String },
+
+    #[error("tokenizer of {} cannot encode the text: {message}", dir.display())]
+    Encode { dir: PathBuf, message: String },
+
+    #[error("tokenizer of {} has no token with id {id}", dir.display())]
+    UnknownId { dir: PathBuf, id: u32 },
+
+    #[error("tokenizer of {} cannot decode: {message}", dir.display())]
+    Decode { dir: PathBuf, message: String },
+}

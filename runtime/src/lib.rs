@@ -4,6 +4,8 @@
 //! - [`weights`]: memory-map safetensors checkpoints (single file or sharded with a
 //!   `*.safetensors.index.json`), check them against what a model expects, and hand out
 //!   tensors as MLX arrays.
+//! - [`tokenizer`]: byte-level BPE tokenizer from a published `tokenizer/` folder (no
+//!   `tokenizer.json` needed).
 //! - [`error`]: the error types, which name the file and the tensor.
 //!
 //! Budget: this crate knows nothing about Qwen or the graph DSL and stays small (well
@@ -11,10 +13,12 @@
 
 pub mod device;
 pub mod error;
+pub mod tokenizer;
 pub mod weights;
 
 pub use device::{Backend, ChosenDevice};
-pub use error::{DeviceError, WeightError};
+pub use error::{DeviceError, TokenizerError, WeightError};
+pub use tokenizer::Tokenizer;
 pub use weights::{Checkpoint, Dtype, Extra, TensorSpec};
 
 /// Re-exports for generated code, which refers to `::qwen_runtime::__private::mlx_rs`
