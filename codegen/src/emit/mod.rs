@@ -352,10 +352,6 @@ fn helpers() -> TokenStream {
                 .collect()
         }
 
-        fn __load(ckpt: &Checkpoint, key: &str, dtype: Dtype) -> Result<Array, LoadError> {
-            Ok(ckpt.array(key)?.as_dtype(dtype)?)
-        }
-
         fn __take(a: &Array, axis: i32, index: i32) -> Result<Array, Exception> {
             ops::squeeze_axes(&__slice(a, axis, index, index + 1)?, &[axis])
         }

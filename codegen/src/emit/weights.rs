@@ -84,7 +84,7 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
         let xs = w.xforms.iter().map(xform);
         loads.push(quote! {
             #f: {
-                let a = __load(ckpt, &__key(prefix, #key), dtype)?;
+                let a = get(&__key(prefix, #key))?.as_dtype(dtype)?;
                 #(#xs)*
                 a
             }
@@ -101,7 +101,7 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                     pub #f: #bt
                 });
                 specs.push(quote!(v.extend(#bt::specs(&__key(prefix, #prefix)));));
-                loads.push(quote!(#f: #bt::load(ckpt, &__key(prefix, #prefix), dtype)?));
+                loads.push(quote!(#f: #bt::load_with(get, &__key(prefix, #prefix), dtype)?));
             }
             Op::Repeat {
                 block,
@@ -124,7 +124,7 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                 });
                 loads.push(quote! {
                     #f: (0..#c)
-                        .map(|i| #bt::load(ckpt, &__key(prefix, &format!("{}.{}", #prefix, i)), dtype))
+                        .map(|i| #bt::load_with(get, &__key(prefix, &format!("{}.{}", #prefix, i)), dtype))
                         .collect::<Result<Vec<_>, LoadError>>()?
                 });
             }
@@ -152,6 +152,15 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
             /// Load from `ckpt` under `prefix`, cast to `dtype`, apply the recorded
             /// layout transforms.
             pub fn load(ckpt: &Checkpoint, prefix: &str, dtype: Dtype) -> Result<Self, LoadError> {
+                Self::load_with(&mut |key| Ok(ckpt.array(key)?), prefix, dtype)
+            }
+
+            /// As `load`, with the stored tensors from `get` (by full key).
+            pub fn load_with(
+                get: &mut dyn FnMut(&str) -> Result<Array, LoadError>,
+                prefix: &str,
+                dtype: Dtype,
+            ) -> Result<Self, LoadError> {
                 Ok(Self {
                     #(#loads),*
                 })
