@@ -201,3 +201,35 @@ pub enum TokenizerError {
     #[error("tokenizer of {} cannot decode: {message}", dir.display())]
     Decode { dir: PathBuf, message: String },
 }
+
+/// Reading a scheduler config or building a sigma schedule.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    // === Config file ===
+    #[error("scheduler config not found: {}", path.display())]
+    NotFound { path: PathBuf },
+
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("malformed scheduler config {}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("scheduler config {} asks for {option}, which the runtime does not implement", path.display())]
+    Unsupported { path: PathBuf, option: String },
+
+    // === Schedules ===
+    #[error("a schedule needs at least one step")]
+    ZeroSteps,
+
+    #[error("bad scheduler setting: {reason}")]
+    Invalid { reason: String },
+}

@@ -6,6 +6,8 @@
 //!   tensors as MLX arrays.
 //! - [`tokenizer`]: byte-level BPE tokenizer from a published `tokenizer/` folder (no
 //!   `tokenizer.json` needed).
+//! - [`scheduler`]: flow-matching Euler sigma schedules (dynamic / static shift, terminal
+//!   stretch) from `scheduler_config.json`, and the Euler step.
 //! - [`error`]: the error types, which name the file and the tensor.
 //!
 //! Budget: this crate knows nothing about Qwen or the graph DSL and stays small (well
@@ -13,11 +15,13 @@
 
 pub mod device;
 pub mod error;
+pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
 
 pub use device::{Backend, ChosenDevice};
-pub use error::{DeviceError, TokenizerError, WeightError};
+pub use error::{DeviceError, SchedulerError, TokenizerError, WeightError};
+pub use scheduler::{Schedule, SchedulerConfig};
 pub use tokenizer::Tokenizer;
 pub use weights::{Checkpoint, Dtype, Extra, TensorSpec};
 
