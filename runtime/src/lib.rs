@@ -8,6 +8,7 @@
 //!   `tokenizer.json` needed).
 //! - [`scheduler`]: flow-matching Euler sigma schedules (dynamic / static shift, terminal
 //!   stretch) from `scheduler_config.json`, and the Euler step.
+//! - [`guidance`]: true classifier-free guidance with per-token norm rescaling.
 //! - [`error`]: the error types, which name the file and the tensor.
 //!
 //! Budget: this crate knows nothing about Qwen or the graph DSL and stays small (well
@@ -15,6 +16,7 @@
 
 pub mod device;
 pub mod error;
+pub mod guidance;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
