@@ -17,6 +17,12 @@ pub enum CodegenError {
     /// Two graphs with one name but different bodies.
     #[error("two different graphs are both named `{0}`")]
     DuplicateGraph(String),
+    /// A graph that should come from the shared module but differs from it.
+    #[error("graph `{0}` differs from the shared module's graph of that name")]
+    NotShared(String),
+    /// The shared module's path does not parse.
+    #[error("bad shared module path `{0}`")]
+    BadPath(String),
     /// A weight whose recorded transforms do not apply to its shape.
     #[error("weight `{key}`: transforms do not apply to its shape {shape:?}")]
     BadWeight { key: String, shape: Vec<usize> },

@@ -18,6 +18,18 @@ pub mod names;
 pub use emit::generate;
 pub use error::{CodegenError, Result};
 pub use format::format;
+pub use graph_dsl;
+
+/// Graphs generated once in a sibling module and imported (not re-emitted) by this one:
+/// what does not depend on the resolution.
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    /// The path of the shared module as seen from this one, e.g. `super::shared`.
+    pub path: String,
+    /// The graphs that module was generated from (for their names, and to check that a
+    /// block of this module really is the shared one).
+    pub graphs: Vec<graph_dsl::Graph>,
+}
 
 /// What one generated module is for.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +40,8 @@ pub struct Spec {
     pub title: String,
     /// Literal `pub const`s (name, value), emitted in this order.
     pub consts: Vec<(String, usize)>,
+    /// Import these graphs (and the helpers) from a shared module instead of emitting them.
+    pub shared: Option<Shared>,
 }
 
 /// Generate and format in one go (for tests and debugging).

@@ -314,7 +314,8 @@ fn helpers() -> TokenStream {
             }
         }
 
-        fn __key(prefix: &str, rel: &str) -> String {
+        #[doc(hidden)]
+        pub fn __key(prefix: &str, rel: &str) -> String {
             if prefix.is_empty() {
                 rel.to_string()
             } else {
@@ -322,16 +323,19 @@ fn helpers() -> TokenStream {
             }
         }
 
-        fn __scalar(v: f32, like: &Array) -> Result<Array, Exception> {
+        #[doc(hidden)]
+        pub fn __scalar(v: f32, like: &Array) -> Result<Array, Exception> {
             Array::from_f32(v).as_dtype(like.dtype())
         }
 
-        fn __silu(x: &Array) -> Result<Array, Exception> {
+        #[doc(hidden)]
+        pub fn __silu(x: &Array) -> Result<Array, Exception> {
             ops::multiply(x, &ops::sigmoid(x)?)
         }
 
         /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`
-        fn __gelu_tanh(x: &Array) -> Result<Array, Exception> {
+        #[doc(hidden)]
+        pub fn __gelu_tanh(x: &Array) -> Result<Array, Exception> {
             let x3 = ops::multiply(&ops::square(x)?, x)?;
             let inner = ops::add(x, &ops::multiply(&x3, &__scalar(0.044715, x)?)?)?;
             let inner = ops::multiply(&inner, &__scalar(0.7978845608028654, x)?)?;
@@ -340,27 +344,30 @@ fn helpers() -> TokenStream {
         }
 
         /// `x[.., start..end, ..]` along `axis`.
-        fn __slice(x: &Array, axis: i32, start: i32, end: i32) -> Result<Array, Exception> {
+        #[doc(hidden)]
+        pub fn __slice(x: &Array, axis: i32, start: i32, end: i32) -> Result<Array, Exception> {
             let mut parts = ops::split_at_indices(x, &[start, end], axis)?;
             Ok(parts.swap_remove(1))
         }
 
-        fn __f32s(bytes: &[u8]) -> Vec<f32> {
+        #[doc(hidden)]
+        pub fn __f32s(bytes: &[u8]) -> Vec<f32> {
             bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect()
         }
 
-        fn __take(a: &Array, axis: i32, index: i32) -> Result<Array, Exception> {
+        #[doc(hidden)]
+        pub fn __take(a: &Array, axis: i32, index: i32) -> Result<Array, Exception> {
             ops::squeeze_axes(&__slice(a, axis, index, index + 1)?, &[axis])
         }
     }
 }
 
-/// Generate one module for `spec` from `graphs` (already through the passes).
-pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
-    // every block body, once, sorted by name
+/// Every block body of `graphs`, once, sorted by name (with the block table attached so
+/// nested calls resolve).
+fn collect_blocks(graphs: &[Graph]) -> Result<BTreeMap<String, Graph>> {
     let mut blocks: BTreeMap<String, Graph> = BTreeMap::new();
     for g in graphs {
         for (name, b) in &g.blocks {
@@ -374,12 +381,60 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
             }
         }
     }
+    Ok(blocks)
+}
+
+/// A graph without its block table (for comparing bodies).
+fn bare(g: &Graph) -> Graph {
+    let mut g = g.clone();
+    g.blocks.clear();
+    g
+}
+
+/// Generate one module for `spec` from `graphs` (already through the passes).
+pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
+    let blocks = collect_blocks(graphs)?;
+    // what the shared module already has
+    let mut shared: BTreeMap<String, Graph> = BTreeMap::new();
+    let mut uses = vec![];
+    let mut helper_items = helpers();
+    if let Some(sh) = &spec.shared {
+        for g in sh
+            .graphs
+            .iter()
+            .cloned()
+            .chain(collect_blocks(&sh.graphs)?.into_values())
+        {
+            shared.insert(g.name.clone(), bare(&g));
+        }
+        let path: syn::Path =
+            syn::parse_str(&sh.path).map_err(|_| CodegenError::BadPath(sh.path.clone()))?;
+        helper_items = quote! {
+            pub use #path::LoadError;
+            use #path::{__f32s, __gelu_tanh, __key, __scalar, __silu, __slice, __take};
+        };
+        // every shared item is re-exported, so each module has the same item names
+        for (name, g) in &shared {
+            let f = fn_name(name);
+            uses.push(quote!(pub use #path::#f;));
+            if weights::has_weights(g) {
+                let t = weights_ty(name);
+                uses.push(quote!(pub use #path::#t;));
+            }
+        }
+    }
     let mut items = vec![];
     let mut tables = vec![];
     let mut seen = std::collections::BTreeSet::new();
     for g in blocks.values().chain(graphs.iter()) {
         if !seen.insert(g.name.clone()) {
             return Err(CodegenError::DuplicateGraph(g.name.clone()));
+        }
+        if let Some(sg) = shared.get(&g.name) {
+            if *sg != bare(g) {
+                return Err(CodegenError::NotShared(g.name.clone()));
+            }
+            continue;
         }
         if weights::has_weights(g) {
             items.push(weights::emit_struct(g)?);
@@ -418,7 +473,7 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
         " Generated by graph-codegen for {}; do not edit (change the graph or codegen instead).",
         spec.title
     );
-    let helpers = helpers();
+    let helpers = helper_items;
     Ok(quote! {
         #[doc = #header]
         #[allow(unused_variables, unused_imports, clippy::all)]
@@ -430,6 +485,8 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
             #(#consts)*
 
             #helpers
+
+            #(#uses)*
 
             #(#items)*
 

@@ -3,6 +3,11 @@
 
 use qwen_macros::specialize;
 
+// What every resolution of a config shares (text encoder, VAE residual blocks, helpers);
+// the resolution modules re-export it from here.
+specialize!(shared);
+specialize!(shared, config = tiny);
+
 // The published model.
 specialize!(res = 1024);
 

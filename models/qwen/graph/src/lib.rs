@@ -1,7 +1,8 @@
 //! qwen-graph: the Qwen-Image networks written in the graph DSL, and [`build`], which
-//! makes every graph of one specialization (resolution × config × CFG strategy) and runs
-//! the passes on them. The `specialize!` macro calls [`build`] and hands the result to
-//! graph-codegen.
+//! makes every resolution-dependent graph of one specialization (resolution × config ×
+//! CFG strategy) and runs the passes on them, and [`build_shared`], which makes what all
+//! resolutions of a config share. The `specialize!` macro calls them and hands the result
+//! to graph-codegen.
 //!
 //! - [`transformer`]: the MMDiT (dual-stream block, whole transformer, RoPE tables);
 //! - [`vae`]: the decoder (and its residual block), NHWC after the `layout` pass;
@@ -46,7 +47,25 @@ pub enum BuildError {
     Config(#[from] serde_json::Error),
 }
 
-/// Build and specialize every graph of `r`.
+fn config_name(c: ConfigName) -> &'static str {
+    match c {
+        ConfigName::Real => "real",
+        ConfigName::Tiny => "tiny",
+    }
+}
+
+/// The name of the module that holds the resolution-independent parts of `config`:
+/// `shared` (real) or `shared_tiny`.
+pub fn shared_module(config: ConfigName) -> String {
+    match config {
+        ConfigName::Real => "shared".into(),
+        ConfigName::Tiny => "shared_tiny".into(),
+    }
+}
+
+/// Build the resolution-dependent graphs of `r` (RoPE tables, transformer, VAE decoder)
+/// and run the passes on them. The transformer's block body is here too (its shapes are
+/// literal); what does not depend on the resolution is in [`build_shared`].
 pub fn build(r: &Request) -> Result<Built, BuildError> {
     let cfg = r.config.config()?;
     let bindings = specialize::image_bindings(r.height, r.width)?;
@@ -61,19 +80,11 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
         ..pc.clone()
     };
     let t = &cfg.transformer;
-    let (cin, cout) = cfg.vae.up_block_io(1);
     let graphs = [
-        transformer::rope(t)?,
-        transformer::transformer(t)?,
-        vae::residual_block("vae_up1_resnet0", cin, cout)?,
-        vae::decoder(&cfg.vae)?,
-        text_encoder::text_encoder(&cfg.text_encoder)?,
+        passes::run(&transformer::rope(t)?, &pc)?,
+        passes::run(&transformer::transformer(t)?, &pc_dit)?,
+        passes::run(&vae::decoder(&cfg.vae)?, &pc)?,
     ];
-    let graphs = graphs
-        .iter()
-        .enumerate()
-        .map(|(i, g)| passes::run(g, if i == 1 { &pc_dit } else { &pc }))
-        .collect::<Result<Vec<_>, _>>()?;
     let (gh, gw) = (bindings["gh"], bindings["gw"]);
     let consts = vec![
         ("width".into(), r.width),
@@ -87,20 +98,49 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
         ("num_layers".into(), t.num_layers),
         ("txt_rope_offset".into(), (gh / 2).max(gw / 2)),
     ];
-    let config = match r.config {
-        ConfigName::Real => "real",
-        ConfigName::Tiny => "tiny",
-    };
     let cfg_s = match r.cfg {
         CfgJoin::Batched => "batched",
         CfgJoin::SplitHalves => "split halves (B = 2, one text length per half)",
     };
     Ok(Built {
         title: format!(
-            "res = {}x{} (W×H), config = {config}, CFG attention = {cfg_s}, VAE NHWC single frame",
-            r.width, r.height
+            "res = {}x{} (W×H), config = {}, CFG attention = {cfg_s}, VAE NHWC single frame",
+            r.width,
+            r.height,
+            config_name(r.config)
         ),
         consts,
+        graphs: graphs.to_vec(),
+    })
+}
+
+/// Build what every resolution of `config` shares: the text encoder, the VAE residual
+/// block bodies (their spatial size is symbolic), and `vae_up1_resnet0` (that block as
+/// a stand-alone component, for the block parity test).
+pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
+    let cfg = config.config()?;
+    let pc = PassConfig {
+        single_frame: true,
+        ..PassConfig::default()
+    };
+    let (cin, cout) = cfg.vae.up_block_io(1);
+    let mut graphs = vec![
+        text_encoder::text_encoder(&cfg.text_encoder)?,
+        vae::residual_block("vae_up1_resnet0", cin, cout)?,
+    ];
+    for (ci, co) in vae::decoder_resblocks(&cfg.vae) {
+        graphs.push(vae::residual_block(&vae::resblock_name(ci, co), ci, co)?);
+    }
+    let graphs = graphs
+        .iter()
+        .map(|g| passes::run(g, &pc))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Built {
+        title: format!(
+            "the resolution-independent parts (text encoder, VAE residual blocks), config = {}",
+            config_name(config)
+        ),
+        consts: vec![],
         graphs,
     })
 }
@@ -127,15 +167,32 @@ mod tests {
         assert_eq!(block.weights.len(), 32); // 4 mod + 16 attn linears + 4 norms + 8 mlp
         assert_eq!(block.count_op("sdpa"), 1);
         assert_eq!(block.count_op("rope"), 4);
-        let vae = &b.graphs[2];
+        let s = build_shared(ConfigName::Tiny).unwrap();
+        let vae = s
+            .graphs
+            .iter()
+            .find(|g| g.name == "vae_up1_resnet0")
+            .unwrap();
         assert_eq!(vae.count_op("conv2d"), 3);
         assert_eq!(vae.inputs[0].ty.shape.to_string(), "[B, hf, wf, 32]");
+        let names: Vec<&str> = s.graphs.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "text_encoder",
+                "vae_up1_resnet0",
+                "vae_resblock_16_16",
+                "vae_resblock_32_32",
+                "vae_resblock_32_64",
+                "vae_resblock_64_64"
+            ]
+        );
     }
 
     #[test]
     fn vae_decoder_folds_to_nhwc_2d_convs() {
         let b = build(&req(96, 64, ConfigName::Tiny)).unwrap();
-        let d = &b.graphs[3];
+        let d = &b.graphs[2];
         assert_eq!(d.inputs[0].ty.shape.to_string(), "[B, 8, 12, 16]");
         assert_eq!(d.ty(d.outputs[0].1).shape.to_string(), "[B, 64, 96, 3]");
         assert_eq!(d.count_op("causal_conv3d"), 0);
@@ -186,7 +243,7 @@ mod tests {
         assert_eq!(outs, ["velocity"]);
         assert_eq!(t.inputs.len(), 10); // x, text ×2, timestep, img cos/sin, txt cos ×2, txt sin ×2
                                         // the VAE keeps a free batch
-        assert_eq!(b.graphs[3].inputs[0].ty.shape.to_string(), "[B, 8, 12, 16]");
+        assert_eq!(b.graphs[2].inputs[0].ty.shape.to_string(), "[B, 8, 12, 16]");
     }
 
     #[test]

@@ -39,8 +39,22 @@ pub fn residual_block(name: &str, cin: usize, cout: usize) -> Result<Graph> {
 }
 
 /// The name of the residual block body `cin → cout` (one function per distinct pair).
-fn resblock_name(cin: usize, cout: usize) -> String {
+pub fn resblock_name(cin: usize, cout: usize) -> String {
     format!("vae_resblock_{cin}_{cout}")
+}
+
+/// The distinct `(cin, cout)` of the decoder's residual blocks, sorted.
+pub fn decoder_resblocks(c: &VaeConfig) -> Vec<(usize, usize)> {
+    let d = c.decoder_dims();
+    let mut v = vec![(d[0], d[0])];
+    for i in 0..d.len() - 1 {
+        let (cin, cout) = c.up_block_io(i);
+        v.push((cin, cout));
+        v.push((cout, cout));
+    }
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// `[B, 1, h, w, C]` ↔ `[B, h, w, C]`: PyTorch folds time into the batch for its 2-D

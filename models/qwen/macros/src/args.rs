@@ -8,7 +8,8 @@ use syn::{Ident, LitInt, Token};
 pub const RES: &str = "res";
 pub const CONFIG: &str = "config";
 pub const CFG: &str = "cfg";
-const OPTIONS: &str = "res, config, cfg";
+pub const SHARED: &str = "shared";
+const OPTIONS: &str = "res, config, cfg, shared";
 
 /// Parsed arguments (what could be parsed) and every error found.
 pub struct Args {
@@ -19,12 +20,21 @@ pub struct Args {
     pub res_span: Span,
     pub tiny: bool,
     pub split: bool,
+    /// `specialize!(shared)`: the resolution-independent module of a config.
+    pub shared: bool,
     pub errors: Vec<syn::Error>,
 }
 
 impl Args {
     /// The module name, e.g. `res1024`, `res96x64_tiny`.
     pub fn module(&self) -> Option<String> {
+        if self.shared {
+            return Some(if self.tiny {
+                "shared_tiny".into()
+            } else {
+                "shared".into()
+            });
+        }
         let (w, h) = (self.width?, self.height?);
         let mut s = if self.square {
             format!("res{w}")
@@ -95,12 +105,13 @@ pub fn parse(input: ParseStream) -> syn::Result<Args> {
         res_span: Span::call_site(),
         tiny: false,
         split: false,
+        shared: false,
         errors: vec![],
     };
+    let mut cfg_span = None;
     let mut seen: Vec<String> = vec![];
     while !input.is_empty() {
         let key: Ident = input.parse()?;
-        input.parse::<Token![=]>()?;
         let k = key.to_string();
         if seen.contains(&k) {
             a.errors.push(syn::Error::new_spanned(
@@ -109,6 +120,15 @@ pub fn parse(input: ParseStream) -> syn::Result<Args> {
             ));
         }
         seen.push(k.clone());
+        if k == SHARED && !input.peek(Token![=]) {
+            a.shared = true;
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+            continue;
+        }
+        input.parse::<Token![=]>()?;
         match k.as_str() {
             RES => {
                 let lit: LitInt = input.parse()?;
@@ -132,6 +152,7 @@ pub fn parse(input: ParseStream) -> syn::Result<Args> {
             }
             CFG => {
                 let v: Ident = input.parse()?;
+                cfg_span = Some(key.span());
                 match v.to_string().as_str() {
                     "batched" => {}
                     "split" => a.split = true,
@@ -155,7 +176,20 @@ pub fn parse(input: ParseStream) -> syn::Result<Args> {
         }
         input.parse::<Token![,]>()?;
     }
-    if !seen.iter().any(|k| k == RES) {
+    if a.shared {
+        if seen.iter().any(|k| k == RES) {
+            a.errors.push(syn::Error::new(
+                a.res_span,
+                "`shared` is the resolution-independent module; it takes no `res`",
+            ));
+        }
+        if let Some(s) = cfg_span {
+            a.errors.push(syn::Error::new(
+                s,
+                "`cfg` concerns the transformer, which is not in the `shared` module",
+            ));
+        }
+    } else if !seen.iter().any(|k| k == RES) {
         a.errors.push(syn::Error::new(
             Span::call_site(),
             "missing `res = …` (e.g. `specialize!(res = 1024)`)",

@@ -27,27 +27,18 @@ pub fn expand(a: Args) -> TokenStream {
     if !a.errors.is_empty() {
         return fail(a.errors, module);
     }
-    let (Some(width), Some(height), Some(module)) = (a.width, a.height, module) else {
+    let Some(module) = module else {
         return fail(
             vec![syn::Error::new(a.res_span, "missing resolution")],
             None,
         );
     };
-    let req = Request {
-        width,
-        height,
-        config: if a.tiny {
-            ConfigName::Tiny
-        } else {
-            ConfigName::Real
-        },
-        cfg: if a.split {
-            CfgJoin::SplitHalves
-        } else {
-            CfgJoin::Batched
-        },
+    let config = if a.tiny {
+        ConfigName::Tiny
+    } else {
+        ConfigName::Real
     };
-    let built = match qwen_graph::build(&req) {
+    let shared = match qwen_graph::build_shared(config) {
         Ok(b) => b,
         Err(e) => {
             return fail(
@@ -56,10 +47,50 @@ pub fn expand(a: Args) -> TokenStream {
             )
         }
     };
+    let (built, shared) = match (a.shared, a.width, a.height) {
+        (true, _, _) => (shared, None),
+        (false, Some(width), Some(height)) => {
+            let req = Request {
+                width,
+                height,
+                config,
+                cfg: if a.split {
+                    CfgJoin::SplitHalves
+                } else {
+                    CfgJoin::Batched
+                },
+            };
+            match qwen_graph::build(&req) {
+                Ok(b) => {
+                    let path = format!("super::{}", qwen_graph::shared_module(config));
+                    (
+                        b,
+                        Some(graph_codegen::Shared {
+                            path,
+                            graphs: shared.graphs,
+                        }),
+                    )
+                }
+                Err(e) => {
+                    return fail(
+                        vec![syn::Error::new(a.res_span, e.to_string())],
+                        Some(module),
+                    )
+                }
+            }
+        }
+        _ => {
+            return fail(
+                vec![syn::Error::new(a.res_span, "missing resolution")],
+                Some(module),
+            )
+        }
+    };
     let spec = graph_codegen::Spec {
         module: module.clone(),
         title: built.title,
         consts: built.consts,
+        shared,
     };
     match graph_codegen::generate(&spec, &built.graphs) {
         Ok(ts) => ts,

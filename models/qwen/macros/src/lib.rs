@@ -4,7 +4,8 @@
 //! stub module, never a panic.
 //!
 //! ```ignore
-//! specialize!(res = 1024);                  // pub mod res1024 { … }
+//! specialize!(shared);                      // pub mod shared { text encoder, VAE blocks, … }
+//! specialize!(res = 1024);                  // pub mod res1024 { …; pub use super::shared::… }
 //! specialize!(res = 1664x928);              // pub mod res1664x928 { … } (W×H)
 //! specialize!(res = 96x64, config = tiny);  // pub mod res96x64_tiny { … }
 //! specialize!(res = 96x64, config = tiny, cfg = split); // pub mod res96x64_tiny_split
@@ -18,6 +19,10 @@ use proc_macro::TokenStream;
 /// Generate one module of shape-specialized mlx-rs code. Options: `res = N` or
 /// `res = WxH` (multiples of 16, required), `config = real | tiny` (default real),
 /// `cfg = batched | split` (default batched: how CFG halves meet in attention).
+///
+/// `specialize!(shared)` (with `config = tiny`: `shared_tiny`) generates what every
+/// resolution of a config shares; each resolution module re-exports it from its sibling
+/// `super::shared` (`super::shared_tiny`), so that line must sit beside the others.
 #[proc_macro]
 pub fn specialize(input: TokenStream) -> TokenStream {
     let parsed = match syn::parse::Parser::parse(args::parse, input) {

@@ -3,9 +3,9 @@
 //! res = 1024 (what `specialize!(res = 1024)` expands to). Same calls as the macro's
 //! `expand`: qwen-graph builds and runs the passes, graph-codegen emits and formats.
 
-use graph_codegen::{generate_string, Spec};
+use graph_codegen::{generate_string, Shared, Spec};
 use graph_dsl::passes::CfgJoin;
-use qwen_graph::{build, Built, ConfigName, Request};
+use qwen_graph::{build, build_shared, shared_module, Built, ConfigName, Request};
 
 fn built(width: usize, height: usize, config: ConfigName) -> Built {
     built_cfg(width, height, config, CfgJoin::Batched)
@@ -26,6 +26,7 @@ fn spec(module: &str, b: &Built) -> Spec {
         module: module.into(),
         title: b.title.clone(),
         consts: b.consts.clone(),
+        shared: None,
     }
 }
 
@@ -72,18 +73,39 @@ fn tiny_split_dual_stream_block() {
 
 #[test]
 fn tiny_vae_residual_block() {
-    let b = built(96, 64, ConfigName::Tiny);
-    let vae = b.graphs[2].clone();
-    let code = generate_string(&spec("res96x64_tiny", &b), &[vae]).unwrap();
+    let b = build_shared(ConfigName::Tiny).unwrap();
+    let vae = b
+        .graphs
+        .iter()
+        .find(|g| g.name == "vae_up1_resnet0")
+        .unwrap()
+        .clone();
+    let code = generate_string(&spec("shared_tiny", &b), &[vae]).unwrap();
     insta::assert_snapshot!("tiny_vae_up1_resnet0", code);
 }
 
+/// What `specialize!(res = 1024)` expands to.
 #[test]
 fn real_res1024_module() {
     let b = built(1024, 1024, ConfigName::Real);
-    let code = generate_string(&spec("res1024", &b), &b.graphs).unwrap();
+    let mut s = spec("res1024", &b);
+    s.shared = Some(Shared {
+        path: format!("super::{}", shared_module(ConfigName::Real)),
+        graphs: build_shared(ConfigName::Real).unwrap().graphs,
+    });
+    let code = generate_string(&s, &b.graphs).unwrap();
     assert!(code.contains("pub const IMG_TOKENS: usize = 4096;"));
+    assert!(code.contains("pub use super::shared::vae_resblock_384_384;"));
+    assert!(!code.contains("pub fn text_encoder"));
     insta::assert_snapshot!("real_res1024_module", elide_tables(&code));
+}
+
+/// What `specialize!(shared)` expands to.
+#[test]
+fn real_shared_module() {
+    let b = build_shared(ConfigName::Real).unwrap();
+    let code = generate_string(&spec("shared", &b), &b.graphs).unwrap();
+    insta::assert_snapshot!("real_shared_module", code);
 }
 
 #[test]

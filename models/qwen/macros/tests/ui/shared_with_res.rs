@@ -1,0 +1,3 @@
+qwen_macros::specialize!(shared, res = 1024, cfg = split);
+
+fn main() {}
