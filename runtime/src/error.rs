@@ -233,3 +233,30 @@ pub enum SchedulerError {
     #[error("bad scheduler setting: {reason}")]
     Invalid { reason: String },
 }
+
+/// Turning a decoded tensor into pixels, or writing a PNG.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("expected a decoded image of shape {expected}, got {got:?}")]
+    Shape { expected: String, got: Vec<i64> },
+
+    #[error("mlx could not {what}: {message}")]
+    Mlx { what: &'static str, message: String },
+
+    #[error("cannot put metadata `{key}` into {}: {reason}", path.display())]
+    Metadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+
+    #[error("cannot encode {} as png: {message}", path.display())]
+    Png { path: PathBuf, message: String },
+
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -9,6 +9,8 @@
 //! - [`scheduler`]: flow-matching Euler sigma schedules (dynamic / static shift, terminal
 //!   stretch) from `scheduler_config.json`, and the Euler step.
 //! - [`guidance`]: true classifier-free guidance with per-token norm rescaling.
+//! - [`image`]: decoded tensors to 8-bit RGB as diffusers does, PNG with text metadata,
+//!   written atomically.
 //! - [`error`]: the error types, which name the file and the tensor.
 //!
 //! Budget: this crate knows nothing about Qwen or the graph DSL and stays small (well
@@ -17,12 +19,14 @@
 pub mod device;
 pub mod error;
 pub mod guidance;
+pub mod image;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
 
 pub use device::{Backend, ChosenDevice};
-pub use error::{DeviceError, SchedulerError, TokenizerError, WeightError};
+pub use error::{DeviceError, ImageError, SchedulerError, TokenizerError, WeightError};
+pub use image::RgbImage;
 pub use scheduler::{Schedule, SchedulerConfig};
 pub use tokenizer::Tokenizer;
 pub use weights::{Checkpoint, Dtype, Extra, TensorSpec};

@@ -1,0 +1,194 @@
+//! Decoded images to 8-bit RGB, and PNG files with the generation parameters in them.
+//!
+//! Pixels follow diffusers' `VaeImageProcessor.postprocess` exactly, in f32 and in its order:
+//! `u = clamp(x · 0.5 + 0.5, 0, 1)`, then `round(u · 255)` with ties to even (numpy's
+//! `round`), cast to `u8`. NaN becomes 0.
+//!
+//! [`RgbImage::write_png`] never leaves a half-written file at the destination: it encodes in
+//! memory, writes a temporary file in the same folder, syncs it and renames it over the
+//! destination, so a failure keeps whatever file was there before.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use mlx_rs::Array;
+
+use crate::error::ImageError;
+
+/// `clamp(x · 0.5 + 0.5, 0, 1)`: a decoder output in [−1, 1] to [0, 1].
+pub fn unit_from_decoded(x: f32) -> f32 {
+    (x * 0.5 + 0.5).clamp(0.0, 1.0)
+}
+
+/// `round(u · 255)` (ties to even) as a byte; `u` in [0, 1].
+pub fn byte_from_unit(u: f32) -> u8 {
+    (u * 255.0).round_ties_even() as u8
+}
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved (`[H, W, 3]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `height · width · 3` bytes.
+    pub pixels: Vec<u8>,
+}
+
+impl RgbImage {
+    /// From a planar decoder output `[3, H, W]` (row-major, values in [−1, 1]).
+    pub fn from_planar(planar: &[f32], width: usize, height: usize) -> Result<Self, ImageError> {
+        let plane = width * height;
+        if planar.len() != 3 * plane || plane == 0 {
+            return Err(ImageError::Shape {
+                expected: format!("[3, {height}, {width}]"),
+                got: vec![planar.len() as i64],
+            });
+        }
+        let mut pixels = Vec::with_capacity(3 * plane);
+        for i in 0..plane {
+            for c in 0..3 {
+                pixels.push(byte_from_unit(unit_from_decoded(planar[c * plane + i])));
+            }
+        }
+        let dim = |d: usize| {
+            u32::try_from(d).map_err(|_| ImageError::Shape {
+                expected: "dimensions below 2^32".into(),
+                got: vec![height as i64, width as i64],
+            })
+        };
+        Ok(Self {
+            width: dim(width)?,
+            height: dim(height)?,
+            pixels,
+        })
+    }
+
+    /// From a decoder output array of shape `[3, H, W]`, `[1, 3, H, W]` or `[1, 3, 1, H, W]`
+    /// (any float dtype). Evaluates the array.
+    pub fn from_array(decoded: &Array) -> Result<Self, ImageError> {
+        let shape = decoded.shape();
+        let (h, w) = match shape {
+            [3, h, w] | [1, 3, h, w] | [1, 3, 1, h, w] => (*h as usize, *w as usize),
+            _ => {
+                return Err(ImageError::Shape {
+                    expected: "[3, H, W], [1, 3, H, W] or [1, 3, 1, H, W]".into(),
+                    got: shape.iter().map(|&d| i64::from(d)).collect(),
+                })
+            }
+        };
+        let mlx = |what: &'static str, e: &dyn std::fmt::Display| ImageError::Mlx {
+            what,
+            message: e.to_string(),
+        };
+        let values = decoded
+            .as_type::<f32>()
+            .and_then(|a| a.contiguous())
+            .map_err(|e| mlx("convert the decoded image to f32", &e))?;
+        let planar = values
+            .try_as_slice::<f32>()
+            .map_err(|e| mlx("read the decoded image", &e))?;
+        Self::from_planar(planar, w, h)
+    }
+
+    /// Writes a PNG (8-bit RGB) with one text chunk per `(keyword, value)`: `tEXt` when both
+    /// are Latin-1, else `iTXt` (UTF-8; prompts in any script). Keywords must be 1–79
+    /// Latin-1 characters without NUL. Replaces an existing file atomically (see the module
+    /// docs); a failed write leaves it untouched and no temporary file behind.
+    pub fn write_png(
+        &self,
+        path: impl AsRef<Path>,
+        text: &[(&str, &str)],
+    ) -> Result<(), ImageError> {
+        let path = path.as_ref();
+        let bytes = self.encode_png(path, text)?;
+        write_atomically(path, &bytes)
+    }
+
+    fn encode_png(&self, path: &Path, text: &[(&str, &str)]) -> Result<Vec<u8>, ImageError> {
+        let expected = self.width as usize * self.height as usize * 3;
+        if self.pixels.len() != expected || expected == 0 {
+            return Err(ImageError::Shape {
+                expected: format!("[{}, {}, 3]", self.height, self.width),
+                got: vec![self.pixels.len() as i64],
+            });
+        }
+        let png_error = |e: png::EncodingError| ImageError::Png {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, self.width, self.height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        for &(key, value) in text {
+            let bad = |reason: &str| ImageError::Metadata {
+                path: path.to_path_buf(),
+                key: key.to_owned(),
+                reason: reason.to_owned(),
+            };
+            if key.is_empty() || key.chars().count() > 79 {
+                return Err(bad("a keyword has 1 to 79 characters"));
+            }
+            if !is_latin1(key) || key.contains('\0') {
+                return Err(bad("a keyword is latin-1 without nul"));
+            }
+            if is_latin1(value) && !value.contains('\0') {
+                encoder.add_text_chunk(key.to_owned(), value.to_owned())
+            } else {
+                encoder.add_itxt_chunk(key.to_owned(), value.to_owned())
+            }
+            .map_err(png_error)?;
+        }
+        let mut writer = encoder.write_header().map_err(png_error)?;
+        writer.write_image_data(&self.pixels).map_err(png_error)?;
+        writer.finish().map_err(png_error)?;
+        Ok(out)
+    }
+}
+
+fn is_latin1(s: &str) -> bool {
+    s.chars().all(|c| (c as u32) < 256)
+}
+
+/// Writes `bytes` to a fresh temporary file next to `path`, syncs it, renames it to `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let io = |source: std::io::Error| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::other("the path names no file")))?
+        .to_string_lossy()
+        .into_owned();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+
+    let mut attempt = 0u32;
+    let (tmp, mut file) = loop {
+        let tmp = dir.join(format!(".{name}.{}.{attempt}.tmp", std::process::id()));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(file) => break (tmp, file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                attempt += 1
+            }
+            Err(e) => return Err(io(e)),
+        }
+    };
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop::<File>(file);
+            fs::rename(&tmp, path)
+        });
+    written.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io(e)
+    })
+}

@@ -1,0 +1,155 @@
+//! Pixels against `tests/fixtures/references/pipeline.safetensors` (diffusers'
+//! `VaeImageProcessor.postprocess`) and the PNGs the pipeline wrote; PNG writing.
+
+mod common;
+
+use std::io::Cursor;
+
+use common::{fixture_path, Fixture};
+use qwen_runtime::__private::mlx_rs::Array;
+use qwen_runtime::image::unit_from_decoded;
+use qwen_runtime::{ImageError, RgbImage};
+
+/// (pixels [H, W, 3], text chunks) of a PNG file.
+fn read_png(bytes: &[u8]) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
+    let mut decoder = png::Decoder::new(Cursor::new(bytes));
+    decoder.set_ignore_text_chunk(false);
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(frame.color_type, png::ColorType::Rgb);
+    assert_eq!(frame.bit_depth, png::BitDepth::Eight);
+    buf.truncate(frame.buffer_size());
+    let info = reader.info();
+    let mut text: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.text.clone()))
+        .collect();
+    text.extend(
+        info.utf8_text
+            .iter()
+            .map(|c| (c.keyword.clone(), c.get_text().unwrap())),
+    );
+    (frame.width, frame.height, buf, text)
+}
+
+#[test]
+fn pixels_match_diffusers_postprocess_exactly() {
+    let fx = Fixture::reference("pipeline.safetensors");
+    for (res, w, h) in [("64x64", 64, 64), ("96x64", 96, 64)] {
+        let (shape, decoded) = fx.f32(&format!("{res}.output.decoded"));
+        assert_eq!(shape, [1, 3, h, w]);
+        let (_, unit) = fx.f32(&format!("{res}.output.image"));
+        let (u8_shape, want) = fx.u8(&format!("{res}.output.image_uint8"));
+        assert_eq!(u8_shape, [h, w, 3]);
+
+        // [0, 1] values bit for bit.
+        let ours: Vec<f32> = decoded.iter().map(|&x| unit_from_decoded(x)).collect();
+        let mismatched = ours
+            .iter()
+            .zip(&unit)
+            .filter(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(mismatched.count(), 0, "{res}: [0, 1] image");
+
+        // Bytes exactly, from the slice and from an MLX array.
+        let image = RgbImage::from_planar(&decoded, w, h).unwrap();
+        assert_eq!((image.width, image.height), (w as u32, h as u32));
+        let wrong = image
+            .pixels
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(wrong, 0, "{res}: {wrong} of {} bytes differ", want.len());
+        let dims: Vec<i32> = shape.iter().map(|&d| d as i32).collect();
+        let from_array = RgbImage::from_array(&Array::from_slice(&decoded, &dims)).unwrap();
+        assert_eq!(from_array, image, "{res}: array path");
+
+        // The PNG diffusers wrote holds the same pixels.
+        let png = std::fs::read(fixture_path(&format!("references/pipeline_{res}.png"))).unwrap();
+        let (pw, ph, pixels, _) = read_png(&png);
+        assert_eq!((pw, ph), (w as u32, h as u32));
+        assert_eq!(pixels, image.pixels, "{res}: reference png");
+    }
+}
+
+#[test]
+fn rounding_is_half_to_even_and_clamped() {
+    // Ties: x = 0 gives 0.5 · 255 = 127.5 → 128 (even); x = −0.21176469 (bits 0xbe58d8d8)
+    // gives exactly 100.5 in f32 → 100 (even; away from zero would give 101). Out of range
+    // clamps; NaN → 0. Planes R, G, B of a 2×2 image.
+    let r = [-2.0f32, -1.0, 1.0, 3.0];
+    let g = [0.0, f32::NAN, -1.0, 1.0];
+    let b = [f32::from_bits(0xbe58_d8d8), 0.0, 0.0, 0.0];
+    let planar = [r, g, b].concat();
+    let image = RgbImage::from_planar(&planar, 2, 2).unwrap();
+    assert_eq!(
+        image.pixels,
+        [0, 128, 100, 0, 0, 128, 255, 0, 128, 255, 255, 128]
+    );
+    assert!(matches!(
+        RgbImage::from_planar(&planar, 3, 2),
+        Err(ImageError::Shape { .. })
+    ));
+    let bad = Array::from_slice(&planar, &[2, 3, 2]);
+    let err = RgbImage::from_array(&bad).unwrap_err();
+    assert!(err.to_string().contains("[2, 3, 2]"), "{err}");
+}
+
+#[test]
+fn png_round_trips_with_metadata_and_replaces_atomically() {
+    let fx = Fixture::reference("pipeline.safetensors");
+    let (_, decoded) = fx.f32("96x64.output.decoded");
+    let image = RgbImage::from_planar(&decoded, 96, 64).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.png");
+
+    std::fs::write(&path, b"old").unwrap();
+    let text = [
+        ("prompt", "a red fox in the snow, watercolor"),
+        ("negative_prompt", "一只猫"),
+        ("steps", "3"),
+    ];
+    image.write_png(&path, &text).unwrap();
+    let (w, h, pixels, mut got) = read_png(&std::fs::read(&path).unwrap());
+    assert_eq!((w, h), (96, 64));
+    assert_eq!(pixels, image.pixels);
+    got.sort();
+    let mut want: Vec<(String, String)> = text
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    // A bad keyword fails before touching the disk: the old file stays.
+    let err = image.write_png(&path, &[("", "x")]).unwrap_err();
+    assert!(matches!(err, ImageError::Metadata { .. }), "{err}");
+    assert!(err.to_string().contains("out.png"), "{err}");
+    let (_, _, still, _) = read_png(&std::fs::read(&path).unwrap());
+    assert_eq!(still, image.pixels);
+
+    // A destination that cannot be replaced (a non-empty folder): an error naming it, and
+    // no temporary file left behind.
+    let blocked = dir.path().join("blocked.png");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("keep"), b"").unwrap();
+    let err = image.write_png(&blocked, &[]).unwrap_err();
+    assert!(matches!(err, ImageError::Io { .. }), "{err}");
+    assert!(err.to_string().starts_with("cannot write "), "{err}");
+    assert!(err.to_string().contains("blocked.png"), "{err}");
+
+    // A missing folder.
+    let err = image
+        .write_png(dir.path().join("nope/out.png"), &[])
+        .unwrap_err();
+    assert!(err.to_string().contains("nope/out.png"), "{err}");
+
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["blocked.png", "out.png"]);
+}
