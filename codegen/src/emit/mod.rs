@@ -281,6 +281,59 @@ fn emit_fn(g: &Graph, tables: &mut Vec<(Ident, Vec<u8>)>) -> Result<TokenStream>
     })
 }
 
+/// Does every symbol of `g` come from an input's shape (so no `i32` parameters)?
+fn dims_from_inputs(g: &Graph) -> bool {
+    symbols(g).iter().all(|s| {
+        g.inputs
+            .iter()
+            .any(|i| i.ty.shape.0.contains(&Dim::Sym(s.clone())))
+    })
+}
+
+/// A flat twin of a forward for `transforms::compile` (arrays only: the weights'
+/// `arrays()`, then the inputs), when every run-time dim comes from an input.
+fn emit_flat(g: &Graph) -> TokenStream {
+    if !dims_from_inputs(g) {
+        return quote!();
+    }
+    let name = fn_name(&g.name);
+    let flat_name = format_ident!("{}_flat", name);
+    let doc = format!(
+        " `{name}` over one slice (the weights' `arrays()`, then the inputs in order), for `transforms::compile`."
+    );
+    let (wdecl, w) = if weights::has_weights(g) {
+        let ty = weights_ty(&g.name);
+        (
+            quote!(let w = #ty::from_arrays(&args[..#ty::COUNT]); let x = &args[#ty::COUNT..];),
+            quote!(&w,),
+        )
+    } else {
+        (quote!(let x = args;), quote!())
+    };
+    let xs = (0..g.inputs.len()).map(|i| {
+        let i = Literal::usize_unsuffixed(i);
+        quote!(&x[#i])
+    });
+    let body = if g.outputs.len() == 1 {
+        quote!(Ok(vec![#name(#w #(#xs),*)?]))
+    } else {
+        let ids: Vec<Ident> = (0..g.outputs.len())
+            .map(|i| format_ident!("o{}", i))
+            .collect();
+        quote! {
+            let (#(#ids),*) = #name(#w #(#xs),*)?;
+            Ok(vec![#(#ids),*])
+        }
+    };
+    quote! {
+        #[doc = #doc]
+        pub fn #flat_name(args: &[Array]) -> Result<Vec<Array>, Exception> {
+            #wdecl
+            #body
+        }
+    }
+}
+
 fn helpers() -> TokenStream {
     quote! {
         /// Errors of `load`: a weight the checkpoint cannot give, or an MLX failure while
@@ -440,6 +493,7 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
             items.push(weights::emit_struct(g)?);
         }
         items.push(emit_fn(g, &mut tables)?);
+        items.push(emit_flat(g));
     }
     // identical tables (a square grid's row and column tables) are stored once
     let mut first: BTreeMap<Vec<u8>, Ident> = BTreeMap::new();

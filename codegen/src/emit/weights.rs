@@ -57,6 +57,10 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
     let mut fields = vec![];
     let mut specs = vec![];
     let mut loads = vec![];
+    // flat views for `transforms::compile`: count, to a Vec, from a slice
+    let mut counts = vec![];
+    let mut to_flat = vec![];
+    let mut from_flat = vec![];
     for w in &g.weights {
         let f = ident(&field_name(&w.key));
         let key = &w.key;
@@ -81,6 +85,9 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
         specs.push(quote! {
             v.push(TensorSpec::new(__key(prefix, #key), vec![#(#shape),*], #dt));
         });
+        counts.push(quote!(1));
+        to_flat.push(quote!(v.push(self.#f.clone());));
+        from_flat.push(quote!(#f: { k += 1; a[k - 1].clone() }));
         let xs = w.xforms.iter().map(xform);
         loads.push(quote! {
             #f: {
@@ -102,6 +109,10 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                 });
                 specs.push(quote!(v.extend(#bt::specs(&__key(prefix, #prefix)));));
                 loads.push(quote!(#f: #bt::load_with(get, &__key(prefix, #prefix), dtype)?));
+                counts.push(quote!(#bt::COUNT));
+                to_flat.push(quote!(v.extend(self.#f.arrays());));
+                from_flat
+                    .push(quote!(#f: { k += #bt::COUNT; #bt::from_arrays(&a[k - #bt::COUNT..k]) }));
             }
             Op::Repeat {
                 block,
@@ -126,6 +137,16 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                     #f: (0..#c)
                         .map(|i| #bt::load_with(get, &__key(prefix, &format!("{}.{}", #prefix, i)), dtype))
                         .collect::<Result<Vec<_>, LoadError>>()?
+                });
+                counts.push(quote!(#c * #bt::COUNT));
+                to_flat.push(quote!(for l in &self.#f { v.extend(l.arrays()); }));
+                from_flat.push(quote! {
+                    #f: (0..#c)
+                        .map(|_| {
+                            k += #bt::COUNT;
+                            #bt::from_arrays(&a[k - #bt::COUNT..k])
+                        })
+                        .collect()
                 });
             }
             _ => {}
@@ -153,6 +174,25 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
             /// layout transforms.
             pub fn load(ckpt: &Checkpoint, prefix: &str, dtype: Dtype) -> Result<Self, LoadError> {
                 Self::load_with(&mut |key| Ok(ckpt.array(key)?), prefix, dtype)
+            }
+
+            /// How many arrays `arrays` gives.
+            pub const COUNT: usize = 0 #(+ #counts)*;
+
+            /// Every weight as one flat list (fields in order, nested blocks inline), for
+            /// `transforms::compile`, whose functions take arrays only.
+            pub fn arrays(&self) -> Vec<Array> {
+                let mut v = Vec::with_capacity(Self::COUNT);
+                #(#to_flat)*
+                v
+            }
+
+            /// The inverse of `arrays` (`a` holds exactly `COUNT` arrays).
+            pub fn from_arrays(a: &[Array]) -> Self {
+                let mut k = 0;
+                Self {
+                    #(#from_flat),*
+                }
             }
 
             /// As `load`, with the stored tensors from `get` (by full key).
