@@ -9,30 +9,43 @@
 //! ```
 //!
 //! so every token keeps the length of its conditional prediction and takes the direction of
-//! the guided one. Everything is lazy and stays in the inputs' dtype; a token whose combined
-//! prediction is exactly zero gives NaN, as in the reference. Whether to run the unconditional
+//! the guided one. Everything is lazy. The arithmetic is f32 whatever the inputs' dtype (the
+//! tensors are small, `[B, L, 64]`, and norms of bf16 values lose digits), and the result has
+//! the inputs' dtype; for bf16 inputs this is slightly more accurate than diffusers, which
+//! rounds every intermediate to bf16. A token whose combined prediction is exactly zero gives
+//! NaN, as in the reference. Whether to run the unconditional
 //! pass at all (scale ≤ 1, no negative prompt) is the pipeline's decision.
 
 use mlx_rs::error::Exception;
 use mlx_rs::Array;
 
-/// `uncond + scale · (cond − uncond)`: plain classifier-free guidance.
+/// `uncond + scale · (cond − uncond)`: plain classifier-free guidance (f32 arithmetic,
+/// result in `cond`'s dtype).
 pub fn cfg_combine(cond: &Array, uncond: &Array, scale: f32) -> Result<Array, Exception> {
-    let scale = Array::from_f32(scale).as_dtype(cond.dtype())?;
-    uncond.add(cond.subtract(uncond)?.multiply(scale)?)
+    combine_f32(cond, uncond, scale)?.as_dtype(cond.dtype())
 }
 
-/// `comb · ‖reference‖ / ‖comb‖`, L2 norms over the last axis, kept for broadcasting.
+/// `comb · ‖reference‖ / ‖comb‖`, L2 norms over the last axis, kept for broadcasting
+/// (f32 arithmetic, result in `comb`'s dtype).
 pub fn norm_rescale(comb: &Array, reference: &Array) -> Result<Array, Exception> {
-    let reference_norm = l2_norm_last(reference)?;
-    let comb_norm = l2_norm_last(comb)?;
-    comb.multiply(reference_norm.divide(comb_norm)?)
+    let comb32 = comb.as_type::<f32>()?;
+    rescale_f32(&comb32, &reference.as_type::<f32>()?)?.as_dtype(comb.dtype())
 }
 
 /// True CFG as the Qwen-Image pipelines run it: [`cfg_combine`], then [`norm_rescale`] to
-/// the conditional prediction's per-token norm.
+/// the conditional prediction's per-token norm; f32 throughout, result in `cond`'s dtype.
 pub fn true_cfg(cond: &Array, uncond: &Array, scale: f32) -> Result<Array, Exception> {
-    norm_rescale(&cfg_combine(cond, uncond, scale)?, cond)
+    let comb = combine_f32(cond, uncond, scale)?;
+    rescale_f32(&comb, &cond.as_type::<f32>()?)?.as_dtype(cond.dtype())
+}
+
+fn combine_f32(cond: &Array, uncond: &Array, scale: f32) -> Result<Array, Exception> {
+    let (cond, uncond) = (cond.as_type::<f32>()?, uncond.as_type::<f32>()?);
+    uncond.add(cond.subtract(&uncond)?.multiply(Array::from_f32(scale))?)
+}
+
+fn rescale_f32(comb: &Array, reference: &Array) -> Result<Array, Exception> {
+    comb.multiply(l2_norm_last(reference)?.divide(l2_norm_last(comb)?)?)
 }
 
 /// `sqrt(sum(x², axis −1))` with the axis kept.

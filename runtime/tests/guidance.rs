@@ -61,3 +61,20 @@ fn rescaled_tokens_keep_the_conditional_norm() {
         assert!((got - want).abs() <= 1e-6, "{got} vs {want}");
     }
 }
+
+#[test]
+fn bf16_inputs_give_bf16_outputs_close_to_the_f32_reference() {
+    use qwen_runtime::__private::mlx_rs::Dtype;
+    let fx = Fixture::reference("cfg.safetensors");
+    let (cond, _) = array(&fx, "input.cond");
+    let (uncond, _) = array(&fx, "input.uncond");
+    let (_, want) = array(&fx, "scale_4.0.output");
+    let to_bf16 = |a: &Array| a.as_dtype(Dtype::Bfloat16).unwrap();
+    let out = true_cfg(&to_bf16(&cond), &to_bf16(&uncond), 4.0).unwrap();
+    assert_eq!(out.dtype(), Dtype::Bfloat16);
+    let out = out.as_dtype(Dtype::Float32).unwrap();
+    let err = rel_error(out.as_slice::<f32>(), &want);
+    eprintln!("bf16 inputs, scale 4: rel {err:e}");
+    // Inputs rounded to bf16 (rel 2^-9), amplified by the scale; output rounded once.
+    assert!(err <= 1e-2, "{err:e}");
+}
