@@ -3,7 +3,7 @@
 //! 1. Finds MLX: `$MLX_PREFIX` (the folder holding `lib/libmlx.so`, `include/mlx/` and
 //!    `share/cmake/MLX/`), else the `mlx` package of the workspace's `.venv` that
 //!    `./dev setup` installs.
-//! 2. Checks the build tools (cmake, a C++ compiler, libclang) before using any of them,
+//! 2. Checks the build tools (cmake, make, a C++ compiler, libclang) before using any of them,
 //!    so that a missing one gives one line saying what to install.
 //! 3. Takes the pristine mlx-c sources from the published `mlx-sys` 0.7.0 crate archive
 //!    (fetched by cargo into its registry cache) and unpacks them into `OUT_DIR`. No
@@ -148,13 +148,21 @@ fn mlx_version(header: &Path) -> BuildResult<(u32, u32, u32)> {
 
 // === Tools ===
 
-/// Checks cmake, the C++ compiler and libclang; returns the cmake command.
+/// Checks cmake, make, the C++ compiler and libclang; returns the cmake command.
 fn check_tools() -> BuildResult<String> {
     let cmake = env::var("CMAKE").unwrap_or_else(|_| "cmake".to_string());
     if !runs(&cmake, "--version") {
         return Err(format!(
             "`{cmake}` not found: run `./dev setup`, or install it with `apt-get install cmake`"
         ));
+    }
+    // cmake's default generator ("Unix Makefiles") needs make; without it cmake fails
+    // with a wall of "CMAKE_CXX_COMPILER not set" errors that hide the cause.
+    if env::var_os("CMAKE_GENERATOR").is_none() && !runs("make", "--version") {
+        return Err(
+            "`make` not found: run `./dev setup`, or install it with `apt-get install make`"
+                .to_string(),
+        );
     }
     let cxx = env::var("CXX").unwrap_or_else(|_| "c++".to_string());
     if !runs(&cxx, "--version") {
