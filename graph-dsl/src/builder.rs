@@ -384,6 +384,10 @@ impl GraphBuilder {
     pub fn cast(&mut self, x: Tensor, dtype: DType) -> Result<Tensor> {
         self.node(Op::Cast(dtype), &[x])
     }
+    /// Cast `x` to whatever dtype `like` has at run time.
+    pub fn cast_like(&mut self, x: Tensor, like: Tensor) -> Result<Tensor> {
+        self.node(Op::CastLike, &[x, like])
+    }
     /// Clamp to `[min, max]`.
     pub fn clamp(&mut self, x: Tensor, min: f64, max: f64) -> Result<Tensor> {
         self.node(Op::Clamp { min, max }, &[x])

@@ -215,6 +215,9 @@ pub enum Op {
         keep_dims: bool,
     },
     Cast(DType),
+    /// Cast input 0 to the dtype input 1 has at run time (e.g. the compute dtype of the
+    /// weights, which the graph does not fix).
+    CastLike,
     Clamp {
         min: f64,
         max: f64,
@@ -337,6 +340,7 @@ impl Op {
             Op::Softmax { .. } => "softmax",
             Op::Reduce { .. } => "reduce",
             Op::Cast(_) => "cast",
+            Op::CastLike => "cast_like",
             Op::Clamp { .. } => "clamp",
             Op::Conv2d { .. } => "conv2d",
             Op::CausalConv3d { .. } => "causal_conv3d",

@@ -289,6 +289,10 @@ pub fn infer(g: &Graph, node: &str, op: &Op, inputs: &[TensorTy]) -> Result<Vec<
             arity(1)?;
             one(ty(s(0).clone(), *d))
         }
+        Op::CastLike => {
+            arity(2)?;
+            one(ty(s(0).clone(), dt(1)))
+        }
         Op::Binary(_) => {
             arity(2)?;
             let out = broadcast(s(0), s(1))

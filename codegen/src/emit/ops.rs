@@ -120,9 +120,12 @@ pub(crate) fn emit(cx: &mut FnCx, k: usize) -> Result<TokenStream> {
             let o = out(cx, k, 0, &name);
             quote! {
                 let #o = {
-                    let n = ops::sqrt(&ops::sum_axis(&ops::square(#x)?, -1, true)?)?;
+                    // in f32 whatever the input dtype (as diffusers does for bf16/f16)
+                    let xf = (#x).as_dtype(Dtype::Float32)?;
+                    let n = ops::sqrt(&ops::sum_axis(&ops::square(&xf)?, -1, true)?)?;
                     let n = ops::maximum(&n, &__scalar(#e, &n)?)?;
-                    ops::multiply(&ops::divide(#x, &n)?, &ops::multiply(#g, &__scalar(#sc, #g)?)?)?
+                    let g = ops::multiply(#g, &__scalar(#sc, #g)?)?;
+                    ops::multiply(&ops::divide(&xf, &n)?, &g)?.as_dtype((#x).dtype())?
                 };
             }
         }
@@ -242,6 +245,11 @@ pub(crate) fn emit(cx: &mut FnCx, k: usize) -> Result<TokenStream> {
             let d = mlx_dtype(*d);
             let o = out(cx, k, 0, &name);
             quote!(let #o = (#x).as_dtype(#d)?;)
+        }
+        Op::CastLike => {
+            let (x, like) = (a(0)?, a(1)?);
+            let o = out(cx, k, 0, &name);
+            quote!(let #o = (#x).as_dtype((#like).dtype())?;)
         }
         Op::Clamp { min, max } => {
             let x = a(0)?;
@@ -489,12 +497,11 @@ mod tests {
             let layer_norm = fast::layer_norm(x, None, None, 0.000001f32)?;
             let norm_q = fast::rms_norm(&layer_norm, Some(&w.norm_q_weight), 0.000001f32)?;
             let norm1 = {
-                let n = ops::sqrt(&ops::sum_axis(&ops::square(&norm_q)?, -1, true)?)?;
+                let xf = (&norm_q).as_dtype(Dtype::Float32)?;
+                let n = ops::sqrt(&ops::sum_axis(&ops::square(&xf)?, -1, true)?)?;
                 let n = ops::maximum(&n, &__scalar(0.000000000001f32, &n)?)?;
-                ops::multiply(
-                    &ops::divide(&norm_q, &n)?,
-                    &ops::multiply(&w.norm1_gamma, &__scalar(2.828427f32, &w.norm1_gamma)?)?,
-                )?
+                let g = ops::multiply(&w.norm1_gamma, &__scalar(2.828427f32, &w.norm1_gamma)?)?;
+                ops::multiply(&ops::divide(&xf, &n)?, &g)?.as_dtype((&norm_q).dtype())?
             };
             Ok(norm1)
         }

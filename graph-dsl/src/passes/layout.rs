@@ -87,7 +87,8 @@ fn fold_graph(g: &Graph) -> Result<Graph> {
             | Op::Binary(_)
             | Op::ChannelL2Norm { .. }
             | Op::Clamp { .. }
-            | Op::Cast(_) => return Ok(None),
+            | Op::Cast(_)
+            | Op::CastLike => return Ok(None),
             Op::Input(_) | Op::Weight(_) | Op::Scalar(_) | Op::ConstTensor { .. } => {
                 return Ok(None)
             }

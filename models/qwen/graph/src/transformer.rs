@@ -238,7 +238,8 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
             b.unary(graph_dsl::Unary::Cos, a)?,
             b.unary(graph_dsl::Unary::Sin, a)?,
         );
-        let emb = b.concat(&[cs, sn], 1)?; // [B, 256]
+        let emb = b.concat(&[cs, sn], 1)?; // [B, 256], f32
+        let emb = b.cast_like(emb, x)?; // to the model dtype, as diffusers does
         b.scope("timestep_embedder", |b| {
             let h = b.linear("linear_1", emb, TIMESTEP_CHANNELS, d, true)?;
             let h = b.silu(h)?;
