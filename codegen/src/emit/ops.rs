@@ -54,11 +54,12 @@ pub(crate) fn emit(cx: &mut FnCx, k: usize) -> Result<TokenStream> {
     let ts = match &op {
         Op::Input(_) | Op::Weight(_) | Op::Scalar(_) => quote!(),
         Op::ConstTensor { shape, data } => {
-            let tid = ident(&format!(
-                "{}_{}",
-                cx.table_prefix,
-                snake(&name).to_uppercase()
-            ));
+            let local = snake(&name).to_uppercase();
+            let tid = if local.starts_with(&cx.table_prefix) {
+                ident(&local)
+            } else {
+                ident(&format!("{}_{}", cx.table_prefix, local))
+            };
             let bytes: Vec<u8> = data.iter().flat_map(|f| f.to_le_bytes()).collect();
             cx.tables.push((tid.clone(), bytes));
             let s = shape.iter().map(|&d| lit_i32(d));
