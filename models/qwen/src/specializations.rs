@@ -18,3 +18,6 @@ specialize!(res = 96x64, config = tiny);
 // The same, with both CFG halves in one transformer call, each with its own text length
 // (`cfg = split`); pinned against the masked batch-2 reference in tests/.
 specialize!(res = 96x64, config = tiny, cfg = split);
+
+// The tiny config at the pipeline fixture's other resolution (64×64), CFG halves in one call.
+specialize!(res = 64, config = tiny, cfg = split);

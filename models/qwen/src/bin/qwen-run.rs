@@ -1,34 +1,101 @@
-//! `qwen-run`: the qwen-aot command line.
+//! `qwen-run`: Qwen-Image text-to-image on MLX.
 //!
-//! At this stage it reports the MLX device it would run on and times a bf16 matrix
-//! multiply there (`--bench-matmul N`); the text-to-image pipeline grows here later.
+//! `qwen-run --prompt "..."` writes a PNG. Without `--model` it runs the tiny demo checkpoint
+//! of the repository (random weights: the image is noise-like, the run shows the whole path).
+//! `--bench-matmul N` instead times a matrix multiply on the chosen device.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use mlx_rs::{random, Array, Dtype};
+use qwen::pipeline::{Options, Pipeline, Request, Resolution};
 use qwen_runtime::device::{self, Backend, ChosenDevice};
+use qwen_runtime::Checkpoint;
+
+/// The tiny demo checkpoint, resolved at compile time.
+const DEMO_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/tiny-qwen-image"
+);
 
 #[derive(Debug, Parser)]
-#[command(name = "qwen-run", version, about = "Qwen-Image text-to-image on MLX")]
+#[command(
+    name = "qwen-run",
+    version,
+    about = "Qwen-Image text-to-image on MLX",
+    after_help = concat!(
+        "Without --model, the tiny demo checkpoint of the source tree is used (random weights; ",
+        "its default resolution is 96x64):\n  ",
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny-qwen-image"
+    )
+)]
 struct Args {
+    /// What to draw.
+    #[arg(long, required_unless_present = "bench_matmul")]
+    prompt: Option<String>,
+
+    /// Negative prompt for true CFG.
+    #[arg(long, default_value = " ")]
+    negative_prompt: String,
+
+    /// Output size: 1024 (square) or WxH, e.g. 96x64; default: the model's default.
+    #[arg(long, value_name = "RES")]
+    res: Option<Resolution>,
+
+    /// Denoising steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+
+    /// True CFG scale (1 or less: no negative pass).
+    #[arg(long, default_value_t = 4.0)]
+    cfg: f32,
+
+    /// Seed of the initial noise (MLX's generator, so not torch's).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Model folder in the diffusers layout; default: the tiny demo checkpoint (see below).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+
+    /// Output PNG (replaced only when the run succeeds).
+    #[arg(long, short, default_value = "out.png")]
+    output: PathBuf,
+
     /// Device to run on: the GPU when the loaded libmlx has one, else the CPU.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
 
-    /// Time an N×N by N×N matrix multiply on the chosen device.
-    #[arg(long, value_name = "N", default_value_t = 512)]
-    bench_matmul: usize,
+    /// Compute dtype (weights are converted at load). Default: f32 for the pipeline, bf16
+    /// for --bench-matmul.
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
 
-    /// Element type of the matrix multiply.
-    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
-    dtype: DtypeArg,
+    /// Instead of generating: time an N×N by N×N matrix multiply on the chosen device.
+    #[arg(long, value_name = "N")]
+    bench_matmul: Option<usize>,
 
-    /// Timed repetitions (after one warm-up).
+    /// Timed repetitions of --bench-matmul (after one warm-up).
     #[arg(long, default_value_t = 10)]
     iters: u32,
+
+    /// Testing: packed initial latents [1, L_img, 64] from this safetensors file instead of
+    /// seeded noise (with --latents-key).
+    #[arg(long, hide = true, requires = "latents_key")]
+    latents_file: Option<PathBuf>,
+
+    /// Testing: the tensor name in --latents-file.
+    #[arg(long, hide = true, requires = "latents_file")]
+    latents_key: Option<String>,
+
+    /// Testing: force a generated module by name (e.g. res96x64_tiny).
+    #[arg(long, hide = true)]
+    module: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -82,24 +149,137 @@ fn run(args: &Args) -> Result<()> {
     };
     chosen.set_default();
     println!("device: {}", chosen.name);
-    bench_matmul(&chosen, args)
+    match args.bench_matmul {
+        Some(n) => bench_matmul(&chosen, args, n),
+        None => generate(args),
+    }
+}
+
+/// Fails early, before any work, when the PNG could not be written: the folder is missing or
+/// not writable, or the path is a folder. An existing file is left alone until the image is
+/// ready (then replaced atomically).
+fn check_output(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("output {} is a folder, not a file", path.display());
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "cannot write {}: folder {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    let probe = parent.join(format!(".qwen-run-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!("cannot write {}: {e}", path.display()),
+    }
+}
+
+fn generate(args: &Args) -> Result<()> {
+    let Some(prompt) = args.prompt.clone() else {
+        bail!("--prompt is required");
+    };
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    check_output(&args.output)?;
+    let dtype = args.dtype.unwrap_or(DtypeArg::F32);
+    let model = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEMO_MODEL));
+
+    let start = Instant::now();
+    let options = Options {
+        resolution: args.res,
+        dtype: dtype.mlx(),
+        module: args.module.clone(),
+    };
+    let pipeline = Pipeline::open(&model, &options)?;
+    let r = pipeline.resolution();
+    println!(
+        "model: {} ({} module {}, {})",
+        model.display(),
+        pipeline.variant().config(),
+        pipeline.variant().name(),
+        dtype.name()
+    );
+    println!("resolution: {}x{} (W×H)", r.width, r.height);
+    println!("load: {:.2} s", start.elapsed().as_secs_f64());
+
+    let latents = match (&args.latents_file, &args.latents_key) {
+        (Some(file), Some(key)) => {
+            let ck = Checkpoint::open(file)?;
+            Some(ck.array(key)?)
+        }
+        _ => None,
+    };
+    let request = Request {
+        prompt,
+        negative_prompt: Some(args.negative_prompt.clone()),
+        steps: args.steps,
+        cfg_scale: args.cfg,
+        seed: args.seed,
+        latents,
+    };
+
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("denoise {bar:30} {pos}/{len} steps [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let result = pipeline.generate(&request, &mut |done, _| bar.set_position(done as u64));
+    bar.finish_and_clear();
+    let generation = result?;
+    for w in &generation.warnings {
+        eprintln!("warning: {w}");
+    }
+    let t = generation.timings;
+    println!(
+        "encode: {:.2} s, denoise: {:.2} s ({:.3} s/step), decode: {:.2} s",
+        t.encode,
+        t.denoise,
+        t.denoise / args.steps as f64,
+        t.decode
+    );
+
+    let meta = pipeline.metadata(&request);
+    let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    generation
+        .image
+        .write_png(&args.output, &text)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    println!("wrote {}", args.output.display());
+    Ok(())
 }
 
 /// Multiplies two seeded random N×N matrices `iters` times and reports the mean time.
-fn bench_matmul(chosen: &ChosenDevice, args: &Args) -> Result<()> {
-    let n = args.bench_matmul;
+fn bench_matmul(chosen: &ChosenDevice, args: &Args, n: usize) -> Result<()> {
     if n == 0 || n > 65_536 {
         bail!("--bench-matmul must be between 1 and 65536, got {n}");
     }
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
+    let dtype = args.dtype.unwrap_or(DtypeArg::Bf16);
     let side = i32::try_from(n).context("matrix side does not fit MLX's i32 shapes")?;
     let shape = [side, side];
     let key = random::key(0).context("creating the random key")?;
     let (ka, kb) = random::split(&key, 2).context("splitting the random key")?;
     let make = |k: &Array| -> Result<Array> {
-        let x = random::normal::<f32>(&shape[..], None, None, k)?.as_dtype(args.dtype.mlx())?;
+        let x = random::normal::<f32>(&shape[..], None, None, k)?.as_dtype(dtype.mlx())?;
         x.eval()?;
         Ok(x)
     };
@@ -130,7 +310,7 @@ fn bench_matmul(chosen: &ChosenDevice, args: &Args) -> Result<()> {
     let flops = 2.0 * (n as f64).powi(3);
     println!(
         "matmul {n}x{n}x{n} {}: {:.3} ms, {:.2} TFLOP/s (mean of {}; mean |c| = {checksum:.3})",
-        args.dtype.name(),
+        dtype.name(),
         seconds * 1e3,
         flops / seconds / 1e12,
         args.iters
@@ -168,7 +348,15 @@ mod tests {
             err.to_string(),
             "--bench-matmul must be between 1 and 65536, got 0"
         );
-        let err = run(&args(&["--device", "cpu", "--iters", "0"])).unwrap_err();
+        let err = run(&args(&[
+            "--device",
+            "cpu",
+            "--bench-matmul",
+            "8",
+            "--iters",
+            "0",
+        ]))
+        .unwrap_err();
         assert_eq!(err.to_string(), "--iters must be at least 1");
     }
 
@@ -176,6 +364,10 @@ mod tests {
     fn unknown_options_are_rejected_by_the_parser() {
         assert!(Args::try_parse_from(["qwen-run", "--device", "tpu"]).is_err());
         assert!(Args::try_parse_from(["qwen-run", "--bench-matmul", "-3"]).is_err());
+        assert!(Args::try_parse_from(["qwen-run", "--prompt", "x", "--res", "12y"]).is_err());
+        // a prompt is needed unless benchmarking
+        assert!(Args::try_parse_from(["qwen-run"]).is_err());
+        assert!(Args::try_parse_from(["qwen-run", "--bench-matmul", "8"]).is_ok());
     }
 
     #[test]
@@ -183,7 +375,7 @@ mod tests {
         if device::count(Backend::Gpu) > 0 {
             return; // linked against a GPU libmlx: nothing to refuse
         }
-        let err = run(&args(&["--device", "gpu"])).unwrap_err();
+        let err = run(&args(&["--device", "gpu", "--bench-matmul", "8"])).unwrap_err();
         assert!(
             err.to_string().starts_with("no gpu in the loaded libmlx"),
             "{err}"

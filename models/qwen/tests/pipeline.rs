@@ -1,0 +1,210 @@
+//! The whole pipeline (template, tokenizer, generated text encoder, 34-row drop, schedule,
+//! generated transformer with true CFG, Euler, unpack, de-normalisation, generated VAE
+//! decoder, 8-bit RGB) against diffusers' `QwenImagePipeline` on the tiny checkpoint, f32 on
+//! the CPU, at both resolutions of `references/pipeline.safetensors`. Prompt, negative
+//! prompt, steps and CFG scale come from the fixture's metadata, the initial latents from
+//! its `<res>.input.latents`.
+
+mod common;
+
+use common::{fixture, rel_err};
+use qwen::pipeline::{
+    Options, Pipeline, PipelineError, Request, Resolution, Warning, MAX_SEQUENCE_LENGTH,
+};
+use qwen_runtime::__private::mlx_rs::{Array, Dtype};
+use qwen_runtime::Checkpoint;
+use safetensors::SafeTensors;
+
+/// Relative error bound for latents, embeddings and the decoded image (f32 end to end; the
+/// module parity tests reach 1e-6..1e-5 per network).
+const TOL: f32 = 1e-4;
+
+struct Reference {
+    ck: Checkpoint,
+    prompt: String,
+    negative: String,
+    steps: usize,
+    cfg: f32,
+}
+
+fn reference() -> Reference {
+    let path = fixture("references/pipeline.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    Reference {
+        ck: Checkpoint::open(&path).unwrap(),
+        prompt: meta["prompt"].clone(),
+        negative: meta["negative_prompt"].clone(),
+        steps: meta["num_inference_steps"].parse().unwrap(),
+        cfg: meta["true_cfg_scale"].parse().unwrap(),
+    }
+}
+
+fn open(res: &str, module: Option<&str>) -> Pipeline {
+    let options = Options {
+        resolution: Some(res.parse::<Resolution>().unwrap()),
+        dtype: Dtype::Float32,
+        module: module.map(str::to_owned),
+    };
+    Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap()
+}
+
+fn u8s(a: &Array) -> Vec<u8> {
+    a.as_dtype(Dtype::Uint8).unwrap().as_slice::<u8>().to_vec()
+}
+
+/// Runs the pipeline at `res` (optionally forcing a module) and checks every stage.
+fn check(res: &str, module: Option<&str>) {
+    let r = reference();
+    let get = |k: &str| r.ck.array(&format!("{res}.{k}")).unwrap();
+    let pipeline = open(res, module);
+    let name = pipeline.variant().name();
+
+    // prompt embeddings (dropped, cut) against encode_prompt's
+    let mut warnings = Vec::new();
+    let emb = pipeline
+        .encode(&r.prompt, Some(&r.negative), &mut warnings)
+        .unwrap();
+    let e_p = rel_err(&emb.prompt, &get("prompt_embeds"));
+    let e_n = rel_err(
+        emb.negative.as_ref().unwrap(),
+        &get("negative_prompt_embeds"),
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    let mut seen = Vec::new();
+    let request = Request {
+        prompt: r.prompt.clone(),
+        negative_prompt: Some(r.negative.clone()),
+        steps: r.steps,
+        cfg_scale: r.cfg,
+        seed: 0,
+        latents: Some(get("input.latents")),
+    };
+    let g = pipeline
+        .generate(&request, &mut |done, total| seen.push((done, total)))
+        .unwrap();
+    assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
+    let e_lat = rel_err(&g.latents, &get("output.latents"));
+    let e_dec = rel_err(&g.decoded, &get("output.decoded"));
+
+    let ours = &g.image.pixels;
+    let theirs = u8s(&get("output.image_uint8"));
+    assert_eq!(ours.len(), theirs.len());
+    let max_diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(&a, &b)| a.abs_diff(b))
+        .max()
+        .unwrap();
+    let differing = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+    println!(
+        "pipeline {res} ({name}): prompt_embeds {e_p:.3e}, negative {e_n:.3e}, final latents {e_lat:.3e}, \
+         decoded {e_dec:.3e}, uint8 max |diff| {max_diff} ({differing} of {} values differ)",
+        ours.len()
+    );
+    assert!(e_p <= TOL && e_n <= TOL, "embeddings {e_p:.3e} {e_n:.3e}");
+    assert!(e_lat <= TOL, "final latents {e_lat:.3e}");
+    assert!(e_dec <= TOL, "decoded {e_dec:.3e}");
+    assert!(max_diff <= 1, "uint8 max diff {max_diff}");
+    assert_eq!((g.image.width as usize, g.image.height as usize), {
+        let r: Resolution = res.parse().unwrap();
+        (r.width, r.height)
+    });
+}
+
+#[test]
+fn pipeline_64x64_matches_diffusers() {
+    check("64x64", None);
+}
+
+#[test]
+fn pipeline_96x64_matches_diffusers_both_cfg_halves_in_one_call() {
+    check("96x64", Some("res96x64_tiny_split"));
+}
+
+#[test]
+fn pipeline_96x64_matches_diffusers_with_two_transformer_calls() {
+    check("96x64", Some("res96x64_tiny"));
+}
+
+#[test]
+fn long_prompt_is_cut_as_the_reference_does_and_warned() {
+    let tokens = fixture("references/tokens.safetensors");
+    let bytes = std::fs::read(&tokens).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let prompts: Vec<String> =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["prompts"]).unwrap();
+    let long = &prompts[9];
+
+    let pipeline = open("64x64", None);
+    let ids = pipeline.token_ids(long).unwrap();
+    assert_eq!(ids.len(), 1058);
+
+    let mut warnings = Vec::new();
+    let emb = pipeline.encode(long, None, &mut warnings).unwrap();
+    assert_eq!(emb.prompt.shape(), &[1, MAX_SEQUENCE_LENGTH as i32, 32]);
+    let r = Checkpoint::open(fixture("references/text_encoder.safetensors")).unwrap();
+    let e = rel_err(&emb.prompt, &r.array("long.prompt_embeds").unwrap());
+    println!("long prompt (4129 tokens): embeds [1, 512, 32] rel err {e:.3e}");
+    assert!(e <= TOL, "{e:.3e}");
+    assert!(
+        matches!(
+            warnings.as_slice(),
+            [Warning::Truncated { which: "prompt", tokens, kept: 512 }] if *tokens > 4000
+        ),
+        "{warnings:?}"
+    );
+    println!("warning: {}", warnings[0]);
+}
+
+#[test]
+fn empty_prompt_warns_and_runs_like_the_reference() {
+    let pipeline = open("64x64", None);
+    let mut warnings = Vec::new();
+    let emb = pipeline.encode("", Some(" "), &mut warnings).unwrap();
+    // template with an empty prompt: 39 tokens, 34 dropped
+    assert_eq!(emb.prompt.shape(), &[1, 5, 32]);
+    assert_eq!(
+        warnings,
+        vec![Warning::EmptyPrompt { which: "prompt" }],
+        "the blank negative prompt is the recommended one and gets no warning"
+    );
+}
+
+#[test]
+fn unsupported_resolution_lists_the_available_ones() {
+    let options = Options {
+        resolution: Some(Resolution {
+            width: 128,
+            height: 128,
+        }),
+        ..Options::default()
+    };
+    let err = Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap_err();
+    assert!(matches!(err, PipelineError::UnsupportedResolution { .. }));
+    assert_eq!(
+        err.to_string(),
+        "no generated module for 128x128 with the tiny config; available: 96x64, 64x64"
+    );
+}
+
+#[test]
+fn seeded_noise_is_reproducible_and_standard_normal() {
+    let pipeline = open("96x64", None);
+    let a = pipeline.noise(7).unwrap();
+    let b = pipeline.noise(7).unwrap();
+    let c = pipeline.noise(8).unwrap();
+    assert_eq!(a.shape(), &[1, 24, 64]);
+    let (a, b, c) = (
+        a.as_slice::<f32>().to_vec(),
+        b.as_slice::<f32>().to_vec(),
+        c.as_slice::<f32>().to_vec(),
+    );
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    let mean = a.iter().sum::<f32>() / a.len() as f32;
+    let var = a.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / a.len() as f32;
+    assert!(mean.abs() < 0.2 && (var - 1.0).abs() < 0.25, "{mean} {var}");
+}
