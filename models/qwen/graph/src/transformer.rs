@@ -227,13 +227,16 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
 
     // timestep: sinusoid of 1000·t, [cos, sin], f_k = exp(−ln(10000)·k/128)
     let half = TIMESTEP_CHANNELS / 2;
+    // f32 arithmetic in diffusers' order (get_timestep_embedding): exp(−ln(10000)·k/128),
+    // then (t·f)·1000
     let freqs: Vec<f32> = (0..half)
-        .map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() as f32 * 1000.0)
+        .map(|k| (-(10000f32.ln()) * k as f32 / half as f32).exp())
         .collect();
     let temb = b.scope("time_text_embed", |b| {
         let f = b.const_tensor("timestep_freqs", &[1, half], freqs)?;
         let t = b.reshape(ts, [b_(), Dim::Const(1)])?; // [B, 1]
         let a = b.mul(t, f)?; // [B, 128]
+        let a = b.mul_scalar(a, 1000.0)?;
         let (cs, sn) = (
             b.unary(graph_dsl::Unary::Cos, a)?,
             b.unary(graph_dsl::Unary::Sin, a)?,
