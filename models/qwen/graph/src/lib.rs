@@ -229,6 +229,19 @@ mod tests {
     }
 
     #[test]
+    fn non_square_16_9_is_width_by_height() {
+        let b = build(&req(1664, 928, ConfigName::Real)).unwrap();
+        let c = |n: &str| b.consts.iter().find(|c| c.0 == n).unwrap().1;
+        assert_eq!((c("grid_h"), c("grid_w"), c("img_tokens")), (58, 104, 6032));
+        assert_eq!(c("txt_rope_offset"), 52); // max(58/2, 104/2)
+        let vae = &b.graphs[2];
+        assert_eq!(
+            vae.ty(vae.outputs[0].1).shape.to_string(),
+            "[B, 928, 1664, 3]"
+        );
+    }
+
+    #[test]
     fn split_halves_binds_the_batch() {
         let mut r = req(96, 64, ConfigName::Tiny);
         r.cfg = CfgJoin::SplitHalves;
