@@ -97,14 +97,19 @@ pub enum PipelineError {
         available: Vec<String>,
     },
 
-    #[error("{component}: {source}")]
+    /// A component's checkpoint could not be opened or read.
+    #[error("{component} weights: {error}")]
     Weights {
         component: &'static str,
-        #[source]
-        source: WeightError,
+        error: WeightError,
     },
 
-    #[error("the checkpoint in {} does not match the {module} module ({} problems):\n{}", path.display(), problems.len(), Listed(problems))]
+    /// The weights differ from what the module expects: every problem of every component
+    /// (the message shows the first [`SHOWN_PROBLEMS`] on one line).
+    #[error(
+        "the checkpoint in {} does not fit the generated module {module} ({} problems): {}",
+        path.display(), problems.len(), Listed(problems)
+    )]
     Mismatch {
         path: PathBuf,
         module: &'static str,
@@ -136,15 +141,21 @@ pub enum PipelineError {
     Mlx { what: &'static str, message: String },
 }
 
+/// Problems shown in a [`PipelineError::Mismatch`] message.
+pub const SHOWN_PROBLEMS: usize = 10;
+
 struct Listed<'a>(&'a [String]);
 
 impl fmt::Display for Listed<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
+        for (i, p) in self.0.iter().take(SHOWN_PROBLEMS).enumerate() {
             if i > 0 {
-                writeln!(f)?;
+                f.write_str("; ")?;
             }
-            write!(f, "  {p}")?;
+            f.write_str(p)?;
+        }
+        if self.0.len() > SHOWN_PROBLEMS {
+            write!(f, "; and {} more", self.0.len() - SHOWN_PROBLEMS)?;
         }
         Ok(())
     }
@@ -392,7 +403,7 @@ macro_rules! batched_variant {
                     dtype: Dtype,
                 ) -> Result<Box<dyn TextEncoder>> {
                     let w = m::TextEncoderWeights::load(ck, "", dtype)
-                        .map_err(|e| load_error("text encoder")(e.to_string()))?;
+                        .map_err(|e| load_error("text_encoder")(e.to_string()))?;
                     Ok(Box::new(Te(w)))
                 }
                 fn load_transformer(
@@ -520,7 +531,7 @@ macro_rules! split_variant {
                     dtype: Dtype,
                 ) -> Result<Box<dyn TextEncoder>> {
                     let w = m::TextEncoderWeights::load(ck, "", dtype)
-                        .map_err(|e| load_error("text encoder")(e.to_string()))?;
+                        .map_err(|e| load_error("text_encoder")(e.to_string()))?;
                     Ok(Box::new(Te(w)))
                 }
                 fn load_transformer(
@@ -837,9 +848,9 @@ impl Pipeline {
         // Open and check every component before loading any.
         let open = |component: &'static str, sub: &str| {
             Checkpoint::open(dir.join(sub))
-                .map_err(|source| PipelineError::Weights { component, source })
+                .map_err(|error| PipelineError::Weights { component, error })
         };
-        let te = open("text encoder", "text_encoder")?;
+        let te = open("text_encoder", "text_encoder")?;
         let tr = open("transformer", "transformer")?;
         let vae = open("vae", "vae")?;
         let mut problems = Vec::new();
@@ -855,7 +866,7 @@ impl Pipeline {
                 Err(WeightError::Mismatch { problems: p, .. }) => {
                     problems.extend(p.iter().map(|p: &Problem| format!("{component}: {p}")));
                 }
-                Err(source) => return Err(PipelineError::Weights { component, source }),
+                Err(error) => return Err(PipelineError::Weights { component, error }),
             }
         }
         if !problems.is_empty() {

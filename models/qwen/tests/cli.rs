@@ -1,0 +1,398 @@
+//! `qwen-run` end to end, as a user runs it: the built binary on the tiny checkpoint.
+//!
+//! These live in the `qwen` package (not the root package) because Cargo gives a test the
+//! path of a binary (`CARGO_BIN_EXE_<name>`) only within the binary's own package.
+//!
+//! Every bad input must give one clear `error: ...` line and a non-zero exit, never a panic;
+//! an existing output file must survive a failed run. A successful run with the pipeline
+//! fixture's settings and initial latents (hidden `--latents-file/--latents-key`: MLX's seeded
+//! noise cannot equal torch's) writes the reference PNG's pixels.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::tensor::TensorView;
+use safetensors::SafeTensors;
+
+const PROMPT: &str = "a red fox in the snow, watercolor";
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(rel)
+}
+
+fn qwen_run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args(["--device", "cpu"])
+        .args(args)
+        .output()
+        .expect("qwen-run starts")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The run failed cleanly: non-zero exit (not a panic's 101), one `error:` line containing
+/// `needle`, no panic message.
+fn assert_fails_with(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected a failure; stderr: {err}");
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning:")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(needle), "`{needle}` not in: {err}");
+}
+
+/// A model folder whose components are links to the fixture's, except those in `copy`,
+/// which are real copies (to be damaged by the test).
+fn model_copy(root: &Path, copy: &[&str]) -> PathBuf {
+    let src = fixture("tiny-qwen-image");
+    let dst = root.join("model");
+    fs::create_dir_all(&dst).unwrap();
+    for entry in fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let name_s = name.to_string_lossy().into_owned();
+        let target = dst.join(&name);
+        if copy.contains(&name_s.as_str()) {
+            fs::create_dir_all(&target).unwrap();
+            for f in fs::read_dir(entry.path()).unwrap() {
+                let f = f.unwrap();
+                fs::copy(f.path(), target.join(f.file_name())).unwrap();
+            }
+        } else {
+            std::os::unix::fs::symlink(entry.path(), &target).unwrap();
+        }
+    }
+    dst
+}
+
+/// Rewrites a safetensors file: `edit` may drop tensors (return `None`) or change them.
+fn rewrite(path: &Path, edit: impl Fn(&str, Vec<usize>, &[u8]) -> Option<(Vec<usize>, Vec<u8>)>) {
+    let bytes = fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut kept = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some((shape, data)) = edit(&name, view.shape().to_vec(), view.data()) {
+            kept.push((name, view.dtype(), shape, data));
+        }
+    }
+    let views: Vec<(String, TensorView)> = kept
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn png_pixels(path: &Path) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    assert_eq!(info.bit_depth, png::BitDepth::Eight);
+    buf.truncate(info.buffer_size());
+    let meta = reader.info();
+    let mut text: Vec<(String, String)> = meta
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.text.clone()))
+        .collect();
+    for t in &meta.utf8_text {
+        text.push((t.keyword.clone(), t.get_text().unwrap()));
+    }
+    (info.width, info.height, buf, text)
+}
+
+/// The fixture's settings at `res` with its initial latents, into `out`.
+fn fixture_run(res: &str, out: &Path) -> Output {
+    let refs = fixture("references/pipeline.safetensors");
+    let key = format!("{res}.input.latents");
+    qwen_run(&[
+        "--prompt",
+        PROMPT,
+        "--negative-prompt",
+        " ",
+        "--res",
+        res,
+        "--steps",
+        "3",
+        "--cfg",
+        "4",
+        "--latents-file",
+        refs.to_str().unwrap(),
+        "--latents-key",
+        &key,
+        "--output",
+        out.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn fixture_settings_give_the_reference_png() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (res, tolerance) in [("64x64", 0u8), ("96x64", 1u8)] {
+        let out = tmp.path().join(format!("{res}.png"));
+        let run = fixture_run(res, &out);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(stdout.contains("device: cpu"), "{stdout}");
+        assert!(stdout.contains(&format!("resolution: {res}")), "{stdout}");
+        assert!(stdout.contains("denoise:"), "{stdout}");
+
+        let (w, h, ours, text) = png_pixels(&out);
+        let (rw, rh, theirs, _) = png_pixels(&fixture(&format!("references/pipeline_{res}.png")));
+        assert_eq!((w, h), (rw, rh));
+        let max = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+        println!(
+            "qwen-run {res}: PNG vs reference: max |diff| {max}, {differ} of {} bytes differ",
+            ours.len()
+        );
+        assert!(max <= tolerance, "{res}: max diff {max}");
+
+        let get = |k: &str| {
+            text.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("prompt"), Some(PROMPT));
+        assert_eq!(get("negative_prompt"), Some(" "));
+        assert_eq!(get("steps"), Some("3"));
+        assert_eq!(get("true_cfg_scale"), Some("4"));
+        assert_eq!(get("width"), Some(&*w.to_string()));
+    }
+}
+
+#[test]
+fn seeded_runs_are_reproducible_and_overwrite_the_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = |n: &str| tmp.path().join(n);
+    let seeded = |seed: &str, path: &Path| {
+        let run = qwen_run(&[
+            "--prompt",
+            "一只猫",
+            "--steps",
+            "2",
+            "--seed",
+            seed,
+            "-o",
+            path.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        png_pixels(path)
+    };
+    fs::write(out("a.png"), b"old").unwrap();
+    let (w, h, a, text) = seeded("5", &out("a.png"));
+    assert_eq!((w, h), (96, 64), "the demo checkpoint's default resolution");
+    let (_, _, b, _) = seeded("5", &out("b.png"));
+    let (_, _, c, _) = seeded("6", &out("c.png"));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(text.contains(&("seed".into(), "5".into())), "{text:?}");
+    assert!(
+        text.contains(&("prompt".into(), "一只猫".into())),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn empty_prompt_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("e.png");
+    let run = qwen_run(&["--prompt", "", "--steps", "1", "-o", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("warning: the prompt is empty"),
+        "{}",
+        stderr(&run)
+    );
+    assert!(out.is_file());
+}
+
+#[test]
+fn bad_arguments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let out = out.to_str().unwrap();
+    // unsupported resolution: the available ones are listed
+    assert_fails_with(
+        &qwen_run(&["--prompt", "x", "--res", "128", "-o", out]),
+        "no generated module for 128x128 with the tiny config; available: 96x64, 64x64",
+    );
+    // missing model folder
+    assert_fails_with(
+        &qwen_run(&["--prompt", "x", "--model", "/no/such/model", "-o", out]),
+        "model folder not found: /no/such/model",
+    );
+    // a folder that is not a model
+    assert_fails_with(
+        &qwen_run(&[
+            "--prompt",
+            "x",
+            "--model",
+            tmp.path().to_str().unwrap(),
+            "-o",
+            out,
+        ]),
+        "no model_index.json",
+    );
+    // output in a missing folder; output that is a folder
+    assert_fails_with(
+        &qwen_run(&["--prompt", "x", "-o", "/no/such/dir/out.png"]),
+        "folder /no/such/dir does not exist",
+    );
+    assert_fails_with(
+        &qwen_run(&["--prompt", "x", "-o", tmp.path().to_str().unwrap()]),
+        "is a folder, not a file",
+    );
+    assert_fails_with(
+        &qwen_run(&["--prompt", "x", "--steps", "0", "-o", out]),
+        "--steps must be at least 1",
+    );
+    // the parser's own errors: exit 2, no panic
+    let run = qwen_run(&["--prompt", "x", "--res", "big"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        stderr(&run).contains("bad resolution `big`"),
+        "{}",
+        stderr(&run)
+    );
+    assert!(!Path::new(out).exists(), "nothing written by failed runs");
+}
+
+#[test]
+fn truncated_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_copy(tmp.path(), &["transformer"]);
+    let shard = model.join("transformer/diffusion_pytorch_model-00002-of-00003.safetensors");
+    let len = fs::metadata(&shard).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let out = tmp.path().join("x.png");
+    assert_fails_with(
+        &qwen_run(&[
+            "--prompt",
+            "x",
+            "--model",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "transformer weights: truncated safetensors file",
+    );
+}
+
+#[test]
+fn wrong_shapes_and_missing_tensors_are_all_reported_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_copy(tmp.path(), &["transformer", "vae"]);
+    rewrite(
+        &model.join("transformer/diffusion_pytorch_model-00003-of-00003.safetensors"),
+        |name, shape, data| match name {
+            "proj_out.bias" => Some((vec![32], data[..64].to_vec())),
+            _ => Some((shape, data.to_vec())),
+        },
+    );
+    rewrite(
+        &model.join("vae/diffusion_pytorch_model.safetensors"),
+        |name, shape, data| (name != "decoder.conv_out.bias").then(|| (shape, data.to_vec())),
+    );
+    let out = tmp.path().join("x.png");
+    let run = qwen_run(&[
+        "--prompt",
+        "x",
+        "--model",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails_with(
+        &run,
+        "does not fit the generated module res96x64_tiny_split (2 problems)",
+    );
+    let err = stderr(&run);
+    assert!(
+        err.contains("transformer: tensor `proj_out.bias` has shape [32], expected [64]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("vae: missing tensor `decoder.conv_out.bias`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_checkpoint_of_an_unknown_config_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_copy(tmp.path(), &["transformer"]);
+    let config = model.join("transformer/config.json");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(
+        &config,
+        text.replace("\"num_layers\": 2", "\"num_layers\": 3"),
+    )
+    .unwrap();
+    let out = tmp.path().join("x.png");
+    assert_fails_with(
+        &qwen_run(&[
+            "--prompt",
+            "x",
+            "--model",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "matches no generated config; available: real: num_layers 60",
+    );
+}
+
+#[test]
+fn an_existing_output_survives_failed_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("keep.png");
+    fs::write(&out, b"precious").unwrap();
+    let o = out.to_str().unwrap();
+    // fails before loading
+    assert_fails_with(
+        &qwen_run(&["--prompt", "x", "--res", "32", "-o", o]),
+        "no generated module",
+    );
+    // fails after loading and encoding: latents of the other resolution
+    let refs = fixture("references/pipeline.safetensors");
+    let run = qwen_run(&[
+        "--prompt",
+        "x",
+        "--res",
+        "64x64",
+        "--steps",
+        "1",
+        "--latents-file",
+        refs.to_str().unwrap(),
+        "--latents-key",
+        "96x64.input.latents",
+        "-o",
+        o,
+    ]);
+    assert_fails_with(
+        &run,
+        "initial latents have shape [1, 24, 64], expected [1, 16, 64]",
+    );
+    assert_eq!(fs::read(&out).unwrap(), b"precious");
+    let leftovers: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+}
