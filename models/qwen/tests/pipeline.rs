@@ -208,3 +208,53 @@ fn seeded_noise_is_reproducible_and_standard_normal() {
     let var = a.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / a.len() as f32;
     assert!(mean.abs() < 0.2 && (var - 1.0).abs() < 0.25, "{mean} {var}");
 }
+
+/// Without CFG (scale 1) the joint module runs the prompt in both halves and keeps one; it
+/// must give what the one-text module gives with a single call per step.
+#[test]
+fn no_cfg_is_the_same_through_either_module() {
+    let r = reference();
+    let latents = r.ck.array("96x64.input.latents").unwrap();
+    let run = |module: &str| {
+        let request = Request {
+            prompt: r.prompt.clone(),
+            negative_prompt: Some(r.negative.clone()),
+            steps: 2,
+            cfg_scale: 1.0,
+            seed: 0,
+            latents: Some(latents.clone()),
+        };
+        open("96x64", Some(module))
+            .generate(&request, &mut |_, _| {})
+            .unwrap()
+    };
+    let (split, single) = (run("res96x64_tiny_split"), run("res96x64_tiny"));
+    let e = rel_err(&split.latents, &single.latents);
+    println!("no cfg: joint module vs one-text module, latents rel err {e:.3e}");
+    assert!(e <= 1e-5, "{e:.3e}");
+}
+
+/// bf16 weights and activations: loose agreement with the f32 reference.
+#[test]
+fn bf16_pipeline_is_close_to_the_f32_reference() {
+    let r = reference();
+    let options = Options {
+        resolution: Some("64x64".parse().unwrap()),
+        dtype: Dtype::Bfloat16,
+        module: None,
+    };
+    let pipeline = Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap();
+    let request = Request {
+        prompt: r.prompt.clone(),
+        negative_prompt: Some(r.negative.clone()),
+        steps: r.steps,
+        cfg_scale: r.cfg,
+        seed: 0,
+        latents: Some(r.ck.array("64x64.input.latents").unwrap()),
+    };
+    let g = pipeline.generate(&request, &mut |_, _| {}).unwrap();
+    let e_lat = rel_err(&g.latents, &r.ck.array("64x64.output.latents").unwrap());
+    let e_dec = rel_err(&g.decoded, &r.ck.array("64x64.output.decoded").unwrap());
+    println!("pipeline 64x64 bf16 vs f32 reference: latents {e_lat:.3e}, decoded {e_dec:.3e}");
+    assert!(e_lat <= 5e-2 && e_dec <= 5e-2, "{e_lat:.3e} {e_dec:.3e}");
+}

@@ -196,10 +196,10 @@ fn generate(args: &Args) -> Result<()> {
     }
     check_output(&args.output)?;
     let dtype = args.dtype.unwrap_or(DtypeArg::F32);
-    let model = args
-        .model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEMO_MODEL));
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => std::fs::canonicalize(DEMO_MODEL).unwrap_or_else(|_| PathBuf::from(DEMO_MODEL)),
+    };
 
     let start = Instant::now();
     let options = Options {
@@ -210,7 +210,7 @@ fn generate(args: &Args) -> Result<()> {
     let pipeline = Pipeline::open(&model, &options)?;
     let r = pipeline.resolution();
     println!(
-        "model: {} ({} module {}, {})",
+        "model: {} ({} config, module {}, {})",
         model.display(),
         pipeline.variant().config(),
         pipeline.variant().name(),
