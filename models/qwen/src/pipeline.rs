@@ -929,9 +929,15 @@ impl Pipeline {
 
     /// Token ids of a prompt in the template, cut at [`TOKENIZER_MAX_LENGTH`].
     pub fn token_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenize(prompt)?.0)
+    }
+
+    /// [`Self::token_ids`] and the length before the cut.
+    fn tokenize(&self, prompt: &str) -> Result<(Vec<u32>, usize)> {
         let mut ids = self.tokenizer.encode(&format_prompt(prompt))?;
+        let untruncated = ids.len();
         ids.truncate(TOKENIZER_MAX_LENGTH);
-        Ok(ids)
+        Ok((ids, untruncated))
     }
 
     /// Prompt embeddings as `encode_prompt` makes them (spec §1.2), with the warnings.
@@ -949,7 +955,7 @@ impl Pipeline {
             if text.trim().is_empty() && which == "prompt" {
                 warnings.push(Warning::EmptyPrompt { which });
             }
-            let ids = self.token_ids(text)?;
+            let (ids, untruncated) = self.tokenize(text)?;
             let n = ids.len();
             let rows = n.saturating_sub(TEMPLATE_DROP);
             if rows == 0 {
@@ -960,7 +966,7 @@ impl Pipeline {
             if rows > MAX_SEQUENCE_LENGTH {
                 warnings.push(Warning::Truncated {
                     which,
-                    tokens: self.tokenizer.encode(&format_prompt(text))?.len() - TEMPLATE_DROP,
+                    tokens: untruncated - TEMPLATE_DROP,
                     kept: MAX_SEQUENCE_LENGTH,
                 });
             }
@@ -1014,6 +1020,9 @@ impl Pipeline {
                 request.cfg_scale
             )));
         }
+        if let Some(l) = &request.latents {
+            self.check_latents(l)?;
+        }
         let mut warnings = Vec::new();
         let guided = request.cfg_scale > 1.0 && request.negative_prompt.is_some();
         let negative = if guided {
@@ -1051,6 +1060,17 @@ impl Pipeline {
         })
     }
 
+    fn check_latents(&self, latents: &Array) -> Result<()> {
+        let expected = vec![1, self.image_seq_len() as i32, PACKED_CHANNELS as i32];
+        if latents.shape() != expected.as_slice() {
+            return Err(PipelineError::LatentsShape {
+                expected,
+                got: latents.shape().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
     /// The denoise loop from packed latents `[1, L_img, 64]`; returns the final latents (f32).
     pub fn denoise(
         &self,
@@ -1060,13 +1080,7 @@ impl Pipeline {
         cfg_scale: f32,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Array> {
-        let expected = vec![1, self.image_seq_len() as i32, PACKED_CHANNELS as i32];
-        if latents.shape() != expected.as_slice() {
-            return Err(PipelineError::LatentsShape {
-                expected,
-                got: latents.shape().to_vec(),
-            });
-        }
+        self.check_latents(&latents)?;
         let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
         let cast = |a: &Array| a.as_dtype(self.dtype).map_err(mlx("casting"));
         let bound = self
@@ -1079,9 +1093,11 @@ impl Pipeline {
         let mut x = cast(&latents)?;
         for i in 0..schedule.steps() {
             // diffusers passes `t / 1000` with t = sigma · 1000, in f32.
-            let t = Array::from_slice(&[schedule.timesteps[i] / 1000.0], &[1])
-                .as_dtype(self.dtype)
-                .map_err(mlx("casting the timestep"))?;
+            // diffusers passes `t / 1000` with t = sigma · 1000. Kept in f32 for every run
+            // dtype (the generated transformer takes an f32 timestep and casts its embedding);
+            // a bf16 diffusers run rounds t and t/1000 to bf16 (spacing 4 near t = 1000),
+            // which moved the bf16 result 4× further from the f32 reference when tried.
+            let t = Array::from_slice(&[schedule.timesteps[i] / 1000.0], &[1]);
             let (cond, uncond) = bound
                 .velocity(&x, &t)
                 .map_err(mlx("running the transformer"))?;
@@ -1163,4 +1179,91 @@ pub fn unpack_nhwc(x: &Array, gh: usize, gw: usize) -> Result<Array, Exception> 
     let x = ops::reshape(x, &[1, gh, gw, c, 2, 2])?;
     let x = ops::transpose_axes(&x, &[0, 1, 4, 2, 5, 3])?;
     ops::reshape(&x, &[1, 2 * gh, 2 * gw, c])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The module name each `specialize!(res = ...)` line of `specializations.rs` makes.
+    fn declared_modules() -> Vec<String> {
+        include_str!("specializations.rs")
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("specialize!(res"))
+            .map(|l| {
+                let args = &l["specialize!(".len()..l.len() - 2];
+                let mut name = String::new();
+                for arg in args.split(',') {
+                    let (k, v) = arg.split_once('=').unwrap();
+                    match (k.trim(), v.trim()) {
+                        ("res", r) => name = format!("res{r}"),
+                        ("config", "tiny") => name.push_str("_tiny"),
+                        ("cfg", "split") => name.push_str("_split"),
+                        other => panic!("unknown specialize! argument {other:?}"),
+                    }
+                }
+                name
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_specialization_is_a_variant() {
+        let declared = declared_modules();
+        assert!(declared.len() >= 4, "{declared:?}");
+        let mut listed: Vec<String> = VARIANTS.iter().map(|v| v.name().to_owned()).collect();
+        let mut declared_sorted = declared.clone();
+        listed.sort();
+        declared_sorted.sort();
+        assert_eq!(
+            listed, declared_sorted,
+            "VARIANTS and specializations.rs differ"
+        );
+        for v in VARIANTS {
+            let r = v.resolution();
+            assert!(v.name().starts_with(&format!(
+                "res{}",
+                if r.width == r.height {
+                    r.width.to_string()
+                } else {
+                    r.to_string()
+                }
+            )));
+            assert_eq!(v.name().contains("_tiny"), v.config() == ModelConfig::Tiny);
+            assert_eq!(v.name().ends_with("_split"), v.joint_cfg());
+        }
+    }
+
+    #[test]
+    fn resolutions_parse() {
+        let r = |s: &str| s.parse::<Resolution>();
+        assert_eq!(
+            r("1024"),
+            Ok(Resolution {
+                width: 1024,
+                height: 1024
+            })
+        );
+        assert_eq!(
+            r("96x64"),
+            Ok(Resolution {
+                width: 96,
+                height: 64
+            })
+        );
+        assert_eq!(r("1664X928").map(|r| r.to_string()), Ok("1664x928".into()));
+        for bad in ["", "x", "0", "96x", "12y", "-5", "96x64x2"] {
+            assert!(r(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn template_splits_at_the_prompt() {
+        let t = format_prompt("fox");
+        assert!(t.starts_with("<|im_start|>system\nDescribe the image"));
+        assert!(t.ends_with("<|im_end|>\n<|im_start|>user\nfox<|im_end|>\n<|im_start|>assistant\n"));
+        // a `{}` in the prompt is not a placeholder
+        assert!(format_prompt("{}").contains("user\n{}<|im_end|>"));
+    }
 }

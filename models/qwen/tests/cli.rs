@@ -372,7 +372,7 @@ fn an_existing_output_survives_failed_runs() {
         &qwen_run(&["--prompt", "x", "--res", "32", "-o", o]),
         "no generated module",
     );
-    // fails after loading and encoding: latents of the other resolution
+    // fails after loading the model: latents of the other resolution
     let refs = fixture("references/pipeline.safetensors");
     let run = qwen_run(&[
         "--prompt",
