@@ -671,6 +671,15 @@ impl fmt::Display for Warning {
     }
 }
 
+/// What [`Pipeline::generate`] reports while it runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A warning, as soon as it is known (the prompts are encoded first).
+    Warning(&'a Warning),
+    /// `done` of `total` denoising steps finished.
+    Step { done: usize, total: usize },
+}
+
 /// Prompt embeddings: `[1, L_txt, hidden]`.
 #[derive(Debug)]
 pub struct Embeddings {
@@ -1009,7 +1018,7 @@ impl Pipeline {
     pub fn generate(
         &self,
         request: &Request,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<Generation> {
         if request.steps == 0 {
             return Err(PipelineError::Request("steps must be at least 1".into()));
@@ -1034,13 +1043,22 @@ impl Pipeline {
         let start = std::time::Instant::now();
         let emb = self.encode(&request.prompt, negative, &mut warnings)?;
         let encode_s = start.elapsed().as_secs_f64();
+        for w in &warnings {
+            on_event(Event::Warning(w));
+        }
 
         let start = std::time::Instant::now();
         let latents = match &request.latents {
             Some(l) => l.clone(),
             None => self.noise(request.seed)?,
         };
-        let latents = self.denoise(latents, &emb, request.steps, request.cfg_scale, on_step)?;
+        let latents = self.denoise(
+            latents,
+            &emb,
+            request.steps,
+            request.cfg_scale,
+            &mut |done, total| on_event(Event::Step { done, total }),
+        )?;
         let denoise_s = start.elapsed().as_secs_f64();
 
         let start = std::time::Instant::now();

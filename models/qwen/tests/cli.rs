@@ -298,6 +298,32 @@ fn truncated_weights() {
 }
 
 #[test]
+fn missing_weight_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_copy(tmp.path(), &["text_encoder", "vae"]);
+    let out = tmp.path().join("x.png");
+    let o = out.to_str().unwrap();
+    let m = model.to_str().unwrap();
+    // a shard named by the index is gone
+    fs::remove_file(model.join("text_encoder/model-00002-of-00004.safetensors")).unwrap();
+    assert_fails_with(
+        &qwen_run(&["--prompt", "x", "--model", m, "-o", o]),
+        "text_encoder weights: missing shard",
+    );
+    // a single-file component without its file
+    fs::copy(
+        fixture("tiny-qwen-image/text_encoder/model-00002-of-00004.safetensors"),
+        model.join("text_encoder/model-00002-of-00004.safetensors"),
+    )
+    .unwrap();
+    fs::remove_file(model.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+    assert_fails_with(
+        &qwen_run(&["--prompt", "x", "--model", m, "-o", o]),
+        "vae weights: no .safetensors file in",
+    );
+}
+
+#[test]
 fn wrong_shapes_and_missing_tensors_are_all_reported_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let model = model_copy(tmp.path(), &["transformer", "vae"]);

@@ -9,7 +9,7 @@ mod common;
 
 use common::{fixture, rel_err};
 use qwen::pipeline::{
-    Options, Pipeline, PipelineError, Request, Resolution, Warning, MAX_SEQUENCE_LENGTH,
+    Event, Options, Pipeline, PipelineError, Request, Resolution, Warning, MAX_SEQUENCE_LENGTH,
 };
 use qwen_runtime::__private::mlx_rs::{Array, Dtype};
 use qwen_runtime::Checkpoint;
@@ -83,7 +83,10 @@ fn check(res: &str, module: Option<&str>) {
         latents: Some(get("input.latents")),
     };
     let g = pipeline
-        .generate(&request, &mut |done, total| seen.push((done, total)))
+        .generate(&request, &mut |event| match event {
+            Event::Step { done, total } => seen.push((done, total)),
+            Event::Warning(w) => panic!("unexpected warning {w}"),
+        })
         .unwrap();
     assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
     let e_lat = rel_err(&g.latents, &get("output.latents"));
@@ -225,7 +228,7 @@ fn no_cfg_is_the_same_through_either_module() {
             latents: Some(latents.clone()),
         };
         open("96x64", Some(module))
-            .generate(&request, &mut |_, _| {})
+            .generate(&request, &mut |_| {})
             .unwrap()
     };
     let (split, single) = (run("res96x64_tiny_split"), run("res96x64_tiny"));
@@ -252,7 +255,7 @@ fn bf16_pipeline_is_close_to_the_f32_reference() {
         seed: 0,
         latents: Some(r.ck.array("64x64.input.latents").unwrap()),
     };
-    let g = pipeline.generate(&request, &mut |_, _| {}).unwrap();
+    let g = pipeline.generate(&request, &mut |_| {}).unwrap();
     let e_lat = rel_err(&g.latents, &r.ck.array("64x64.output.latents").unwrap());
     let e_dec = rel_err(&g.decoded, &r.ck.array("64x64.output.decoded").unwrap());
     println!("pipeline 64x64 bf16 vs f32 reference: latents {e_lat:.3e}, decoded {e_dec:.3e}");

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mlx_rs::{random, Array, Dtype};
-use qwen::pipeline::{Options, Pipeline, Request, Resolution};
+use qwen::pipeline::{Event, Options, Pipeline, Request, Resolution};
 use qwen_runtime::device::{self, Backend, ChosenDevice};
 use qwen_runtime::Checkpoint;
 
@@ -240,12 +240,12 @@ fn generate(args: &Args) -> Result<()> {
         ProgressStyle::with_template("denoise {bar:30} {pos}/{len} steps [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let result = pipeline.generate(&request, &mut |done, _| bar.set_position(done as u64));
+    let result = pipeline.generate(&request, &mut |event| match event {
+        Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
+        Event::Step { done, .. } => bar.set_position(done as u64),
+    });
     bar.finish_and_clear();
     let generation = result?;
-    for w in &generation.warnings {
-        eprintln!("warning: {w}");
-    }
     let t = generation.timings;
     println!(
         "encode: {:.2} s, denoise: {:.2} s ({:.3} s/step), decode: {:.2} s",
