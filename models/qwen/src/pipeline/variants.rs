@@ -1,0 +1,232 @@
+//! The generated modules behind the [`Variant`] face: one line per `specialize!` line of
+//! `specializations.rs` (a unit test checks that the two lists agree).
+//!
+//! Every generated module has the same item names (`TextEncoderWeights`, `text_encoder`,
+//! `TransformerWeights`, `transformer`, `rope`, `VaeDecoderWeights`, `vae_decoder`, consts),
+//! so one macro wraps any of them. Only the transformer's signature differs: a module made
+//! with `cfg = split` takes both CFG texts in one call, the others one text per call.
+
+use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
+use qwen_runtime::weights::{Checkpoint, TensorSpec};
+
+use super::{
+    Decoder, Denoiser, ModelConfig, PipelineError, Resolution, Result, Step, TextEncoder, Variant,
+};
+use crate::specializations as sp;
+
+fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Load {
+        component,
+        message: e.to_string(),
+    }
+}
+
+/// `struct $ty` implementing [`Variant`] over module `sp::$m`; `$transformer` is
+/// `one_text` or `joint` (see below) and defines the loaded transformer `Tr`.
+macro_rules! variant {
+    ($ty:ident, $m:ident, $config:expr, $transformer:ident, $joint:literal) => {
+        pub(super) struct $ty;
+
+        const _: () = {
+            use sp::$m as m;
+
+            struct Te(m::TextEncoderWeights);
+            impl TextEncoder for Te {
+                fn encode(&self, ids: &Array) -> Result<Array, Exception> {
+                    m::text_encoder(&self.0, ids)
+                }
+            }
+
+            struct Vae(m::VaeDecoderWeights);
+            impl Decoder for Vae {
+                fn decode(&self, z: &Array) -> Result<Array, Exception> {
+                    m::vae_decoder(&self.0, z)
+                }
+            }
+
+            $transformer!(m);
+
+            impl Variant for $ty {
+                fn name(&self) -> &'static str {
+                    stringify!($m)
+                }
+                fn resolution(&self) -> Resolution {
+                    Resolution {
+                        width: m::WIDTH,
+                        height: m::HEIGHT,
+                    }
+                }
+                fn config(&self) -> ModelConfig {
+                    $config
+                }
+                fn joint_cfg(&self) -> bool {
+                    $joint
+                }
+                fn text_encoder_specs(&self) -> Vec<TensorSpec> {
+                    m::TextEncoderWeights::specs("")
+                }
+                fn transformer_specs(&self) -> Vec<TensorSpec> {
+                    m::TransformerWeights::specs("")
+                }
+                fn vae_specs(&self) -> Vec<TensorSpec> {
+                    m::VaeDecoderWeights::specs("")
+                }
+                fn load_text_encoder(
+                    &self,
+                    ck: &Checkpoint,
+                    dtype: Dtype,
+                ) -> Result<Box<dyn TextEncoder>> {
+                    let w = m::TextEncoderWeights::load(ck, "", dtype)
+                        .map_err(|e| load_error("text_encoder", e))?;
+                    Ok(Box::new(Te(w)))
+                }
+                fn load_transformer(
+                    &self,
+                    ck: &Checkpoint,
+                    dtype: Dtype,
+                ) -> Result<Box<dyn Denoiser>> {
+                    let w = m::TransformerWeights::load(ck, "", dtype)
+                        .map_err(|e| load_error("transformer", e))?;
+                    Ok(Box::new(Tr(w)))
+                }
+                fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>> {
+                    let w = m::VaeDecoderWeights::load(ck, "", dtype)
+                        .map_err(|e| load_error("vae", e))?;
+                    Ok(Box::new(Vae(w)))
+                }
+            }
+        };
+    };
+}
+
+/// A transformer that takes one text: CFG is two calls per step.
+macro_rules! one_text {
+    ($m:ident) => {
+        struct Tr($m::TransformerWeights);
+
+        struct Bound<'a> {
+            w: &'a $m::TransformerWeights,
+            img: (Array, Array),
+            cond: (Array, Array, Array),
+            uncond: Option<(Array, Array, Array)>,
+        }
+
+        impl Denoiser for Tr {
+            fn bind<'a>(
+                &'a self,
+                cond: Array,
+                uncond: Option<Array>,
+            ) -> Result<Box<dyn Step + 'a>, Exception> {
+                let (ic, is, tc, ts) = $m::rope(cond.shape()[1])?;
+                let uncond = match uncond {
+                    Some(u) => {
+                        let (_, _, uc, us) = $m::rope(u.shape()[1])?;
+                        Some((u, uc, us))
+                    }
+                    None => None,
+                };
+                Ok(Box::new(Bound {
+                    w: &self.0,
+                    img: (ic, is),
+                    cond: (cond, tc, ts),
+                    uncond,
+                }))
+            }
+        }
+
+        impl Step for Bound<'_> {
+            fn velocity(&self, x: &Array, t: &Array) -> Result<(Array, Option<Array>), Exception> {
+                let (ic, is) = &self.img;
+                let call = |(c, tc, ts): &(Array, Array, Array)| {
+                    $m::transformer(self.w, x, c, t, ic, is, tc, ts)
+                };
+                let cond = call(&self.cond)?;
+                let uncond = self.uncond.as_ref().map(call).transpose()?;
+                Ok((cond, uncond))
+            }
+        }
+    };
+}
+
+/// A transformer made with `cfg = split`: both CFG halves (latents repeated, each half with
+/// its own unpadded text) in one call.
+macro_rules! joint {
+    ($m:ident) => {
+        struct Tr($m::TransformerWeights);
+
+        struct Bound<'a> {
+            w: &'a $m::TransformerWeights,
+            /// img cos, img sin, txt cos (cond, uncond), txt sin (cond, uncond)
+            ropes: [Array; 6],
+            texts: (Array, Array),
+            guided: bool,
+        }
+
+        impl Denoiser for Tr {
+            fn bind<'a>(
+                &'a self,
+                cond: Array,
+                uncond: Option<Array>,
+            ) -> Result<Box<dyn Step + 'a>, Exception> {
+                // Without a negative prompt the second half repeats the first (the module
+                // always runs two halves) and is thrown away.
+                let guided = uncond.is_some();
+                let uncond = uncond.unwrap_or_else(|| cond.clone());
+                let (ic, is, tc0, ts0) = $m::rope(cond.shape()[1])?;
+                let (_, _, tc1, ts1) = $m::rope(uncond.shape()[1])?;
+                Ok(Box::new(Bound {
+                    w: &self.0,
+                    ropes: [ic, is, tc0, tc1, ts0, ts1],
+                    texts: (cond, uncond),
+                    guided,
+                }))
+            }
+        }
+
+        impl Step for Bound<'_> {
+            fn velocity(&self, x: &Array, t: &Array) -> Result<(Array, Option<Array>), Exception> {
+                let [ic, is, tc0, tc1, ts0, ts1] = &self.ropes;
+                let x2 = ops::concatenate(&[x, x], 0)?;
+                let t2 = ops::concatenate(&[t, t], 0)?;
+                let (c0, c1) = &self.texts;
+                let y = $m::transformer(self.w, &x2, c0, c1, &t2, ic, is, tc0, tc1, ts0, ts1)?;
+                let mut halves = ops::split_at_indices(&y, &[1], 0)?.into_iter();
+                let cond = halves
+                    .next()
+                    .ok_or_else(|| Exception::from("no cond half"))?;
+                let uncond = halves
+                    .next()
+                    .ok_or_else(|| Exception::from("no uncond half"))?;
+                Ok((cond, self.guided.then_some(uncond)))
+            }
+        }
+    };
+}
+
+variant!(Res1024, res1024, ModelConfig::Real, one_text, false);
+variant!(
+    Res96x64TinySplit,
+    res96x64_tiny_split,
+    ModelConfig::Tiny,
+    joint,
+    true
+);
+variant!(
+    Res96x64Tiny,
+    res96x64_tiny,
+    ModelConfig::Tiny,
+    one_text,
+    false
+);
+variant!(
+    Res64TinySplit,
+    res64_tiny_split,
+    ModelConfig::Tiny,
+    joint,
+    true
+);
+
+/// Every generated module the pipeline can run; for a resolution and config the first
+/// listed wins, so joint-CFG modules come first.
+pub(super) static ALL: &[&dyn Variant] =
+    &[&Res1024, &Res96x64TinySplit, &Res96x64Tiny, &Res64TinySplit];
