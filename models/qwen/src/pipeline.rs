@@ -791,7 +791,9 @@ impl Pipeline {
 
         let start = std::time::Instant::now();
         let latents = match &request.latents {
-            Some(l) => l.clone(),
+            Some(l) => l
+                .as_dtype(Dtype::Float32)
+                .map_err(mlx("reading the initial latents"))?,
             None => self.noise(request.seed)?,
         };
         let latents = self.denoise(

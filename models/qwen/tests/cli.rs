@@ -258,7 +258,7 @@ fn bad_arguments() {
     );
     assert_fails_with(
         &qwen_run(&["--prompt", "x", "--steps", "0", "-o", out]),
-        "--steps must be at least 1",
+        "--steps must be between 1 and 10000, got 0",
     );
     // the parser's own errors: exit 2, no panic
     let run = qwen_run(&["--prompt", "x", "--res", "big"]);

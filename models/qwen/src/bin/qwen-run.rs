@@ -22,6 +22,9 @@ const DEMO_MODEL: &str = concat!(
     "/../../tests/fixtures/tiny-qwen-image"
 );
 
+/// More steps than any schedule needs (diffusers' default is 50).
+const MAX_STEPS: usize = 10_000;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "qwen-run",
@@ -191,8 +194,11 @@ fn generate(args: &Args) -> Result<()> {
     let Some(prompt) = args.prompt.clone() else {
         bail!("--prompt is required");
     };
-    if args.steps == 0 {
-        bail!("--steps must be at least 1");
+    if !(1..=MAX_STEPS).contains(&args.steps) {
+        bail!(
+            "--steps must be between 1 and {MAX_STEPS}, got {}",
+            args.steps
+        );
     }
     check_output(&args.output)?;
     let dtype = args.dtype.unwrap_or(DtypeArg::F32);
