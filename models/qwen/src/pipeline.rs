@@ -387,8 +387,8 @@ impl Request {
 /// Something the user should know that did not stop the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Warning {
-    /// The prompt (named "prompt" or "negative prompt") is empty or blank; the image is
-    /// conditioned on the template alone, as in the reference.
+    /// The prompt is empty or blank; the image is conditioned on the template alone, as in
+    /// the reference. Only the prompt is checked: `" "` is the recommended negative prompt.
     EmptyPrompt { which: &'static str },
     /// The prompt gave more encoder rows than `max_sequence_length`; the rest were cut, as in
     /// the reference.
