@@ -301,16 +301,18 @@ pub trait Decoder {
     fn decode(&self, z: &Array) -> Result<Array, Exception>;
 }
 
-/// Every generated module the pipeline can run, one per line of `specializations.rs`; for
-/// a resolution and config the first listed wins (joint-CFG modules are listed first).
+/// Every generated module the pipeline can run, one per `specialize!(res = …)` line of
+/// `specializations.rs`, in that order (the list is made by `specializations!`).
 pub static VARIANTS: &[&dyn Variant] = variants::ALL;
 
-/// The variant for a resolution and config, or the error listing what exists.
+/// The variant for a resolution and config (a joint-CFG one if there is one, else the first
+/// listed), or the error listing what exists.
 pub fn find_variant(resolution: Resolution, config: ModelConfig) -> Result<&'static dyn Variant> {
     VARIANTS
         .iter()
         .copied()
-        .find(|v| v.resolution() == resolution && v.config() == config)
+        .filter(|v| v.resolution() == resolution && v.config() == config)
+        .min_by_key(|v| !v.joint_cfg())
         .ok_or_else(|| {
             let mut available: Vec<String> = VARIANTS
                 .iter()
@@ -947,54 +949,68 @@ pub fn unpack_nhwc(x: &Array, gh: usize, gw: usize) -> Result<Array, Exception> 
 mod tests {
     use super::*;
 
-    /// The module name each `specialize!(res = ...)` line of `specializations.rs` makes.
-    fn declared_modules() -> Vec<String> {
+    /// What each `specialize!(res = ...)` line of `specializations.rs` declares, read from
+    /// the source text: (module name, resolution, config, joint CFG).
+    fn declared_modules() -> Vec<(String, Resolution, ModelConfig, bool)> {
         include_str!("specializations.rs")
             .lines()
             .map(str::trim)
             .filter(|l| l.starts_with("specialize!(res"))
             .map(|l| {
                 let args = &l["specialize!(".len()..l.len() - 2];
-                let mut name = String::new();
+                let (mut name, mut res) = (String::new(), None);
+                let (mut config, mut joint) = (ModelConfig::Real, false);
                 for arg in args.split(',') {
                     let (k, v) = arg.split_once('=').unwrap();
                     match (k.trim(), v.trim()) {
-                        ("res", r) => name = format!("res{r}"),
-                        ("config", "tiny") => name.push_str("_tiny"),
-                        ("cfg", "split") => name.push_str("_split"),
+                        ("res", r) => {
+                            name = format!("res{r}");
+                            res = Some(r.parse::<Resolution>().unwrap());
+                        }
+                        ("config", "tiny") => {
+                            name.push_str("_tiny");
+                            config = ModelConfig::Tiny;
+                        }
+                        ("cfg", "split") => {
+                            name.push_str("_split");
+                            joint = true;
+                        }
                         other => panic!("unknown specialize! argument {other:?}"),
                     }
                 }
-                name
+                (name, res.unwrap(), config, joint)
             })
             .collect()
     }
 
+    /// The registry `specializations!` makes has exactly the resolution modules of the
+    /// `specialize!` lines, in their order, each with its resolution, config and CFG mode.
     #[test]
-    fn every_specialization_is_a_variant() {
+    fn registry_is_the_specialize_lines() {
         let declared = declared_modules();
         assert!(declared.len() >= 4, "{declared:?}");
-        let mut listed: Vec<String> = VARIANTS.iter().map(|v| v.name().to_owned()).collect();
-        let mut declared_sorted = declared.clone();
-        listed.sort();
-        declared_sorted.sort();
-        assert_eq!(
-            listed, declared_sorted,
-            "VARIANTS and specializations.rs differ"
-        );
+        let registry: Vec<(String, Resolution, ModelConfig, bool)> = VARIANTS
+            .iter()
+            .map(|v| {
+                (
+                    v.name().to_owned(),
+                    v.resolution(),
+                    v.config(),
+                    v.joint_cfg(),
+                )
+            })
+            .collect();
+        assert_eq!(registry, declared);
         for v in VARIANTS {
-            let r = v.resolution();
-            assert!(v.name().starts_with(&format!(
-                "res{}",
-                if r.width == r.height {
-                    r.width.to_string()
-                } else {
-                    r.to_string()
-                }
-            )));
-            assert_eq!(v.name().contains("_tiny"), v.config() == ModelConfig::Tiny);
-            assert_eq!(v.name().ends_with("_split"), v.joint_cfg());
+            assert!(variant_by_name(v.name()).is_some_and(|w| std::ptr::addr_eq(w, *v)));
         }
+        // a joint-CFG module wins over a batched one of the same resolution and config
+        let tiny = Resolution {
+            width: 96,
+            height: 64,
+        };
+        let v = find_variant(tiny, ModelConfig::Tiny).unwrap();
+        assert_eq!(v.name(), "res96x64_tiny_split");
     }
 
     #[test]

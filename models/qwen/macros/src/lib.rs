@@ -10,9 +10,14 @@
 //! specialize!(res = 96x64, config = tiny);  // pub mod res96x64_tiny { … }
 //! specialize!(res = 96x64, config = tiny, cfg = split); // pub mod res96x64_tiny_split
 //! ```
+//!
+//! [`specializations!`] wraps such lines: each expands exactly as above, and the list also
+//! yields the registry of its resolution modules ([`list`]), so a line is all a resolution
+//! takes.
 
 mod args;
 mod expand;
+mod list;
 
 use proc_macro::TokenStream;
 
@@ -30,4 +35,25 @@ pub fn specialize(input: TokenStream) -> TokenStream {
         Err(e) => return e.to_compile_error().into(),
     };
     expand::expand(parsed).into()
+}
+
+/// A list of `specialize!(…);` lines. Each expands exactly as a lone [`specialize!`] (same
+/// module, same spanned errors); a line that would generate a module an earlier line already
+/// generates, or an item that is not `specialize!(…);`, is a spanned error. The list also
+/// defines `macro_rules! for_each_resolution` (re-exported `pub(crate)` beside the modules):
+/// `for_each_resolution!(cb)` expands to
+/// `cb! { res1024: real, batched, 1024, 1024; res96x64_tiny: tiny, batched, 96, 64; … }`,
+/// one entry per resolution module in the order of the lines (`config`, `cfg`, width,
+/// height), which is how the pipeline gets its list of modules. One list per module.
+///
+/// ```ignore
+/// specializations! {
+///     specialize!(shared);
+///     specialize!(res = 1024);
+///     specialize!(res = 1664x928);
+/// }
+/// ```
+#[proc_macro]
+pub fn specializations(input: TokenStream) -> TokenStream {
+    list::expand(input.into()).into()
 }

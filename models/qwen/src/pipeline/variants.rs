@@ -1,5 +1,6 @@
-//! The generated modules behind the [`Variant`] face: one line per `specialize!` line of
-//! `specializations.rs` (a unit test checks that the two lists agree).
+//! The generated modules behind the [`Variant`] face: one `mod` with a `V: Variant` per
+//! resolution module of `specializations.rs`, and `ALL`, both made from the list that
+//! `specializations!` hands to `variants!` (so there is no list to keep in step here).
 //!
 //! Every generated module has the same item names (`TextEncoderWeights`, `text_encoder`,
 //! `TransformerWeights`, `transformer`, `rope`, `VaeDecoderWeights`, `vae_decoder`, consts),
@@ -12,7 +13,6 @@ use qwen_runtime::weights::{Checkpoint, TensorSpec};
 use super::{
     Decoder, Denoiser, ModelConfig, PipelineError, Resolution, Result, Step, TextEncoder, Variant,
 };
-use crate::specializations as sp;
 
 fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineError {
     PipelineError::Load {
@@ -21,14 +21,41 @@ fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineErr
     }
 }
 
-/// `struct $ty` implementing [`Variant`] over module `sp::$m`; `$transformer` is
-/// `one_text` or `joint` (see below) and defines the loaded transformer `Tr`.
-macro_rules! variant {
-    ($ty:ident, $m:ident, $config:expr, $transformer:ident, $joint:literal) => {
-        pub(super) struct $ty;
+/// Every resolution module, in the order of `specializations.rs`, as
+/// `for_each_resolution!` lists them: `module: config, cfg, width, height;` (the size is
+/// read back from the module's consts).
+macro_rules! variants {
+    ($($m:ident: $config:ident, $cfg:ident, $w:literal, $h:literal;)*) => {
+        $(variant!($m, $config, $cfg);)*
 
-        const _: () = {
-            use sp::$m as m;
+        /// Every generated module the pipeline can run, in the order of
+        /// `specializations.rs`.
+        pub(super) static ALL: &[&dyn Variant] = &[$(&$m::V),*];
+    };
+}
+
+/// `mod $m { struct V }`, `V` implementing [`Variant`] over the generated module
+/// `specializations::$m`; the `cfg` option picks the transformer wrapper `Tr`: `batched` →
+/// `one_text!`, `split` → `joint!`.
+macro_rules! variant {
+    ($m:ident, real, $cfg:ident) => {
+        variant!(@config $m, ModelConfig::Real, $cfg);
+    };
+    ($m:ident, tiny, $cfg:ident) => {
+        variant!(@config $m, ModelConfig::Tiny, $cfg);
+    };
+    (@config $m:ident, $config:expr, batched) => {
+        variant!(@impl $m, $config, one_text, false);
+    };
+    (@config $m:ident, $config:expr, split) => {
+        variant!(@impl $m, $config, joint, true);
+    };
+    (@impl $m:ident, $config:expr, $transformer:ident, $joint:literal) => {
+        mod $m {
+            use super::*;
+            use crate::specializations::$m as m;
+
+            pub(super) struct V;
 
             struct Te(m::TextEncoderWeights);
             impl TextEncoder for Te {
@@ -46,7 +73,7 @@ macro_rules! variant {
 
             $transformer!(m);
 
-            impl Variant for $ty {
+            impl Variant for V {
                 fn name(&self) -> &'static str {
                     stringify!($m)
                 }
@@ -95,7 +122,7 @@ macro_rules! variant {
                     Ok(Box::new(Vae(w)))
                 }
             }
-        };
+        }
     };
 }
 
@@ -203,30 +230,4 @@ macro_rules! joint {
     };
 }
 
-variant!(Res1024, res1024, ModelConfig::Real, one_text, false);
-variant!(
-    Res96x64TinySplit,
-    res96x64_tiny_split,
-    ModelConfig::Tiny,
-    joint,
-    true
-);
-variant!(
-    Res96x64Tiny,
-    res96x64_tiny,
-    ModelConfig::Tiny,
-    one_text,
-    false
-);
-variant!(
-    Res64TinySplit,
-    res64_tiny_split,
-    ModelConfig::Tiny,
-    joint,
-    true
-);
-
-/// Every generated module the pipeline can run; for a resolution and config the first
-/// listed wins, so joint-CFG modules come first.
-pub(super) static ALL: &[&dyn Variant] =
-    &[&Res1024, &Res96x64TinySplit, &Res96x64Tiny, &Res64TinySplit];
+crate::specializations::for_each_resolution!(variants);
