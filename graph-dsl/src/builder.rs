@@ -183,6 +183,27 @@ impl GraphBuilder {
         self.weight_x(name, shape, DType::BF16, vec![])
     }
 
+    /// `[x, name.weight, name.bias?]`: a layer's input followed by its parameters, the
+    /// weight `[out, ...]` (with its load-time transforms) and, if `bias`, a bias `[out]`.
+    fn layer_inputs(
+        &mut self,
+        name: &str,
+        x: Tensor,
+        weight_shape: &[usize],
+        xforms: Vec<WeightXform>,
+        bias: bool,
+    ) -> Result<Vec<Tensor>> {
+        let mut ins = vec![x];
+        self.scope(name, |b| {
+            ins.push(b.weight_x("weight", weight_shape, DType::BF16, xforms)?);
+            if bias {
+                ins.push(b.weight("bias", &weight_shape[..1])?);
+            }
+            Ok(())
+        })?;
+        Ok(ins)
+    }
+
     /// A scalar constant.
     pub fn scalar(&mut self, v: f64) -> Result<Tensor> {
         self.node(Op::Scalar(v), &[])
@@ -222,14 +243,7 @@ impl GraphBuilder {
         d_out: usize,
         bias: bool,
     ) -> Result<Tensor> {
-        let mut ins = vec![x];
-        self.scope(name, |b| {
-            ins.push(b.weight("weight", &[d_out, d_in])?);
-            if bias {
-                ins.push(b.weight("bias", &[d_out])?);
-            }
-            Ok(())
-        })?;
+        let ins = self.layer_inputs(name, x, &[d_out, d_in], vec![], bias)?;
         Ok(self.node_named(name, Op::Linear { bias }, &ins)?[0])
     }
 
@@ -409,19 +423,8 @@ impl GraphBuilder {
         padding: [(usize, usize); 2],
         bias: bool,
     ) -> Result<Tensor> {
-        let mut ins = vec![x];
-        self.scope(name, |b| {
-            ins.push(b.weight_x(
-                "weight",
-                &[cout, cin, k, k],
-                DType::BF16,
-                vec![WeightXform::Permute(vec![0, 2, 3, 1])],
-            )?);
-            if bias {
-                ins.push(b.weight("bias", &[cout])?);
-            }
-            Ok(())
-        })?;
+        let ohwi = vec![WeightXform::Permute(vec![0, 2, 3, 1])];
+        let ins = self.layer_inputs(name, x, &[cout, cin, k, k], ohwi, bias)?;
         Ok(self.node_named(
             name,
             Op::Conv2d {
@@ -444,14 +447,7 @@ impl GraphBuilder {
         k: usize,
         bias: bool,
     ) -> Result<Tensor> {
-        let mut ins = vec![x];
-        self.scope(name, |b| {
-            ins.push(b.weight("weight", &[cout, cin, k, k, k])?);
-            if bias {
-                ins.push(b.weight("bias", &[cout])?);
-            }
-            Ok(())
-        })?;
+        let ins = self.layer_inputs(name, x, &[cout, cin, k, k, k], vec![], bias)?;
         Ok(self.node_named(name, Op::CausalConv3d { pad: k / 2, bias }, &ins)?[0])
     }
 

@@ -26,16 +26,9 @@ fn normal(shape: &[i32], std: f32) -> Array {
 #[ignore = "device benchmark"]
 fn res1024_block_eager_vs_compiled() {
     let prefix = "transformer_blocks.0";
-    let shapes: BTreeMap<String, Vec<i32>> = real::DualStreamBlockWeights::specs(prefix)
-        .into_iter()
-        .map(|s| (s.name, s.shape.iter().map(|&d| d as i32).collect()))
-        .collect();
-    let mut get = |key: &str| -> Result<Array, real::LoadError> {
-        let s = &shapes[key];
-        let fan_in = if s.len() > 1 { s[1] as f32 } else { 1.0 };
-        Ok(normal(s, 1.0 / fan_in.sqrt()))
-    };
-    let w = real::DualStreamBlockWeights::load_with(&mut get, prefix, Dtype::Bfloat16).unwrap();
+    let w = random_weights(real::DualStreamBlockWeights::specs(prefix), |get| {
+        real::DualStreamBlockWeights::load_with(get, prefix, Dtype::Bfloat16)
+    });
     for l_txt in [100, 6] {
         let (b, l_img) = (2, real::IMG_TOKENS as i32);
         let x = normal(&[b, l_img, 3072], 1.0);

@@ -112,6 +112,18 @@ fn joint_attention(
     })
 }
 
+/// The RoPE tables as graph inputs: `img_cos`, `img_sin` `[L_img, Dh/2]`, then `txt_cos`,
+/// `txt_sin` `[L_txt, Dh/2]` (built once per generation by `rope`).
+fn rope_inputs(b: &mut GraphBuilder, dh: usize) -> Result<[Tensor; 4]> {
+    let half = Dim::Const(dh / 2);
+    Ok([
+        b.input("img_cos", [l_img(), half.clone()], DType::F32)?,
+        b.input("img_sin", [l_img(), half.clone()], DType::F32)?,
+        b.input("txt_cos", [l_txt(), half.clone()], DType::F32)?,
+        b.input("txt_sin", [l_txt(), half], DType::F32)?,
+    ])
+}
+
 /// One dual-stream block (`QwenImageTransformerBlock`, spec §2.4); weights relative to
 /// `transformer_blocks.{i}`.
 pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
@@ -124,16 +136,7 @@ pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
         DType::F32,
     )?;
     let temb = b.input("temb", [b_(), Dim::Const(d)], DType::F32)?;
-    let mut rope = vec![];
-    for (n, l) in [
-        ("img_cos", l_img()),
-        ("img_sin", l_img()),
-        ("txt_cos", l_txt()),
-        ("txt_sin", l_txt()),
-    ] {
-        rope.push(b.input(n, [l, Dim::Const(dh / 2)], DType::F32)?);
-    }
-    let rope = [rope[0], rope[1], rope[2], rope[3]];
+    let rope = rope_inputs(&mut b, dh)?;
 
     // modulation: (shift, scale, gate) × 2 per stream from SiLU(temb)
     let t = b.silu(temb)?;
@@ -211,15 +214,7 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
         DType::F32,
     )?;
     let ts = b.input("timestep", [b_()], DType::F32)?;
-    let mut rope = vec![];
-    for (n, l) in [
-        ("img_cos", l_img()),
-        ("img_sin", l_img()),
-        ("txt_cos", l_txt()),
-        ("txt_sin", l_txt()),
-    ] {
-        rope.push(b.input(n, [l, Dim::Const(dh / 2)], DType::F32)?);
-    }
+    let rope = rope_inputs(&mut b, dh)?;
 
     let x = b.linear("img_in", x, c.in_channels, d, true)?; // [B, L_img, D]
     let ctx = b.rms_norm("txt_norm", ctx, c.joint_attention_dim, DIT_EPS)?;
