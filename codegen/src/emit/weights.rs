@@ -88,14 +88,19 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
         counts.push(quote!(1));
         to_flat.push(quote!(v.push(self.#f.clone());));
         from_flat.push(quote!(#f: { k += 1; a[k - 1].clone() }));
-        let xs = w.xforms.iter().map(xform);
-        loads.push(quote! {
-            #f: {
-                let a = get(&__key(prefix, #key))?.as_dtype(dtype)?;
-                #(#xs)*
-                a
-            }
-        });
+        let get = quote!(get(&__key(prefix, #key))?.as_dtype(dtype)?);
+        if w.xforms.is_empty() {
+            loads.push(quote!(#f: #get));
+        } else {
+            let xs = w.xforms.iter().map(xform);
+            loads.push(quote! {
+                #f: {
+                    let a = #get;
+                    #(#xs)*
+                    a
+                }
+            });
+        }
     }
     for n in &g.nodes {
         match &n.op {
