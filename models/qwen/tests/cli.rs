@@ -35,6 +35,12 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `qwen-run --prompt x --model MODEL -o OUT` on the CPU.
+fn run_model(model: &Path, out: &Path) -> Output {
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    qwen_run(&["--prompt", "x", "--model", m, "-o", o])
+}
+
 /// The run failed cleanly: non-zero exit (not a panic's 101), one `error:` line containing
 /// `needle`, no panic message.
 fn assert_fails_with(out: &Output, needle: &str) {
@@ -285,14 +291,7 @@ fn truncated_weights() {
         .unwrap();
     let out = tmp.path().join("x.png");
     assert_fails_with(
-        &qwen_run(&[
-            "--prompt",
-            "x",
-            "--model",
-            model.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]),
+        &run_model(&model, &out),
         "transformer weights: truncated safetensors file",
     );
 }
@@ -339,14 +338,7 @@ fn wrong_shapes_and_missing_tensors_are_all_reported_at_once() {
         |name, shape, data| (name != "decoder.conv_out.bias").then(|| (shape, data.to_vec())),
     );
     let out = tmp.path().join("x.png");
-    let run = qwen_run(&[
-        "--prompt",
-        "x",
-        "--model",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let run = run_model(&model, &out);
     assert_fails_with(
         &run,
         "does not fit the generated module res96x64_tiny_split (2 problems)",
@@ -375,14 +367,7 @@ fn a_checkpoint_of_an_unknown_config_is_refused() {
     .unwrap();
     let out = tmp.path().join("x.png");
     assert_fails_with(
-        &qwen_run(&[
-            "--prompt",
-            "x",
-            "--model",
-            model.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]),
+        &run_model(&model, &out),
         "matches no generated config; available: real: num_layers 60",
     );
 }
