@@ -1,0 +1,97 @@
+//! Lowerings of the linear algebra: linear layers, matmul, embedding lookup.
+
+use graph_dsl::Op;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use super::{out, NodeCx};
+use crate::emit::FnCx;
+use crate::error::Result;
+
+pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
+    let (k, name) = (n.k, n.name());
+    Ok(match &n.node.op {
+        Op::Linear { bias } => {
+            let (x, w) = (n.a(0), n.a(1));
+            let o = out(cx, k, 0, name);
+            if *bias {
+                let b = n.a(2);
+                quote!(let #o = ops::add(&ops::matmul(#x, &ops::transpose_axes(#w, &[1, 0])?)?, #b)?;)
+            } else {
+                quote!(let #o = ops::matmul(#x, &ops::transpose_axes(#w, &[1, 0])?)?;)
+            }
+        }
+        Op::MatMul => {
+            let (x, y) = (n.a(0), n.a(1));
+            let o = out(cx, k, 0, name);
+            quote!(let #o = ops::matmul(#x, #y)?;)
+        }
+        Op::Embedding => {
+            let (t, ids) = (n.a(0), n.a(1));
+            let o = out(cx, k, 0, name);
+            quote!(let #o = ops::indexing::take_axis(#t, #ids, 0)?;)
+        }
+        op => unreachable!("{} is not linear algebra", op.name()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use graph_dsl::{DType, Dim};
+    use insta::assert_snapshot;
+
+    use super::super::test_util::{render, x};
+
+    #[test]
+    fn linear_family() {
+        let code = render(|b| {
+            let i = x(b, &[Dim::sym("B"), Dim::Const(4), Dim::Const(8)]);
+            let h = b.linear("net.0.proj", i, 8, 16, true).unwrap();
+            b.linear("net.2", h, 16, 8, false).unwrap()
+        });
+        assert_snapshot!(code, @r"
+        /// Forward of `t`.
+        ///
+        /// - in `x`: [B, 4, 8]:f32
+        /// - out `y`: [B, 4, 8]:f32
+        pub fn t(w: &TWeights, x: &Array) -> Result<Array, Exception> {
+            let dim_b = x.shape()[0];
+            let net_0_proj = ops::add(
+                &ops::matmul(x, &ops::transpose_axes(&w.net_0_proj_weight, &[1, 0])?)?,
+                &w.net_0_proj_bias,
+            )?;
+            let net_2 = ops::matmul(
+                &net_0_proj,
+                &ops::transpose_axes(&w.net_2_weight, &[1, 0])?,
+            )?;
+            Ok(net_2)
+        }
+        ");
+    }
+
+    #[test]
+    fn embedding_and_matmul() {
+        let code = render(|b| {
+            let ids = b
+                .input("ids", [Dim::sym("B"), Dim::sym("S")], DType::I32)
+                .unwrap();
+            let e = b.embedding("embed_tokens", ids, 100, 8).unwrap();
+            let t = b.transpose(e, &[0, 2, 1]).unwrap();
+            b.matmul(e, t).unwrap()
+        });
+        assert_snapshot!(code, @r"
+        /// Forward of `t`.
+        ///
+        /// - in `ids`: [B, S]:i32
+        /// - out `y`: [B, S, S]:bf16
+        pub fn t(w: &TWeights, ids: &Array) -> Result<Array, Exception> {
+            let dim_b = ids.shape()[0];
+            let dim_s = ids.shape()[1];
+            let embed_tokens = ops::indexing::take_axis(&w.embed_tokens_weight, ids, 0)?;
+            let transpose = ops::transpose_axes(&embed_tokens, &[0, 2, 1])?;
+            let matmul = ops::matmul(&embed_tokens, &transpose)?;
+            Ok(matmul)
+        }
+        ");
+    }
+}
