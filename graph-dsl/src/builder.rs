@@ -277,6 +277,57 @@ impl GraphBuilder {
         self.node(Op::LayerNorm { eps }, &[x])
     }
 
+    /// `LayerNorm(x)·(1 + scale) + shift` over the last axis (no affine), as one op;
+    /// x `[B, L, D]`, shift and scale `[B, 1, D]`.
+    pub fn norm_modulate(
+        &mut self,
+        x: Tensor,
+        shift: Tensor,
+        scale: Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        self.node(Op::NormModulate { eps }, &[x, shift, scale])
+    }
+
+    /// `x + gate·y` as one op; x, y `[B, L, D]`, gate `[B, 1, D]`.
+    pub fn gate_residual(&mut self, x: Tensor, y: Tensor, gate: Tensor) -> Result<Tensor> {
+        self.node(Op::GateResidual, &[x, y, gate])
+    }
+
+    /// `h = x + gate·y` and `LayerNorm(h)·(1 + scale) + shift`, as one op: `(h, modulated)`.
+    pub fn gate_residual_norm_modulate(
+        &mut self,
+        x: Tensor,
+        y: Tensor,
+        gate: Tensor,
+        [shift, scale]: [Tensor; 2],
+        eps: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let op = Op::GateResidualNormModulate { eps };
+        let o = self.node_named(op.label(), op, &[x, y, gate, shift, scale])?;
+        Ok((o[0], o[1]))
+    }
+
+    /// A fused QKV projection `[B, L, 3·H·Dh]` to heads `[B, H, L, Dh]`: q and k RMS-normed
+    /// with the weights `{q_norm}.weight`, `{k_norm}.weight` `[Dh]` and rotated by interleaved
+    /// RoPE (cos, sin `[L, Dh/2]`), v as is.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_heads(
+        &mut self,
+        qkv: Tensor,
+        heads: usize,
+        head_dim: usize,
+        [q_norm, k_norm]: [&str; 2],
+        [cos, sin]: [Tensor; 2],
+        eps: f64,
+    ) -> Result<[Tensor; 3]> {
+        let wq = self.scope(q_norm, |b| b.weight("weight", &[head_dim]))?;
+        let wk = self.scope(k_norm, |b| b.weight("weight", &[head_dim]))?;
+        let op = Op::QkvHeads { heads, eps };
+        let o = self.node_named(op.label(), op, &[qkv, wq, wk, cos, sin])?;
+        Ok([o[0], o[1], o[2]])
+    }
+
     /// The VAE's channel L2 norm with `name.gamma` stored as `gamma_shape` (e.g. `[C,1,1,1]`).
     pub fn channel_l2_norm(
         &mut self,

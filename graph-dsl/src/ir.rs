@@ -203,6 +203,27 @@ pub enum Op {
         layout: RopeLayout,
     },
 
+    // --- fused: one kernel where the device has one (CUDA), plain ops elsewhere ---
+    /// `LayerNorm(x)·(1 + scale) + shift` over the last axis (LayerNorm without affine);
+    /// inputs x `[B, L, D]`, shift and scale `[B, 1, D]`.
+    NormModulate {
+        eps: f64,
+    },
+    /// `x + gate·y`; inputs x, y `[B, L, D]`, gate `[B, 1, D]`.
+    GateResidual,
+    /// [`Op::GateResidual`], then [`Op::NormModulate`] of its result; inputs x, y, gate,
+    /// shift, scale; outputs the sum and its modulated norm.
+    GateResidualNormModulate {
+        eps: f64,
+    },
+    /// A fused QKV projection `[B, L, 3·H·Dh]` to attention heads: q and k RMS-normed with
+    /// weights `[Dh]` and rotated by interleaved RoPE (cos, sin `[L, Dh/2]`), v unchanged;
+    /// inputs qkv, q norm weight, k norm weight, cos, sin; outputs q, k, v `[B, H, L, Dh]`.
+    QkvHeads {
+        heads: usize,
+        eps: f64,
+    },
+
     // --- elementwise ---
     Unary(Unary),
     Binary(Binary),
@@ -335,6 +356,10 @@ impl Op {
             Op::ChannelL2Norm { .. } => "channel_l2_norm",
             Op::Sdpa { .. } => "sdpa",
             Op::Rope { .. } => "rope",
+            Op::NormModulate { .. } => "norm_modulate",
+            Op::GateResidual => "gate_residual",
+            Op::GateResidualNormModulate { .. } => "gate_residual_norm_modulate",
+            Op::QkvHeads { .. } => "qkv_heads",
             Op::Unary(_) => "unary",
             Op::Binary(_) => "binary",
             Op::Softmax { .. } => "softmax",

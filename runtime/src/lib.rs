@@ -9,6 +9,7 @@
 //! - [`scheduler`]: flow-matching Euler sigma schedules (dynamic / static shift, terminal
 //!   stretch) from `scheduler_config.json`, and the Euler step.
 //! - [`guidance`]: true classifier-free guidance with per-token norm rescaling.
+//! - [`kernels`]: custom CUDA kernels through MLX, where the loaded libmlx has CUDA.
 //! - [`image`]: decoded tensors to 8-bit RGB as diffusers does, PNG with text metadata,
 //!   written atomically.
 //! - [`error`]: the error types, which name the file and the tensor.
@@ -20,6 +21,7 @@ pub mod device;
 pub mod error;
 pub mod guidance;
 pub mod image;
+pub mod kernels;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;

@@ -1,5 +1,6 @@
 //! Module skeleton: header, consts, helpers, weights structs, forward functions.
 
+mod fused;
 mod ops;
 mod weights;
 
@@ -290,6 +291,11 @@ fn dims_from_inputs(g: &Graph) -> bool {
     })
 }
 
+/// Whether `g` gets a flat twin and a `_compiled` forward.
+pub(crate) fn has_compiled_twin(g: &Graph) -> bool {
+    dims_from_inputs(g) && weights::has_weights(g)
+}
+
 /// A flat twin of a forward for `transforms::compile` (arrays only: the weights'
 /// `arrays()`, then the inputs), when every run-time dim comes from an input.
 fn emit_flat(g: &Graph) -> TokenStream {
@@ -325,17 +331,62 @@ fn emit_flat(g: &Graph) -> TokenStream {
             Ok(vec![#(#ids),*])
         }
     };
+    let compiled = emit_compiled(g);
     quote! {
         #[doc = #doc]
         pub fn #flat_name(args: &[Array]) -> Result<Vec<Array>, Exception> {
             #wdecl
             #body
         }
+
+        #compiled
+    }
+}
+
+/// `{name}_compiled`: the same signature as the forward, through `transforms::compile` of
+/// the flat twin, traced once per thread and input shapes (for blocks called in a loop).
+fn emit_compiled(g: &Graph) -> TokenStream {
+    if !weights::has_weights(g) {
+        return quote!();
+    }
+    let name = fn_name(&g.name);
+    let flat_name = format_ident!("{}_flat", name);
+    let compiled = format_ident!("{}_compiled", name);
+    let ty = weights_ty(&g.name);
+    let doc =
+        format!(" `{name}` through `transforms::compile` (traced once per thread and shapes).");
+    let params: Vec<Ident> = g.inputs.iter().map(|i| ident(&snake(&i.name))).collect();
+    let n_out = g.outputs.len();
+    let (ret, take) = if n_out == 1 {
+        (quote!(Array), quote!(Ok(next()?)))
+    } else {
+        let outs = (0..n_out).map(|_| quote!(next()?));
+        let tys = (0..n_out).map(|_| quote!(Array));
+        (quote!((#(#tys),*)), quote!(Ok((#(#outs),*))))
+    };
+    quote! {
+        #[doc = #doc]
+        pub fn #compiled(w: &#ty, #(#params: &Array),*) -> Result<#ret, Exception> {
+            type Traced = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
+            thread_local! {
+                static TRACED: ::std::cell::RefCell<Traced> =
+                    ::std::cell::RefCell::new(Box::new(mlx::transforms::compile::compile(#flat_name, None)));
+            }
+            let mut args = w.arrays();
+            args.extend([#((#params).clone()),*]);
+            let out = TRACED.with(|f| (f.borrow_mut())(&args))?;
+            let mut out = out.into_iter();
+            let mut next = || out.next().ok_or_else(|| Exception::custom("a compiled block returned too few outputs"));
+            #take
+        }
     }
 }
 
 fn helpers() -> TokenStream {
+    let fused = fused::helpers();
     quote! {
+        #fused
+
         /// Errors of `load`: a weight the checkpoint cannot give, or an MLX failure while
         /// converting it.
         #[derive(Debug)]
@@ -384,16 +435,6 @@ fn helpers() -> TokenStream {
         #[doc(hidden)]
         pub fn __silu(x: &Array) -> Result<Array, Exception> {
             ops::multiply(x, &ops::sigmoid(x)?)
-        }
-
-        /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`
-        #[doc(hidden)]
-        pub fn __gelu_tanh(x: &Array) -> Result<Array, Exception> {
-            let x3 = ops::multiply(&ops::square(x)?, x)?;
-            let inner = ops::add(x, &ops::multiply(&x3, &__scalar(0.044715, x)?)?)?;
-            let inner = ops::multiply(&inner, &__scalar(0.7978845608028654, x)?)?;
-            let half = ops::multiply(x, &__scalar(0.5, x)?)?;
-            ops::multiply(&half, &ops::add(&ops::tanh(&inner)?, &__scalar(1.0, x)?)?)
         }
 
         /// `x[.., start..end, ..]` along `axis`.
@@ -462,9 +503,11 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
         }
         let path: syn::Path =
             syn::parse_str(&sh.path).map_err(|_| CodegenError::BadPath(sh.path.clone()))?;
+        let fused = fused::names();
         helper_items = quote! {
             pub use #path::LoadError;
-            use #path::{__f32s, __gelu_tanh, __key, __scalar, __silu, __slice, __take};
+            use #path::{__f32s, __key, __scalar, __silu, __slice, __take};
+            use #path::{#(#fused),*};
         };
         // every shared item is re-exported, so each module has the same item names
         for (name, g) in &shared {
@@ -535,6 +578,7 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
             use ::qwen_runtime::__private::mlx_rs::{self as mlx, error::Exception, fast, ops, Array, Dtype};
             use ::qwen_runtime::weights::{Checkpoint, Dtype as WeightDtype, TensorSpec};
             use ::qwen_runtime::WeightError;
+            use ::qwen_runtime::kernels as __kernels;
 
             #(#consts)*
 

@@ -9,6 +9,7 @@ mod attention;
 mod blocks;
 mod conv;
 mod elementwise;
+mod fused;
 mod linear;
 mod norm;
 mod shape;
@@ -132,6 +133,10 @@ pub fn infer(g: &Graph, node: &str, op: &Op, inputs: &[TensorTy]) -> Result<Vec<
         Op::Linear { .. } | Op::MatMul | Op::Embedding => linear::infer(&cx),
         Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ChannelL2Norm { .. } => norm::infer(&cx),
         Op::Sdpa { .. } | Op::Rope { .. } | Op::RopeTables(_) => attention::infer(&cx),
+        Op::NormModulate { .. }
+        | Op::GateResidual
+        | Op::GateResidualNormModulate { .. }
+        | Op::QkvHeads { .. } => fused::infer(&cx),
         Op::Unary(_)
         | Op::Binary(_)
         | Op::Softmax { .. }

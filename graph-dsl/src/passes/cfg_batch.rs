@@ -206,13 +206,7 @@ fn split_halves(g: &Graph) -> Result<Graph> {
                         .map(M::One)
                         .collect()
                 } else {
-                    if node.outputs.len() != 1 {
-                        return Err(err(
-                            &node.name,
-                            "multi-output op on a per-half value".into(),
-                        ));
-                    }
-                    let mut per = vec![];
+                    let mut per: Vec<Vec<Tensor>> = vec![];
                     for half in 0..2 {
                         let mut ins = vec![];
                         for v in &node.inputs {
@@ -233,21 +227,26 @@ fn split_halves(g: &Graph) -> Result<Graph> {
                             ins.push(t);
                         }
                         let op = subst_op(&node.op, &symbols(Some(half)));
-                        per.push(b.node_named(&format!("{}.half{half}", node.name), op, &ins)?[0]);
+                        per.push(b.node_named(&format!("{}.half{half}", node.name), op, &ins)?);
                     }
-                    let out = &node.outputs[0].shape;
-                    if mentions_text(out) {
-                        vec![M::Halves([per[0], per[1]])]
-                    } else if batched(out) {
-                        vec![M::One(b.concat(&per, 0)?)]
-                    } else {
-                        return Err(err(
-                            &node.name,
-                            format!(
-                                "per-half result {out} has neither the text length nor the batch"
-                            ),
-                        ));
+                    let mut outs = vec![];
+                    for (j, o) in node.outputs.iter().enumerate() {
+                        let (p0, p1) = (per[0][j], per[1][j]);
+                        outs.push(if mentions_text(&o.shape) {
+                            M::Halves([p0, p1])
+                        } else if batched(&o.shape) {
+                            M::One(b.concat(&[p0, p1], 0)?)
+                        } else {
+                            return Err(err(
+                                &node.name,
+                                format!(
+                                    "per-half result {} has neither the text length nor the batch",
+                                    o.shape
+                                ),
+                            ));
+                        });
                     }
+                    outs
                 }
             }
         };

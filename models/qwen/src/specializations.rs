@@ -9,8 +9,9 @@ qwen_macros::specializations! {
     specialize!(shared);
     specialize!(shared, config = tiny);
 
-    // The published model.
-    specialize!(res = 1024);
+    // The published model: both CFG halves in one transformer call, the image stream
+    // batched, one unmasked attention call per half.
+    specialize!(res = 1024, cfg = split);
 
     // The tiny test config at the block fixtures' resolution (W×H = 96×64), used by the
     // parity tests in tests/.

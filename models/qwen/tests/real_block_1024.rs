@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use qwen::specializations::res1024 as real;
+use qwen::specializations::res1024_split as real;
 use qwen_runtime::__private::mlx_rs::{ops, random, Array, Dtype};
 
 #[test]
@@ -29,21 +29,23 @@ fn real_block_runs_at_1024() {
     };
     let w = real::DualStreamBlockWeights::load_with(&mut get, prefix, Dtype::Float32).unwrap();
     let (l_img, l_txt) = (real::IMG_TOKENS as i32, 12);
-    let x = random::normal::<f32>(&[1, l_img, 3072][..], None, None, None).unwrap();
+    let x = random::normal::<f32>(&[2, l_img, 3072][..], None, None, None).unwrap();
     let ctx = random::normal::<f32>(&[1, l_txt, 3072][..], None, None, None).unwrap();
-    let temb = random::normal::<f32>(&[1, 3072][..], None, None, None).unwrap();
+    let temb = random::normal::<f32>(&[2, 3072][..], None, None, None).unwrap();
     let (ic, is, tc, ts) = real::rope(l_txt).unwrap();
     let t0 = std::time::Instant::now();
-    let (y, c) = real::dual_stream_block(&w, &x, &ctx, &temb, &ic, &is, &tc, &ts).unwrap();
-    y.eval().unwrap();
-    c.eval().unwrap();
+    let (y, c0, c1) =
+        real::dual_stream_block(&w, &x, &ctx, &ctx, &temb, &ic, &is, &tc, &tc, &ts, &ts).unwrap();
+    for a in [&y, &c0, &c1] {
+        a.eval().unwrap();
+    }
     println!(
-        "res1024 dual_stream_block (B=1, L_txt={l_txt}) on CPU f32: {:.2?}",
+        "res1024 dual_stream_block (both CFG halves, L_txt={l_txt}) on CPU f32: {:.2?}",
         t0.elapsed()
     );
-    assert_eq!(y.shape(), &[1, l_img, 3072]);
-    assert_eq!(c.shape(), &[1, l_txt, 3072]);
-    for a in [&y, &c] {
+    assert_eq!(y.shape(), &[2, l_img, 3072]);
+    assert_eq!(c0.shape(), &[1, l_txt, 3072]);
+    for a in [&y, &c0, &c1] {
         let bad = ops::logical_or(ops::is_nan(a).unwrap(), ops::is_inf(a).unwrap()).unwrap();
         assert!(!ops::any(&bad, None).unwrap().item_exact::<bool>());
     }

@@ -3,7 +3,7 @@
 
 use graph_dsl::Op;
 use proc_macro2::{Ident, TokenStream};
-use quote::quote;
+use quote::{format_ident, quote};
 
 use super::{out, NodeCx};
 use crate::emit::{fn_name, FnCx};
@@ -63,10 +63,29 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
             } else {
                 quote!((#(#next),*))
             };
+            let traced =
+                cx.g.blocks
+                    .get(block)
+                    .is_some_and(crate::emit::has_compiled_twin);
+            let call = if traced {
+                let fc = format_ident!("{}_compiled", f);
+                let args: Vec<TokenStream> = args.collect();
+                quote! {
+                    if compiled {
+                        #fc(layer, #(#args),*)?
+                    } else {
+                        #f(layer, #(#args),*)?
+                    }
+                }
+            } else {
+                quote!(#f(layer, #(#args),*)?)
+            };
+            let flag = traced.then(|| quote!(let compiled = __kernels::compile_blocks();));
             quote! {
                 #(#init)*
+                #flag
                 for layer in &w.#field {
-                    let #pattern = #f(layer, #(#args),*)?;
+                    let #pattern = #call;
                     #(#assign)*
                 }
                 #(#finals)*
@@ -98,21 +117,26 @@ mod tests {
             b.call(&block, "head", &[h]).unwrap()[0]
         });
         assert_snapshot!(code, @r"
-        /// Forward of `t`.
-        ///
-        /// - in `x`: [B, 8]:f32
-        /// - out `y`: [B, 8]:f32
-        pub fn t(w: &TWeights, x: &Array) -> Result<Array, Exception> {
-            let dim_b = x.shape()[0];
-            let mut layers_state0 = (x).clone();
-            for layer in &w.layers {
-                let layers_next0 = resblock(layer, &layers_state0)?;
-                layers_state0 = layers_next0;
+            /// Forward of `t`.
+            ///
+            /// - in `x`: [B, 8]:f32
+            /// - out `y`: [B, 8]:f32
+            pub fn t(w: &TWeights, x: &Array) -> Result<Array, Exception> {
+                let dim_b = x.shape()[0];
+                let mut layers_state0 = (x).clone();
+                let compiled = __kernels::compile_blocks();
+                for layer in &w.layers {
+                    let layers_next0 = if compiled {
+                        resblock_compiled(layer, &layers_state0)?
+                    } else {
+                        resblock(layer, &layers_state0)?
+                    };
+                    layers_state0 = layers_next0;
+                }
+                let layers_0 = layers_state0;
+                let resblock_0 = resblock(&w.head, &layers_0)?;
+                Ok(resblock_0)
             }
-            let layers_0 = layers_state0;
-            let resblock_0 = resblock(&w.head, &layers_0)?;
-            Ok(resblock_0)
-        }
-        ");
+            ");
     }
 }

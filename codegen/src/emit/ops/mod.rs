@@ -9,6 +9,7 @@ mod attention;
 mod blocks;
 mod conv;
 mod elementwise;
+mod fused;
 mod linear;
 mod norm;
 mod shape;
@@ -110,6 +111,10 @@ pub(crate) fn emit(cx: &mut FnCx, k: usize) -> Result<TokenStream> {
         | Op::Cast(_)
         | Op::CastLike
         | Op::Clamp { .. } => elementwise::emit(cx, &n),
+        Op::NormModulate { .. }
+        | Op::GateResidual
+        | Op::GateResidualNormModulate { .. }
+        | Op::QkvHeads { .. } => fused::emit(cx, &n),
         Op::Conv2d { .. } | Op::CausalConv3d { .. } | Op::Upsample2x => conv::emit(cx, &n),
         Op::Reshape(_)
         | Op::Transpose(_)

@@ -166,7 +166,7 @@ mod tests {
         let block = &t.blocks["dual_stream_block"];
         assert_eq!(block.weights.len(), 32); // 4 mod + 16 attn linears + 4 norms + 8 mlp
         assert_eq!(block.count_op("sdpa"), 1);
-        assert_eq!(block.count_op("rope"), 4);
+        assert_eq!(block.count_op("qkv_heads"), 2);
         let s = build_shared(ConfigName::Tiny).unwrap();
         let vae = s
             .graphs

@@ -4,7 +4,7 @@
 //! Symbols: `B` batch (run time), `L_img` image tokens (fixed by the resolution),
 //! `L_txt` text tokens (run time), `gh`/`gw` the packed grid.
 
-use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, Result, RopeLayout, RopeSpec, Tensor};
+use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, Result, RopeSpec, Tensor};
 
 use crate::config::{TransformerConfig, DIT_EPS, DIT_ROPE_THETA, TIMESTEP_CHANNELS};
 
@@ -18,13 +18,6 @@ fn l_txt() -> Dim {
     Dim::sym("L_txt")
 }
 
-/// `y·(1 + scale) + shift`; shift, scale `[B, 1, D]`.
-fn modulate(b: &mut GraphBuilder, y: Tensor, shift: Tensor, scale: Tensor) -> Result<Tensor> {
-    let s1 = b.add_scalar(scale, 1.0)?;
-    let y = b.mul(y, s1)?;
-    b.add(y, shift)
-}
-
 /// `net.2(GELU_tanh(net.0.proj(y)))` (diffusers `FeedForward`, "gelu-approximate").
 fn mlp(b: &mut GraphBuilder, name: &str, y: Tensor, d: usize) -> Result<Tensor> {
     b.scope(name, |b| {
@@ -34,30 +27,37 @@ fn mlp(b: &mut GraphBuilder, name: &str, y: Tensor, d: usize) -> Result<Tensor> 
     })
 }
 
-/// Project one stream to `[B, L, H, Dh]` heads with per-head RMSNorm on q and k and RoPE.
-#[allow(clippy::too_many_arguments)]
-fn qkv(
+/// The checkpoint names of one stream's attention projections and q/k norms.
+struct StreamNames {
+    qkv: [&'static str; 3],
+    norms: [&'static str; 2],
+}
+
+const IMG_NAMES: StreamNames = StreamNames {
+    qkv: ["to_q", "to_k", "to_v"],
+    norms: ["norm_q", "norm_k"],
+};
+const TXT_NAMES: StreamNames = StreamNames {
+    qkv: ["add_q_proj", "add_k_proj", "add_v_proj"],
+    norms: ["norm_added_q", "norm_added_k"],
+};
+
+/// Project one stream `[B, L, D]` to attention heads `[B, H, L, Dh]`: the QKV projection,
+/// per-head RMSNorm of q and k, RoPE (`qkv_heads`).
+fn heads(
     b: &mut GraphBuilder,
     c: &TransformerConfig,
     y: Tensor,
-    len: Dim,
-    names: [&str; 5],
-    cos: Tensor,
-    sin: Tensor,
+    names: &StreamNames,
+    rope: [Tensor; 2],
 ) -> Result<[Tensor; 3]> {
     let (d, nh, dh) = (c.inner_dim(), c.num_attention_heads, c.attention_head_dim);
-    let heads = [b_(), len, Dim::Const(nh), Dim::Const(dh)];
-    let q = b.linear(names[0], y, d, d, true)?;
-    let k = b.linear(names[1], y, d, d, true)?;
-    let v = b.linear(names[2], y, d, d, true)?;
-    let q = b.reshape(q, heads.clone())?; // [B, L, H, Dh]
-    let k = b.reshape(k, heads.clone())?;
-    let v = b.reshape(v, heads)?;
-    let q = b.rms_norm(names[3], q, dh, DIT_EPS)?;
-    let k = b.rms_norm(names[4], k, dh, DIT_EPS)?;
-    let q = b.rope(q, cos, sin, RopeLayout::Interleaved)?;
-    let k = b.rope(k, cos, sin, RopeLayout::Interleaved)?;
-    Ok([q, k, v])
+    let mut proj = vec![];
+    for n in names.qkv {
+        proj.push(b.linear(n, y, d, d, true)?); // [B, L, D]
+    }
+    let qkv = b.concat(&proj, 2)?; // [B, L, 3D]
+    b.qkv_heads(qkv, nh, dh, names.norms, rope, DIT_EPS)
 }
 
 /// Joint attention (`QwenDoubleStreamAttnProcessor2_0`, spec §2.4): text first, then image.
@@ -67,31 +67,15 @@ fn joint_attention(
     c: &TransformerConfig,
     xi: Tensor,
     ci: Tensor,
-    rope: [Tensor; 4],
+    [img_cos, img_sin, txt_cos, txt_sin]: [Tensor; 4],
 ) -> Result<(Tensor, Tensor)> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
     b.scope("attn", |b| {
-        let [iq, ik, iv] = qkv(
-            b,
-            c,
-            xi,
-            l_img(),
-            ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
-            rope[0],
-            rope[1],
-        )?;
-        let tnames = [
-            "add_q_proj",
-            "add_k_proj",
-            "add_v_proj",
-            "norm_added_q",
-            "norm_added_k",
-        ];
-        let [tq, tk, tv] = qkv(b, c, ci, l_txt(), tnames, rope[2], rope[3])?;
+        let img = heads(b, c, xi, &IMG_NAMES, [img_cos, img_sin])?;
+        let txt = heads(b, c, ci, &TXT_NAMES, [txt_cos, txt_sin])?;
         let mut joint = vec![];
-        for (t, i) in [(tq, iq), (tk, ik), (tv, iv)] {
-            let j = b.concat(&[t, i], 1)?; // [B, L_txt+L_img, H, Dh]
-            joint.push(b.transpose(j, &[0, 2, 1, 3])?); // [B, H, L, Dh]
+        for (t, i) in txt.into_iter().zip(img) {
+            joint.push(b.concat(&[t, i], 2)?); // [B, H, L_txt+L_img, Dh]
         }
         let o = b.sdpa(
             joint[0],
@@ -148,26 +132,16 @@ pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
     }
     let (im, tm) = (&mods[0], &mods[1]);
 
-    let xn = b.layer_norm(x, DIT_EPS)?;
-    let xi = modulate(&mut b, xn, im[0], im[1])?;
-    let cn = b.layer_norm(ctx, DIT_EPS)?;
-    let ci = modulate(&mut b, cn, tm[0], tm[1])?;
+    let xi = b.norm_modulate(x, im[0], im[1], DIT_EPS)?;
+    let ci = b.norm_modulate(ctx, tm[0], tm[1], DIT_EPS)?;
     let (a_img, a_txt) = joint_attention(&mut b, c, xi, ci, rope)?;
-    let g = b.mul(im[2], a_img)?;
-    let x = b.add(x, g)?;
-    let g = b.mul(tm[2], a_txt)?;
-    let ctx = b.add(ctx, g)?;
 
-    let xn = b.layer_norm(x, DIT_EPS)?;
-    let xm = modulate(&mut b, xn, im[3], im[4])?;
+    let (x, xm) = b.gate_residual_norm_modulate(x, a_img, im[2], [im[3], im[4]], DIT_EPS)?;
     let xm = mlp(&mut b, "img_mlp", xm, d)?;
-    let g = b.mul(im[5], xm)?;
-    let x = b.add(x, g)?;
-    let cn = b.layer_norm(ctx, DIT_EPS)?;
-    let cm = modulate(&mut b, cn, tm[3], tm[4])?;
+    let x = b.gate_residual(x, xm, im[5])?;
+    let (ctx, cm) = b.gate_residual_norm_modulate(ctx, a_txt, tm[2], [tm[3], tm[4]], DIT_EPS)?;
     let cm = mlp(&mut b, "txt_mlp", cm, d)?;
-    let g = b.mul(tm[5], cm)?;
-    let ctx = b.add(ctx, g)?;
+    let ctx = b.gate_residual(ctx, cm, tm[5])?;
 
     b.output("hidden_states", x)?;
     b.output("encoder_hidden_states", ctx)?;
@@ -255,8 +229,7 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
     let e = b.linear("norm_out.linear", t, d, 2 * d, true)?; // [B, 2D]
     let e = b.reshape(e, [b_(), Dim::Const(1), Dim::Const(2 * d)])?;
     let parts = b.chunk(e, 2, 2)?;
-    let xn = b.layer_norm(x, DIT_EPS)?;
-    let x = modulate(&mut b, xn, parts[1], parts[0])?;
+    let x = b.norm_modulate(x, parts[1], parts[0], DIT_EPS)?;
     let p = c.patch_size * c.patch_size * c.out_channels;
     let y = b.linear("proj_out", x, d, p, true)?; // [B, L_img, 64]
     b.output("velocity", y)?;

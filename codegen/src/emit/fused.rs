@@ -1,0 +1,233 @@
+//! The fused ops' helpers, emitted once per shared module: each runs its CUDA kernel
+//! (`codegen/kernels/*.cu`, compiled by MLX on first use) where
+//! `qwen_runtime::kernels::enabled()` and the operands fit the kernel, and the same math
+//! as plain mlx-rs ops everywhere else (CPU, Metal; also the reference the kernels are
+//! checked against on a GPU).
+
+use proc_macro2::{Ident, TokenStream};
+use quote::{format_ident, quote};
+
+const HEADER: &str = include_str!("../../kernels/common.cuh");
+const NORM_MODULATE: &str = include_str!("../../kernels/ln_modulate.cu");
+const GATE_RESIDUAL: &str = include_str!("../../kernels/gate_residual.cu");
+const GATE_RESIDUAL_NORM_MODULATE: &str =
+    include_str!("../../kernels/gate_residual_ln_modulate.cu");
+const GELU_TANH: &str = include_str!("../../kernels/gelu_tanh.cu");
+const QKV_HEADS: &str = include_str!("../../kernels/qkv_heads.cu");
+
+/// The helper names a resolution module imports from its shared module.
+pub(crate) fn names() -> Vec<Ident> {
+    [
+        "__norm_modulate",
+        "__gate_residual",
+        "__gate_residual_norm_modulate",
+        "__gelu_tanh",
+        "__qkv_heads",
+        "__rope_interleaved",
+    ]
+    .iter()
+    .map(|n| format_ident!("{n}"))
+    .collect()
+}
+
+/// The kernel statics and the helper functions.
+pub(crate) fn helpers() -> TokenStream {
+    quote! {
+        const __KERNEL_HEADER: &str = #HEADER;
+        static __K_NORM_MODULATE: __kernels::CudaKernel = __kernels::CudaKernel::new(
+            "qa_norm_modulate", &["x", "shift", "scale", "eps"], &["out"], #NORM_MODULATE, __KERNEL_HEADER,
+        );
+        static __K_GATE_RESIDUAL: __kernels::CudaKernel = __kernels::CudaKernel::new(
+            "qa_gate_residual", &["x", "y", "gate"], &["out"], #GATE_RESIDUAL, __KERNEL_HEADER,
+        );
+        static __K_GATE_RESIDUAL_NORM_MODULATE: __kernels::CudaKernel = __kernels::CudaKernel::new(
+            "qa_gate_residual_norm_modulate",
+            &["x", "y", "gate", "shift", "scale", "eps"],
+            &["h", "out"],
+            #GATE_RESIDUAL_NORM_MODULATE,
+            __KERNEL_HEADER,
+        );
+        static __K_GELU_TANH: __kernels::CudaKernel = __kernels::CudaKernel::new(
+            "qa_gelu_tanh", &["x"], &["out"], #GELU_TANH, __KERNEL_HEADER,
+        );
+        static __K_QKV_HEADS: __kernels::CudaKernel = __kernels::CudaKernel::new(
+            "qa_qkv_heads",
+            &["qkv", "wq", "wk", "rope_cos", "rope_sin", "eps"],
+            &["q", "k", "v"],
+            #QKV_HEADS,
+            __KERNEL_HEADER,
+        );
+
+        /// Values per 16-byte pack of a kernel dtype (`None`: no kernel for it).
+        fn __pack(d: Dtype) -> Option<i32> {
+            match d {
+                Dtype::Float32 => Some(4),
+                Dtype::Bfloat16 | Dtype::Float16 => Some(8),
+                _ => None,
+            }
+        }
+
+        /// `[B, L, D]` operands of one dtype whose rows fit one block of whole packs:
+        /// the threads per row.
+        fn __row_threads(x: &Array, same: &[&Array]) -> Option<i32> {
+            let p = __pack(x.dtype())?;
+            let d = *x.shape().get(2)?;
+            let fits = x.ndim() == 3 && d % p == 0 && d / p <= 1024;
+            let same = same.iter().all(|a| a.dtype() == x.dtype());
+            (fits && same).then(|| (d / p + 31) / 32 * 32)
+        }
+
+        fn __eps(eps: f32) -> Array {
+            Array::from_slice(&[eps], &[1])
+        }
+
+        fn __row_launch(x: &Array, threads: i32, outputs: usize) -> __kernels::Launch {
+            let s = x.shape();
+            __kernels::Launch {
+                outputs: vec![(s.to_vec(), x.dtype()); outputs],
+                grid: [s[0] * s[1] * threads, 1, 1],
+                block: [threads, 1, 1],
+                template: vec![
+                    __kernels::TemplateArg::Dtype("T", x.dtype()),
+                    __kernels::TemplateArg::Int("D", s[2]),
+                ],
+            }
+        }
+
+        fn __flat_launch(x: &Array, packs: usize, template: Vec<__kernels::TemplateArg>) -> __kernels::Launch {
+            __kernels::Launch {
+                outputs: vec![(x.shape().to_vec(), x.dtype())],
+                grid: [__kernels::round_up(packs, 256), 1, 1],
+                block: [256, 1, 1],
+                template,
+            }
+        }
+
+        /// `LayerNorm(x)·(1 + scale) + shift` (no affine); x `[B, L, D]`, shift, scale
+        /// `[B, 1, D]`.
+        #[doc(hidden)]
+        pub fn __norm_modulate(x: &Array, shift: &Array, scale: &Array, eps: f32) -> Result<Array, Exception> {
+            if let (Some(k), Some(t)) = (__K_NORM_MODULATE.ready(), __row_threads(x, &[shift, scale])) {
+                let mut o = k.apply(&[x, shift, scale, &__eps(eps)], &__row_launch(x, t, 1))?;
+                return Ok(o.remove(0));
+            }
+            let y = fast::layer_norm(x, None, None, eps)?;
+            ops::add(&ops::multiply(&y, &ops::add(scale, &__scalar(1.0, scale)?)?)?, shift)
+        }
+
+        /// `x + gate·y`; x, y `[B, L, D]`, gate `[B, 1, D]`.
+        #[doc(hidden)]
+        pub fn __gate_residual(x: &Array, y: &Array, gate: &Array) -> Result<Array, Exception> {
+            if let (Some(k), Some(_)) = (__K_GATE_RESIDUAL.ready(), __row_threads(x, &[y, gate])) {
+                let p = __pack(x.dtype()).unwrap_or(1) as usize;
+                let template = vec![
+                    __kernels::TemplateArg::Dtype("T", x.dtype()),
+                    __kernels::TemplateArg::Int("D", x.shape()[2]),
+                ];
+                let mut o = k.apply(&[x, y, gate], &__flat_launch(x, x.size() / p, template))?;
+                return Ok(o.remove(0));
+            }
+            ops::add(x, &ops::multiply(gate, y)?)
+        }
+
+        /// `h = x + gate·y` and `LayerNorm(h)·(1 + scale) + shift`: `(h, modulated)`.
+        #[doc(hidden)]
+        pub fn __gate_residual_norm_modulate(
+            x: &Array,
+            y: &Array,
+            gate: &Array,
+            shift: &Array,
+            scale: &Array,
+            eps: f32,
+        ) -> Result<(Array, Array), Exception> {
+            let k = __K_GATE_RESIDUAL_NORM_MODULATE.ready();
+            if let (Some(k), Some(t)) = (k, __row_threads(x, &[y, gate, shift, scale])) {
+                let mut o = k.apply(&[x, y, gate, shift, scale, &__eps(eps)], &__row_launch(x, t, 2))?;
+                let out = o.remove(1);
+                return Ok((o.remove(0), out));
+            }
+            let h = __gate_residual(x, y, gate)?;
+            let out = __norm_modulate(&h, shift, scale, eps)?;
+            Ok((h, out))
+        }
+
+        /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`
+        #[doc(hidden)]
+        pub fn __gelu_tanh(x: &Array) -> Result<Array, Exception> {
+            if let (Some(k), Some(p)) = (__K_GELU_TANH.ready(), __pack(x.dtype())) {
+                let last = x.shape().last().copied().unwrap_or(0);
+                if x.ndim() == 3 && last % p == 0 {
+                    let template = vec![__kernels::TemplateArg::Dtype("T", x.dtype())];
+                    let launch = __flat_launch(x, x.size() / p as usize, template);
+                    return Ok(k.apply(&[x], &launch)?.remove(0));
+                }
+            }
+            let x3 = ops::multiply(&ops::square(x)?, x)?;
+            let inner = ops::add(x, &ops::multiply(&x3, &__scalar(0.044715, x)?)?)?;
+            let inner = ops::multiply(&inner, &__scalar(0.7978845608028654, x)?)?;
+            let half = ops::multiply(x, &__scalar(0.5, x)?)?;
+            ops::multiply(&half, &ops::add(&ops::tanh(&inner)?, &__scalar(1.0, x)?)?)
+        }
+
+        /// Interleaved RoPE of x `[B, L, H, Dh]`: pairs `(2j, 2j+1)` rotate by cos, sin
+        /// `[L, Dh/2]` (computed in the tables' dtype, returned in x's).
+        #[doc(hidden)]
+        pub fn __rope_interleaved(x: &Array, cos: &Array, sin: &Array) -> Result<Array, Exception> {
+            let s = x.shape().to_vec();
+            let (l, half) = (s[1], s[3] / 2);
+            let xr = ops::reshape(x, &[s[0], l, s[2], half, 2])?;
+            let p = ops::split_at_indices(&xr, &[1], -1)?;
+            let c = ops::reshape(cos, &[l, 1, half, 1])?;
+            let sn = ops::reshape(sin, &[l, 1, half, 1])?;
+            let re = ops::subtract(&ops::multiply(&p[0], &c)?, &ops::multiply(&p[1], &sn)?)?;
+            let im = ops::add(&ops::multiply(&p[0], &sn)?, &ops::multiply(&p[1], &c)?)?;
+            let r = ops::concatenate(&[re, im], -1)?;
+            ops::reshape(&r, &s)?.as_dtype(x.dtype())
+        }
+
+        /// A fused QKV projection `[B, L, 3·H·Dh]` to heads `[B, H, L, Dh]`: q, k RMS-normed
+        /// (weights `[Dh]`) and rotated by interleaved RoPE (cos, sin `[L, Dh/2]`), v as is.
+        #[doc(hidden)]
+        pub fn __qkv_heads(
+            qkv: &Array,
+            wq: &Array,
+            wk: &Array,
+            cos: &Array,
+            sin: &Array,
+            heads: i32,
+            eps: f32,
+        ) -> Result<(Array, Array, Array), Exception> {
+            let s = qkv.shape().to_vec();
+            let (b, l, dh) = (s[0], s[1], s[2] / (3 * heads));
+            let tph = (dh / 2).min(32);
+            let kernel_fits = __pack(qkv.dtype()).is_some()
+                && tph > 0
+                && 32 % tph == 0
+                && dh % (2 * tph) == 0;
+            if let (Some(k), true) = (__K_QKV_HEADS.ready(), kernel_fits) {
+                let out = vec![b, heads, l, dh];
+                let launch = __kernels::Launch {
+                    outputs: vec![(out, qkv.dtype()); 3],
+                    grid: [__kernels::round_up((b * l * heads * tph) as usize, 256), 1, 1],
+                    block: [256, 1, 1],
+                    template: vec![
+                        __kernels::TemplateArg::Dtype("T", qkv.dtype()),
+                        __kernels::TemplateArg::Int("H", heads),
+                        __kernels::TemplateArg::Int("DH", dh),
+                    ],
+                };
+                let mut o = k.apply(&[qkv, wq, wk, cos, sin, &__eps(eps)], &launch)?;
+                let v = o.remove(2);
+                let kk = o.remove(1);
+                return Ok((o.remove(0), kk, v));
+            }
+            let parts = qkv.split_equal(3, -1)?;
+            let head = |t: &Array| ops::reshape(t, &[b, l, heads, dh]);
+            let q = __rope_interleaved(&fast::rms_norm(&head(&parts[0])?, Some(wq), eps)?, cos, sin)?;
+            let k = __rope_interleaved(&fast::rms_norm(&head(&parts[1])?, Some(wk), eps)?, cos, sin)?;
+            let v = head(&parts[2])?;
+            let t = |a: &Array| ops::transpose_axes(a, &[0, 2, 1, 3]);
+            Ok((t(&q)?, t(&k)?, t(&v)?))
+        }
+    }
+}
