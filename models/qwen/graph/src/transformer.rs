@@ -35,26 +35,30 @@ fn mlp(b: &mut GraphBuilder, name: &str, y: Tensor, d: usize) -> Result<Tensor> 
 }
 
 /// Project one stream to `[B, L, H, Dh]` heads with per-head RMSNorm on q and k and RoPE.
+/// The q, k and v projections (`parts`, checkpoint names) run as one linear `proj` whose
+/// weights are theirs concatenated at load; its `[B, L, 3D]` result is split back into
+/// q, k, v (named after the parts). `norms` are the q and k norms.
 #[allow(clippy::too_many_arguments)]
 fn qkv(
     b: &mut GraphBuilder,
     c: &TransformerConfig,
     y: Tensor,
     len: Dim,
-    names: [&str; 5],
+    (proj, parts): (&str, [&str; 3]),
+    norms: [&str; 2],
     cos: Tensor,
     sin: Tensor,
 ) -> Result<[Tensor; 3]> {
     let (d, nh, dh) = (c.inner_dim(), c.num_attention_heads, c.attention_head_dim);
     let heads = [b_(), len, Dim::Const(nh), Dim::Const(dh)];
-    let q = b.linear(names[0], y, d, d, true)?;
-    let k = b.linear(names[1], y, d, d, true)?;
-    let v = b.linear(names[2], y, d, d, true)?;
+    let fused = b.linear_cat(proj, &parts, y, d, &[d; 3], true)?; // [B, L, 3D]
+    let split = b.chunk(fused, 3, 2)?;
+    let [q, k, v] = [0, 1, 2].map(|i| b.name(split[i], parts[i])); // [B, L, D] each
     let q = b.reshape(q, heads.clone())?; // [B, L, H, Dh]
     let k = b.reshape(k, heads.clone())?;
     let v = b.reshape(v, heads)?;
-    let q = b.rms_norm(names[3], q, dh, DIT_EPS)?;
-    let k = b.rms_norm(names[4], k, dh, DIT_EPS)?;
+    let q = b.rms_norm(norms[0], q, dh, DIT_EPS)?;
+    let k = b.rms_norm(norms[1], k, dh, DIT_EPS)?;
     let q = b.rope(q, cos, sin, RopeLayout::Interleaved)?;
     let k = b.rope(k, cos, sin, RopeLayout::Interleaved)?;
     Ok([q, k, v])
@@ -76,18 +80,21 @@ fn joint_attention(
             c,
             xi,
             l_img(),
-            ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
+            ("to_qkv", ["to_q", "to_k", "to_v"]),
+            ["norm_q", "norm_k"],
             rope[0],
             rope[1],
         )?;
-        let tnames = [
-            "add_q_proj",
-            "add_k_proj",
-            "add_v_proj",
-            "norm_added_q",
-            "norm_added_k",
-        ];
-        let [tq, tk, tv] = qkv(b, c, ci, l_txt(), tnames, rope[2], rope[3])?;
+        let [tq, tk, tv] = qkv(
+            b,
+            c,
+            ci,
+            l_txt(),
+            ("add_qkv_proj", ["add_q_proj", "add_k_proj", "add_v_proj"]),
+            ["norm_added_q", "norm_added_k"],
+            rope[2],
+            rope[3],
+        )?;
         let mut joint = vec![];
         for (t, i) in [(tq, iq), (tk, ik), (tv, iv)] {
             let j = b.concat(&[t, i], 1)?; // [B, L_txt+L_img, H, Dh]
