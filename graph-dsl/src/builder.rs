@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::error::{DslError, Result};
 use crate::ir::{
     Binary, Graph, InputDecl, MaskKind, Node, Op, Reduce, RopeLayout, RopeSpec, TensorTy, Unary,
-    Value, WeightDecl, WeightXform,
+    Value, WeightDecl, WeightPart, WeightXform,
 };
 use crate::ops::infer;
 use crate::shape::{DType, Dim, Shape};
@@ -161,21 +161,80 @@ impl GraphBuilder {
         dtype: DType,
         xforms: Vec<WeightXform>,
     ) -> Result<Tensor> {
-        let key = self.key(name);
-        if self.g.weights.iter().any(|w| w.key == key) {
-            return Err(DslError::DuplicateName {
-                graph: self.g.name.clone(),
-                name: key,
-            });
-        }
-        let idx = self.g.weights.len();
-        self.g.weights.push(WeightDecl {
-            key: key.clone(),
+        self.declare(WeightDecl {
+            key: self.key(name),
             shape: shape.to_vec(),
             dtype,
+            parts: vec![],
             xforms,
-        });
-        Ok(self.node_named(name, Op::Weight(idx), &[])?[0])
+        })?;
+        Ok(self.node_named(name, Op::Weight(self.g.weights.len() - 1), &[])?[0])
+    }
+
+    /// A weight named by the scoped key `name` (not a checkpoint key) made at load time by
+    /// concatenating the stored tensors `parts` (scoped keys, stored shapes; same trailing
+    /// dims) along axis 0, in order.
+    pub fn weight_cat(
+        &mut self,
+        name: &str,
+        parts: &[(&str, &[usize])],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let key = self.key(name);
+        let bad = |why: String| DslError::BadAttr {
+            node: key.clone(),
+            op: "weight",
+            why,
+        };
+        let first = parts
+            .first()
+            .ok_or_else(|| bad("a concatenated weight needs parts".into()))?;
+        if first.1.is_empty() {
+            return Err(bad(format!("part `{}` is a scalar", first.0)));
+        }
+        let mut shape = first.1.to_vec();
+        for (k, s) in &parts[1..] {
+            if s.len() != shape.len() || s[1..] != shape[1..] {
+                return Err(bad(format!(
+                    "part `{k}` {s:?} does not concatenate with {:?} along axis 0",
+                    first.1
+                )));
+            }
+            shape[0] += s[0];
+        }
+        let parts = parts
+            .iter()
+            .map(|(k, s)| WeightPart {
+                key: self.key(k),
+                shape: s.to_vec(),
+            })
+            .collect();
+        self.declare(WeightDecl {
+            key,
+            shape,
+            dtype,
+            parts,
+            xforms: vec![],
+        })?;
+        Ok(self.node_named(name, Op::Weight(self.g.weights.len() - 1), &[])?[0])
+    }
+
+    /// Add `decl` unless its key, or a checkpoint key it reads, is already declared.
+    fn declare(&mut self, decl: WeightDecl) -> Result<()> {
+        let mut keys = vec![decl.key.clone()];
+        keys.extend(decl.parts.iter().map(|p| p.key.clone()));
+        for (i, k) in keys.iter().enumerate() {
+            let taken =
+                keys[..i].contains(k) || self.g.weights.iter().any(|w| w.key == *k || w.reads(k));
+            if taken {
+                return Err(DslError::DuplicateName {
+                    graph: self.g.name.clone(),
+                    name: k.clone(),
+                });
+            }
+        }
+        self.g.weights.push(decl);
+        Ok(())
     }
 
     /// A bf16 weight used as stored.
@@ -244,6 +303,55 @@ impl GraphBuilder {
         bias: bool,
     ) -> Result<Tensor> {
         let ins = self.layer_inputs(name, x, &[d_out, d_in], vec![], bias)?;
+        Ok(self.node_named(name, Op::Linear { bias }, &ins)?[0])
+    }
+
+    /// Several linears over the same input as one: `x @ W^T + b` with `name.weight`
+    /// `[Σouts, in]` made at load time from the stored `parts[i].weight` `[outs[i], in]`
+    /// concatenated along the output axis (and `name.bias` from the `parts[i].bias`), so
+    /// one matmul gives `[.., Σouts]` (split it with [`Self::split`]). The checkpoint keys
+    /// stay the parts'; `name` names the node and the weights.
+    pub fn linear_cat(
+        &mut self,
+        name: &str,
+        parts: &[&str],
+        x: Tensor,
+        d_in: usize,
+        outs: &[usize],
+        bias: bool,
+    ) -> Result<Tensor> {
+        if parts.len() != outs.len() {
+            return Err(DslError::BadAttr {
+                node: self.key(name),
+                op: "linear",
+                why: format!("{} parts but {} output sizes", parts.len(), outs.len()),
+            });
+        }
+        let mut ins = vec![x];
+        let params: &[&str] = if bias {
+            &["weight", "bias"]
+        } else {
+            &["weight"]
+        };
+        for &what in params {
+            let keys: Vec<String> = parts.iter().map(|p| format!("{p}.{what}")).collect();
+            let shapes: Vec<Vec<usize>> = outs
+                .iter()
+                .map(|&o| {
+                    if what == "weight" {
+                        vec![o, d_in]
+                    } else {
+                        vec![o]
+                    }
+                })
+                .collect();
+            let ps: Vec<(&str, &[usize])> = keys
+                .iter()
+                .map(String::as_str)
+                .zip(shapes.iter().map(Vec::as_slice))
+                .collect();
+            ins.push(self.weight_cat(&format!("{name}.{what}"), &ps, DType::BF16)?);
+        }
         Ok(self.node_named(name, Op::Linear { bias }, &ins)?[0])
     }
 

@@ -75,15 +75,53 @@ impl WeightXform {
 
 /// A weight: its checkpoint key (relative to the block prefix inside a block body), its
 /// shape and dtype as stored, and the transforms applied when loading.
+///
+/// A weight with `parts` is not stored under `key`: the loader reads each part (same
+/// dtype, same trailing dims) and concatenates them along axis 0, in order, before the
+/// transforms; `key` then only names the weight (and its field in generated code), and
+/// `shape` is the concatenation's. Fused projections use it (e.g. `to_q`, `to_k`, `to_v`
+/// weights `[d, d]` each as one `[3d, d]` weight).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightDecl {
     pub key: String,
     pub shape: Vec<usize>,
     pub dtype: DType,
+    /// The stored tensors concatenated along axis 0 into this weight; empty: stored as is.
+    pub parts: Vec<WeightPart>,
     pub xforms: Vec<WeightXform>,
 }
 
+/// One stored tensor of a concatenated weight: its checkpoint key (relative, as
+/// [`WeightDecl::key`]) and stored shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WeightPart {
+    pub key: String,
+    pub shape: Vec<usize>,
+}
+
 impl WeightDecl {
+    /// The stored tensors the loader reads: the parts of a concatenated weight, else the
+    /// weight itself.
+    pub fn stored(&self) -> Vec<WeightPart> {
+        if self.parts.is_empty() {
+            vec![WeightPart {
+                key: self.key.clone(),
+                shape: self.shape.clone(),
+            }]
+        } else {
+            self.parts.clone()
+        }
+    }
+
+    /// Whether the loader reads checkpoint key `key` for this weight.
+    pub fn reads(&self, key: &str) -> bool {
+        if self.parts.is_empty() {
+            self.key == key
+        } else {
+            self.parts.iter().any(|p| p.key == key)
+        }
+    }
+
     /// The shape the generated code sees, after the transforms.
     pub fn loaded_shape(&self) -> Option<Vec<usize>> {
         self.xforms

@@ -25,6 +25,6 @@ pub use builder::{GraphBuilder, Tensor};
 pub use error::{DslError, Result};
 pub use ir::{
     Binary, Graph, InputDecl, MaskKind, Node, NodeId, Op, Reduce, RopeLayout, RopeSpec, TensorTy,
-    Unary, Value, WeightDecl, WeightXform,
+    Unary, Value, WeightDecl, WeightPart, WeightXform,
 };
 pub use shape::{DType, Dim, Shape};

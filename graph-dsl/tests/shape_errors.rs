@@ -185,3 +185,67 @@ fn chunk_that_does_not_divide() {
         "chunk axis 1 (10) must be a multiple of 3; got 10"
     );
 }
+
+#[test]
+fn concatenated_linear_is_one_node_over_its_parts() {
+    let mut b = b();
+    let x = b
+        .input("x", [Dim::sym("B"), Dim::Const(8)], DType::F32)
+        .unwrap();
+    let y = b
+        .scope("attn", |b| {
+            b.linear_cat("to_qkv", &["to_q", "to_k", "to_v"], x, 8, &[8, 4, 4], true)
+        })
+        .unwrap();
+    assert_eq!(b.shape(y).to_string(), "[B, 16]");
+    let g = b.finish();
+    assert_eq!(g.count_op("linear"), 1);
+    assert_eq!(g.nodes[y.0.node].name, "attn.to_qkv");
+    let keys: Vec<&str> = g.weights.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["attn.to_qkv.weight", "attn.to_qkv.bias"]);
+    assert_eq!(g.weights[0].shape, [16, 8]);
+    let stored: Vec<(String, Vec<usize>)> = g
+        .weights
+        .iter()
+        .flat_map(|w| w.stored())
+        .map(|p| (p.key, p.shape))
+        .collect();
+    let want = [
+        ("attn.to_q.weight", vec![8, 8]),
+        ("attn.to_k.weight", vec![4, 8]),
+        ("attn.to_v.weight", vec![4, 8]),
+        ("attn.to_q.bias", vec![8]),
+        ("attn.to_k.bias", vec![4]),
+        ("attn.to_v.bias", vec![4]),
+    ];
+    let want: Vec<(String, Vec<usize>)> = want.map(|(k, s)| (k.to_string(), s)).to_vec();
+    assert_eq!(stored, want);
+}
+
+#[test]
+fn concatenated_weight_parts_must_fit_and_be_new() {
+    let mut b = b();
+    let e = b
+        .weight_cat("qk", &[("q", &[4, 8]), ("k", &[4, 6])], DType::BF16)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "node `qk` (weight): part `k` [4, 6] does not concatenate with [4, 8] along axis 0"
+    );
+    b.weight("k", &[4, 8]).unwrap();
+    let e = b
+        .weight_cat("qk", &[("q", &[4, 8]), ("k", &[4, 8])], DType::BF16)
+        .unwrap_err();
+    assert!(
+        matches!(&e, DslError::DuplicateName { name, .. } if name == "k"),
+        "{e:?}"
+    );
+    b.weight_cat("qv", &[("q", &[4, 8]), ("v", &[4, 8])], DType::BF16)
+        .unwrap();
+    // a part's key is taken like a stored weight's
+    let e = b.weight("v", &[4, 8]).unwrap_err();
+    assert!(
+        matches!(&e, DslError::DuplicateName { name, .. } if name == "v"),
+        "{e:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The weights struct of a graph: one `Array` field per weight (named after its key), one
 //! field per called block (a `Vec` for a repeated one), `specs()` for the runtime's check,
-//! and `load()` that casts to the compute dtype and applies the recorded transforms.
+//! and `load()` that casts to the compute dtype, concatenates the parts of a concatenated
+//! weight and applies the recorded transforms.
 
 use graph_dsl::{DType, Graph, Op, WeightXform};
 use proc_macro2::{Literal, TokenStream};
@@ -68,27 +69,42 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
             key: w.key.clone(),
             shape: w.shape.clone(),
         })?;
-        let doc = if w.xforms.is_empty() {
-            format!(" `{key}` {:?}", w.shape)
-        } else {
-            format!(
-                " `{key}` {:?}, loaded as {:?} via {:?}",
-                w.shape, loaded, w.xforms
-            )
-        };
+        let mut doc = format!(" `{key}` {:?}", w.shape);
+        if !w.parts.is_empty() {
+            let parts: Vec<String> = w
+                .parts
+                .iter()
+                .map(|p| format!("`{}` {:?}", p.key, p.shape))
+                .collect();
+            doc += &format!(", concatenated on axis 0 from {}", parts.join(", "));
+        }
+        if !w.xforms.is_empty() {
+            doc += &format!(", loaded as {:?} via {:?}", loaded, w.xforms);
+        }
         fields.push(quote! {
             #[doc = #doc]
             pub #f: Array
         });
-        let shape = w.shape.iter().map(|&d| Literal::usize_unsuffixed(d));
         let dt = dtype(w.dtype);
-        specs.push(quote! {
-            v.push(TensorSpec::new(__key(prefix, #key), vec![#(#shape),*], #dt));
-        });
+        let mut gets = vec![];
+        for p in w.stored() {
+            let (pk, shape) = (
+                &p.key,
+                p.shape.iter().map(|&d| Literal::usize_unsuffixed(d)),
+            );
+            specs.push(quote! {
+                v.push(TensorSpec::new(__key(prefix, #pk), vec![#(#shape),*], #dt));
+            });
+            gets.push(quote!(get(&__key(prefix, #pk))?.as_dtype(dtype)?));
+        }
         counts.push(quote!(1));
         to_flat.push(quote!(v.push(self.#f.clone());));
         from_flat.push(quote!(#f: { k += 1; a[k - 1].clone() }));
-        let get = quote!(get(&__key(prefix, #key))?.as_dtype(dtype)?);
+        let get = if w.parts.is_empty() {
+            quote!(#(#gets)*)
+        } else {
+            quote!(ops::concatenate(&[#(#gets),*], 0)?)
+        };
         if w.xforms.is_empty() {
             loads.push(quote!(#f: #get));
         } else {
@@ -212,4 +228,120 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use graph_dsl::{DType, Dim, GraphBuilder};
+    use insta::assert_snapshot;
+
+    use super::emit_struct;
+    use crate::format;
+
+    #[test]
+    fn a_concatenated_weight_lists_and_loads_its_parts() {
+        let mut b = GraphBuilder::new("t");
+        let x = b
+            .input("x", [Dim::sym("B"), Dim::Const(8)], DType::F32)
+            .unwrap();
+        let y = b
+            .scope("attn", |b| {
+                b.linear_cat("to_qk", &["to_q", "to_k"], x, 8, &[8, 4], true)
+            })
+            .unwrap();
+        b.output("y", y).unwrap();
+        let code = format(emit_struct(&b.finish()).unwrap()).unwrap();
+        assert_snapshot!(code, @r#"
+        /// Weights of `t`; keys are relative to the prefix given to `load`.
+        pub struct TWeights {
+            /// `attn.to_qk.weight` [12, 8], concatenated on axis 0 from `attn.to_q.weight` [8, 8], `attn.to_k.weight` [4, 8]
+            pub attn_to_qk_weight: Array,
+            /// `attn.to_qk.bias` [12], concatenated on axis 0 from `attn.to_q.bias` [8], `attn.to_k.bias` [4]
+            pub attn_to_qk_bias: Array,
+        }
+        impl TWeights {
+            /// Every tensor `load` reads, with its stored shape and dtype.
+            pub fn specs(prefix: &str) -> Vec<TensorSpec> {
+                let mut v = Vec::new();
+                v.push(
+                    TensorSpec::new(
+                        __key(prefix, "attn.to_q.weight"),
+                        vec![8, 8],
+                        WeightDtype::BF16,
+                    ),
+                );
+                v.push(
+                    TensorSpec::new(
+                        __key(prefix, "attn.to_k.weight"),
+                        vec![4, 8],
+                        WeightDtype::BF16,
+                    ),
+                );
+                v.push(
+                    TensorSpec::new(__key(prefix, "attn.to_q.bias"), vec![8], WeightDtype::BF16),
+                );
+                v.push(
+                    TensorSpec::new(__key(prefix, "attn.to_k.bias"), vec![4], WeightDtype::BF16),
+                );
+                v
+            }
+            /// Load from `ckpt` under `prefix`, cast to `dtype`, apply the recorded
+            /// layout transforms.
+            pub fn load(
+                ckpt: &Checkpoint,
+                prefix: &str,
+                dtype: Dtype,
+            ) -> Result<Self, LoadError> {
+                Self::load_with(&mut |key| Ok(ckpt.array(key)?), prefix, dtype)
+            }
+            /// How many arrays `arrays` gives.
+            pub const COUNT: usize = 0 + 1 + 1;
+            /// Every weight as one flat list (fields in order, nested blocks inline), for
+            /// `transforms::compile`, whose functions take arrays only.
+            pub fn arrays(&self) -> Vec<Array> {
+                let mut v = Vec::with_capacity(Self::COUNT);
+                v.push(self.attn_to_qk_weight.clone());
+                v.push(self.attn_to_qk_bias.clone());
+                v
+            }
+            /// The inverse of `arrays` (`a` holds exactly `COUNT` arrays).
+            pub fn from_arrays(a: &[Array]) -> Self {
+                let mut k = 0;
+                Self {
+                    attn_to_qk_weight: {
+                        k += 1;
+                        a[k - 1].clone()
+                    },
+                    attn_to_qk_bias: {
+                        k += 1;
+                        a[k - 1].clone()
+                    },
+                }
+            }
+            /// As `load`, with the stored tensors from `get` (by full key).
+            pub fn load_with(
+                get: &mut dyn FnMut(&str) -> Result<Array, LoadError>,
+                prefix: &str,
+                dtype: Dtype,
+            ) -> Result<Self, LoadError> {
+                Ok(Self {
+                    attn_to_qk_weight: ops::concatenate(
+                        &[
+                            get(&__key(prefix, "attn.to_q.weight"))?.as_dtype(dtype)?,
+                            get(&__key(prefix, "attn.to_k.weight"))?.as_dtype(dtype)?,
+                        ],
+                        0,
+                    )?,
+                    attn_to_qk_bias: ops::concatenate(
+                        &[
+                            get(&__key(prefix, "attn.to_q.bias"))?.as_dtype(dtype)?,
+                            get(&__key(prefix, "attn.to_k.bias"))?.as_dtype(dtype)?,
+                        ],
+                        0,
+                    )?,
+                })
+            }
+        }
+        "#);
+    }
 }

@@ -106,4 +106,20 @@ mod tests {
         assert_eq!(d.count_op("linear"), 1);
         assert_eq!(d.inputs.len(), 1);
     }
+
+    #[test]
+    fn a_concatenated_weight_stays_whole() {
+        let mut b = GraphBuilder::new("d");
+        let x = b.input("x", [2usize, 4], DType::F32).unwrap();
+        let _dead = b.linear("unused", x, 4, 8, false).unwrap();
+        let y = b
+            .linear_cat("qk", &["q", "k"], x, 4, &[4, 2], true)
+            .unwrap();
+        b.output("y", y).unwrap();
+        let d = run(&b.finish()).unwrap();
+        let keys: Vec<&str> = d.weights.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, ["qk.weight", "qk.bias"]);
+        assert_eq!(d.weights[0].parts.len(), 2);
+        assert_eq!(d.ty(d.outputs[0].1).shape.to_string(), "[2, 6]");
+    }
 }

@@ -14,11 +14,12 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
         Op::Linear { bias } => {
             let (x, w) = (n.a(0), n.a(1));
             let o = out(cx, k, 0, name);
+            // one call each: `b + x @ w^T` through addmm, the transpose a view
             if *bias {
                 let b = n.a(2);
-                quote!(let #o = ops::add(&ops::matmul(#x, &ops::transpose_axes(#w, &[1, 0])?)?, #b)?;)
+                quote!(let #o = ops::addmm(#b, #x, #w.t(), None, None)?;)
             } else {
-                quote!(let #o = ops::matmul(#x, &ops::transpose_axes(#w, &[1, 0])?)?;)
+                quote!(let #o = ops::matmul(#x, #w.t())?;)
             }
         }
         Op::MatMul => {
@@ -56,14 +57,14 @@ mod tests {
         /// - out `y`: [B, 4, 8]:f32
         pub fn t(w: &TWeights, x: &Array) -> Result<Array, Exception> {
             let dim_b = x.shape()[0];
-            let net_0_proj = ops::add(
-                &ops::matmul(x, &ops::transpose_axes(&w.net_0_proj_weight, &[1, 0])?)?,
+            let net_0_proj = ops::addmm(
                 &w.net_0_proj_bias,
+                x,
+                &w.net_0_proj_weight.t(),
+                None,
+                None,
             )?;
-            let net_2 = ops::matmul(
-                &net_0_proj,
-                &ops::transpose_axes(&w.net_2_weight, &[1, 0])?,
-            )?;
+            let net_2 = ops::matmul(&net_0_proj, &w.net_2_weight.t())?;
             Ok(net_2)
         }
         ");

@@ -164,7 +164,15 @@ mod tests {
         let t = &b.graphs[1];
         assert_eq!(t.inputs[0].ty.shape.to_string(), "[B, 24, 64]");
         let block = &t.blocks["dual_stream_block"];
-        assert_eq!(block.weights.len(), 32); // 4 mod + 16 attn linears + 4 norms + 8 mlp
+        // 4 mod + 8 attn (fused qkv and out, per stream, weight and bias) + 4 norms + 8 mlp
+        assert_eq!(block.weights.len(), 24);
+        // the checkpoint tensors read: the fused ones' parts (to_q, to_k, to_v, ...) count
+        let stored: usize = block.weights.iter().map(|w| w.stored().len()).sum();
+        assert_eq!(stored, 32); // 4 mod + 16 attn linears + 4 norms + 8 mlp
+        assert!(block
+            .weights
+            .iter()
+            .any(|w| w.reads("attn.add_k_proj.bias")));
         assert_eq!(block.count_op("sdpa"), 1);
         assert_eq!(block.count_op("qkv_heads"), 2);
         let s = build_shared(ConfigName::Tiny).unwrap();

@@ -29,21 +29,22 @@ fn mlp(b: &mut GraphBuilder, name: &str, y: Tensor, d: usize) -> Result<Tensor> 
 
 /// The checkpoint names of one stream's attention projections and q/k norms.
 struct StreamNames {
-    qkv: [&'static str; 3],
+    /// The joined projection's name and its checkpoint parts (q, k, v).
+    qkv: (&'static str, [&'static str; 3]),
     norms: [&'static str; 2],
 }
 
 const IMG_NAMES: StreamNames = StreamNames {
-    qkv: ["to_q", "to_k", "to_v"],
+    qkv: ("to_qkv", ["to_q", "to_k", "to_v"]),
     norms: ["norm_q", "norm_k"],
 };
 const TXT_NAMES: StreamNames = StreamNames {
-    qkv: ["add_q_proj", "add_k_proj", "add_v_proj"],
+    qkv: ("add_qkv_proj", ["add_q_proj", "add_k_proj", "add_v_proj"]),
     norms: ["norm_added_q", "norm_added_k"],
 };
 
-/// Project one stream `[B, L, D]` to attention heads `[B, H, L, Dh]`: the QKV projection,
-/// per-head RMSNorm of q and k, RoPE (`qkv_heads`).
+/// Project one stream `[B, L, D]` to attention heads `[B, H, L, Dh]`: one QKV matmul (the
+/// three checkpoint weights joined at load), per-head RMSNorm of q and k, RoPE (`qkv_heads`).
 fn heads(
     b: &mut GraphBuilder,
     c: &TransformerConfig,
@@ -52,11 +53,8 @@ fn heads(
     rope: [Tensor; 2],
 ) -> Result<[Tensor; 3]> {
     let (d, nh, dh) = (c.inner_dim(), c.num_attention_heads, c.attention_head_dim);
-    let mut proj = vec![];
-    for n in names.qkv {
-        proj.push(b.linear(n, y, d, d, true)?); // [B, L, D]
-    }
-    let qkv = b.concat(&proj, 2)?; // [B, L, 3D]
+    let (name, parts) = names.qkv;
+    let qkv = b.linear_cat(name, &parts, y, d, &[d, d, d], true)?; // [B, L, 3D]
     b.qkv_heads(qkv, nh, dh, names.norms, rope, DIT_EPS)
 }
 

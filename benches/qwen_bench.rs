@@ -1,0 +1,438 @@
+//! `qwen-bench`: measurements of the Qwen-Image pipeline, for `benches/device.sh`.
+//!
+//! - `warm`: opens the pipeline once, makes one warm-up image (not recorded), then `--images`
+//!   images in the same process, and appends one JSON line per measurement to `--out` (the
+//!   schema of `benches/README.md`: `load`, then per image `image`, `step`, `encode`,
+//!   `denoise`, `decode`), printing each line too.
+//! - `dump`: from given packed initial latents, writes the tensors `diffusers_qwen_e2e.py`
+//!   writes (`prompt_emb`, `negative_emb`, `latents_N` for each N, `decoded` of the last N),
+//!   so that `compare_tensors.py` can judge them.
+//!
+//! Everything goes through the pipeline's public API (`Pipeline::open`, `generate` with its
+//! step events and timings, `encode`, `denoise`, `decode`).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mlx_rs::{memory, Array, Dtype};
+use qwen::pipeline::{Embeddings, Event, Options, Pipeline, Request, Resolution};
+use qwen_runtime::device::{self, Backend};
+use qwen_runtime::Checkpoint;
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "qwen-bench",
+    about = "Timings and fidelity dumps of the Qwen-Image pipeline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One process, one load, a warm-up image, then N timed images (JSON lines).
+    Warm(WarmArgs),
+    /// Prompt embeddings, latents after N steps from given latents, decoded image (safetensors).
+    Dump(DumpArgs),
+}
+
+/// What both subcommands take.
+#[derive(Debug, Args)]
+struct Common {
+    /// Model folder in the diffusers layout.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+
+    /// Output size: 1024 (square) or WxH, e.g. 96x64; default: the model's default.
+    #[arg(long, value_name = "RES")]
+    res: Option<Resolution>,
+
+    /// True CFG scale (1 or less: no negative pass).
+    #[arg(long, default_value_t = 4.0)]
+    cfg: f32,
+
+    /// What to draw.
+    #[arg(long)]
+    prompt: String,
+
+    /// Negative prompt for true CFG.
+    #[arg(long, default_value = " ")]
+    negative: String,
+
+    /// Device to run on: the GPU when the loaded libmlx has one, else the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+
+    /// Force a generated module by name (e.g. res96x64_tiny).
+    #[arg(long)]
+    module: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct WarmArgs {
+    #[command(flatten)]
+    common: Common,
+
+    /// Compute dtype (weights are converted at load).
+    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
+    dtype: DtypeArg,
+
+    /// Denoising steps per image.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+
+    /// Timed images (after the warm-up ones).
+    #[arg(long, default_value_t = 3)]
+    images: usize,
+
+    /// Untimed warm-up images before them.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+
+    /// Seed of the first timed image (image i uses seed + i; warm-ups use seed + 1000 + i).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// JSON lines file the rows are appended to.
+    #[arg(long, value_name = "FILE.jsonl")]
+    out: PathBuf,
+
+    /// The `gpu` field of every row (e.g. "NVIDIA H200").
+    #[arg(long, default_value = "unknown")]
+    gpu: String,
+}
+
+#[derive(Debug, Args)]
+struct DumpArgs {
+    #[command(flatten)]
+    common: Common,
+
+    /// Compute dtype (weights are converted at load).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
+
+    /// Packed initial latents [1, L_img, 64] (safetensors, as make_latents.py writes).
+    #[arg(long, value_name = "LAT.safetensors")]
+    latents: PathBuf,
+
+    /// The tensor name in --latents.
+    #[arg(long, default_value = "latents")]
+    latents_key: String,
+
+    /// Step counts to run from the initial latents, each a schedule of its own: `2` or `2,4`.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    steps_list: Vec<usize>,
+
+    /// Output safetensors file.
+    #[arg(long, value_name = "OUT.safetensors")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    Bf16,
+    F16,
+    F32,
+}
+
+impl DtypeArg {
+    fn mlx(self) -> Dtype {
+        match self {
+            DtypeArg::Bf16 => Dtype::Bfloat16,
+            DtypeArg::F16 => Dtype::Float16,
+            DtypeArg::F32 => Dtype::Float32,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            DtypeArg::Bf16 => "bf16",
+            DtypeArg::F16 => "f16",
+            DtypeArg::F32 => "f32",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Warm(args) => warm(args),
+        Command::Dump(args) => dump(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Picks the device (stderr says which) and opens the pipeline.
+fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
+    let chosen = match common.device {
+        DeviceArg::Auto => device::choose(),
+        DeviceArg::Cpu => device::cpu(),
+        DeviceArg::Gpu => device::select(Backend::Gpu)?,
+    };
+    chosen.set_default();
+    eprintln!("device: {}", chosen.name);
+    let options = Options {
+        resolution: common.res,
+        dtype: dtype.mlx(),
+        module: common.module.clone(),
+    };
+    let pipeline = Pipeline::open(&common.model, &options)
+        .with_context(|| format!("opening {}", common.model.display()))?;
+    eprintln!(
+        "model: {} (module {}, {})",
+        common.model.display(),
+        pipeline.variant().name(),
+        dtype.name()
+    );
+    Ok(pipeline)
+}
+
+/// MLX's peak memory since the last reset, in GB.
+fn peak_gb() -> Result<f64> {
+    Ok(memory::peak_memory().context("reading MLX's peak memory")? as f64 / 1e9)
+}
+
+/// The process's resident-set high-water mark (`VmHWM`), in GB; `None` where /proc has none.
+fn rss_hwm_gb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0 / 1e9)
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    Some(xs[xs.len() / 2])
+}
+
+/// Appends rows to a JSON lines file and prints them, keys in the order given (the base
+/// fields, `what`, `ms`, `peak_gb`, then the extra ones).
+struct Rows {
+    base: Vec<(&'static str, Value)>,
+    file: std::fs::File,
+}
+
+impl Rows {
+    fn open(path: &Path, base: Vec<(&'static str, Value)>) -> Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { base, file })
+    }
+
+    fn push(
+        &mut self,
+        what: &str,
+        ms: f64,
+        peak_gb: f64,
+        extra: &[(&'static str, Value)],
+    ) -> Result<()> {
+        let fields = [
+            ("what", Value::from(what)),
+            ("ms", round(ms, 2).into()),
+            ("peak_gb", round(peak_gb, 2).into()),
+        ];
+        let line = self
+            .base
+            .iter()
+            .chain(&fields)
+            .chain(extra)
+            .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let line = format!("{{{line}}}");
+        println!("{line}");
+        writeln!(self.file, "{line}").context("writing a row")?;
+        self.file.flush().context("writing a row")?;
+        Ok(())
+    }
+}
+
+fn warm(args: &WarmArgs) -> Result<()> {
+    let c = &args.common;
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    memory::reset_peak_memory().context("resetting MLX's peak memory")?;
+    let start = Instant::now();
+    let pipeline = open(c, args.dtype)?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let r = pipeline.resolution();
+    let mut rows = Rows::open(
+        &args.out,
+        vec![
+            ("system", "qwen-aot".into()),
+            ("gpu", args.gpu.clone().into()),
+            ("width", r.width.into()),
+            ("height", r.height.into()),
+            ("steps", args.steps.into()),
+            ("cfg", f64::from(c.cfg).into()),
+            ("dtype", args.dtype.name().into()),
+        ],
+    )?;
+    rows.push(
+        "load",
+        load_ms,
+        peak_gb()?,
+        &[
+            ("module", pipeline.variant().name().into()),
+            ("rss_gb", rss_hwm_gb().map(|g| round(g, 2)).into()),
+        ],
+    )?;
+
+    let request = |seed: u64| Request {
+        prompt: c.prompt.clone(),
+        negative_prompt: Some(c.negative.clone()),
+        steps: args.steps,
+        cfg_scale: c.cfg,
+        seed,
+        latents: None,
+    };
+    for i in 0..args.warmup {
+        let start = Instant::now();
+        pipeline.generate(&request(args.seed + 1000 + i as u64), &mut |_| {})?;
+        eprintln!(
+            "warm-up image {}: {:.2} s (not recorded)",
+            i + 1,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    for i in 0..args.images {
+        memory::reset_peak_memory().context("resetting MLX's peak memory")?;
+        let mut stamps = Vec::with_capacity(args.steps);
+        let start = Instant::now();
+        let g = pipeline.generate(&request(args.seed + i as u64), &mut |event| match event {
+            Event::Step { .. } => stamps.push(Instant::now()),
+            Event::Warning(w) => eprintln!("warning: {w}"),
+        })?;
+        let image_ms = start.elapsed().as_secs_f64() * 1e3;
+        let peak = peak_gb()?;
+        let t = g.timings;
+        let steps: Vec<f64> = stamps
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+            .collect();
+        let mean_step = t.denoise * 1e3 / args.steps as f64;
+        let run = ("run", Value::from(i));
+        let rss = ("rss_gb", rss_hwm_gb().map(|g| round(g, 2)).into());
+        rows.push("image", image_ms, peak, &[run.clone(), rss])?;
+        let mean = ("mean_ms", round(mean_step, 2).into());
+        let step = median(steps).unwrap_or(mean_step);
+        rows.push("step", step, peak, &[run.clone(), mean])?;
+        for (what, s) in [
+            ("encode", t.encode),
+            ("denoise", t.denoise),
+            ("decode", t.decode),
+        ] {
+            rows.push(what, s * 1e3, peak, std::slice::from_ref(&run))?;
+        }
+    }
+    Ok(())
+}
+
+fn dump(args: &DumpArgs) -> Result<()> {
+    let c = &args.common;
+    if args.steps_list.contains(&0) {
+        bail!("--steps-list: every step count must be at least 1");
+    }
+    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!("--out must end in .safetensors: {}", args.out.display());
+    }
+    let start = Instant::now();
+    let pipeline = open(c, args.dtype)?;
+    let load_s = start.elapsed().as_secs_f64();
+    let latents = Checkpoint::open(&args.latents)
+        .and_then(|ck| ck.array(&args.latents_key))
+        .with_context(|| {
+            format!(
+                "reading `{}` from {}",
+                args.latents_key,
+                args.latents.display()
+            )
+        })?;
+
+    let f32 = |a: &Array| -> Result<Array> { Ok(a.as_dtype(Dtype::Float32)?) };
+    let mut tensors: Vec<(String, Array)> = Vec::new();
+    let start = Instant::now();
+    let mut warnings = Vec::new();
+    let emb = pipeline.encode(&c.prompt, Some(&c.negative), &mut warnings)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let encode_s = start.elapsed().as_secs_f64();
+    tensors.push(("prompt_emb".into(), f32(&emb.prompt)?));
+    if let Some(n) = &emb.negative {
+        tensors.push(("negative_emb".into(), f32(n)?));
+    }
+    // As `generate`: CFG only above scale 1 (the negative embeddings are dumped regardless).
+    let emb = Embeddings {
+        prompt: emb.prompt,
+        negative: if c.cfg > 1.0 { emb.negative } else { None },
+    };
+
+    let mut last = None;
+    let mut step_s = Vec::new();
+    for &n in &args.steps_list {
+        let start = Instant::now();
+        let out = pipeline.denoise(latents.clone(), &emb, n, c.cfg, &mut |_, _| {})?;
+        step_s.push(json!({ "steps": n, "s": round(start.elapsed().as_secs_f64(), 3) }));
+        tensors.push((format!("latents_{n}"), f32(&out)?));
+        last = Some(out);
+    }
+    let start = Instant::now();
+    if let Some(out) = &last {
+        tensors.push(("decoded".into(), pipeline.decode(out)?));
+    }
+    let decode_s = start.elapsed().as_secs_f64();
+
+    Array::save_safetensors(tensors.iter().map(|(k, v)| (k, v)), None, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let shapes: Map<String, Value> = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v.shape())))
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "what": "dump",
+            "out": args.out.display().to_string(),
+            "dtype": args.dtype.name(),
+            "tensors": shapes,
+            "load_s": round(load_s, 3),
+            "encode_s": round(encode_s, 3),
+            "denoise_s": step_s,
+            "decode_s": round(decode_s, 3),
+        })
+    );
+    Ok(())
+}
