@@ -25,7 +25,8 @@ K_LN = kernel("ln_modulate", ["x", "shift", "scale", "eps"], ["out"])
 K_GLN = kernel("gate_residual_ln_modulate", ["x", "y", "gate", "shift", "scale", "eps"], ["h", "out"])
 K_GR = kernel("gate_residual", ["x", "y", "gate"], ["out"])
 K_GELU = kernel("gelu_tanh", ["x"], ["out"])
-K_QKV = kernel("qkv_heads", ["qkv", "wq", "wk", "rope_cos", "rope_sin", "eps"], ["q", "k", "v"])
+K_QKV = kernel("joint_qkv_heads", ["t_qkv", "t_bias", "t_wq", "t_wk", "t_cos", "t_sin",
+                                   "i_qkv", "i_bias", "i_wq", "i_wk", "i_cos", "i_sin", "eps"], ["q", "k", "v"])
 EPS_A = mx.array([EPS], dtype=mx.float32)
 
 
@@ -58,12 +59,13 @@ def gelu(x):
                   output_shapes=[x.shape], output_dtypes=[x.dtype])[0]
 
 
-def qkv_heads(qkv, wq, wk, cos, sin):
-    B, L, _ = qkv.shape; tph = min(32, HD // 2)
+def joint_heads(t, i):
+    """t, i: (qkv without bias, bias, wq, wk, cos, sin) of the text and the image stream."""
+    B, L = i[0].shape[0], t[0].shape[1] + i[0].shape[1]; tph = min(32, HD // 2)
     s = (B, H, L, HD)
-    return K_QKV(inputs=[qkv, wq, wk, cos, sin, EPS_A], template=[("T", qkv.dtype), ("H", H), ("DH", HD)],
+    return K_QKV(inputs=[*t, *i, EPS_A], template=[("T", i[0].dtype), ("H", H), ("DH", HD)],
                  grid=(up(B * L * H * tph), 1, 1), threadgroup=(256, 1, 1), output_shapes=[s, s, s],
-                 output_dtypes=[qkv.dtype] * 3)
+                 output_dtypes=[i[0].dtype] * 3)
 
 
 # ---- the plain-MLX versions (what the generated code does without the kernels) ----
@@ -79,12 +81,14 @@ def rope(x, cos, sin):  # x [B, L, H, HD]
     x0, x1 = xr[..., 0], xr[..., 1]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
     return mx.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1).reshape(B, L, H, HD).astype(x.dtype)
-def r_qkv_heads(qkv, wq, wk, cos, sin):
+def r_stream_heads(qkv, bias, wq, wk, cos, sin):
     B, L, _ = qkv.shape
-    q, k, v = (t.reshape(B, L, H, HD) for t in mx.split(qkv, 3, axis=-1))
+    q, k, v = (t.reshape(B, L, H, HD) for t in mx.split(qkv + bias, 3, axis=-1))
     q = rope(mx.fast.rms_norm(q, wq, EPS), cos, sin)
     k = rope(mx.fast.rms_norm(k, wk, EPS), cos, sin)
     return [t.transpose(0, 2, 1, 3) for t in (q, k, v)]
+def r_joint_heads(t, i):
+    return [mx.concatenate([a, b], 2) for a, b in zip(r_stream_heads(*t), r_stream_heads(*i))]
 
 
 def rel(a, b):
@@ -110,15 +114,17 @@ for dt in (mx.float32, bf):
     g, sh, sc = (mx.random.normal((2, 1, D)).astype(dt) * 0.5 for _ in range(3))
     xt = mx.random.normal((1, LT[0], D)).astype(dt)
     up_ = mx.random.normal((2, LI, F)).astype(dt)
-    qkv = mx.random.normal((2, LI, 3 * D)).astype(dt); wq = (1 + 0.1 * mx.random.normal((HD,))).astype(dt)
-    wk = (1 + 0.1 * mx.random.normal((HD,))).astype(dt); cs, sn = tables(LI)
+    qkv = mx.random.normal((1, LI, 3 * D)).astype(dt); wq = (1 + 0.1 * mx.random.normal((HD,))).astype(dt)
+    wk = (1 + 0.1 * mx.random.normal((HD,))).astype(dt); cs, sn = tables(LI); bias = (0.1 * mx.random.normal((3 * D,))).astype(dt)
+    tqkv = mx.random.normal((1, LT[0], 3 * D)).astype(dt); tcs, tsn = tables(LT[0])
     cases = [
         ("ln_modulate", ln_modulate, r_ln_modulate, (x, sh, sc)),
         ("ln_modulate_txt", ln_modulate, r_ln_modulate, (xt, sh[:1], sc[:1])),
         ("gate_residual_ln_modulate", gate_residual_ln_modulate, r_gate_residual_ln_modulate, (x, y, g, sh, sc)),
         ("gate_residual", gate_residual, r_gate_residual, (x, y, g)),
         ("gelu_tanh", gelu, r_gelu, (up_,)),
-        ("qkv_heads", qkv_heads, r_qkv_heads, (qkv, wq, wk, cs, sn)),
+        ("joint_qkv_heads (one half)", joint_heads, r_joint_heads,
+         ((tqkv, bias, wq, wk, tcs, tsn), (qkv, bias, wq, wk, cs, sn))),
     ]
     for name, f, r, args in cases:
         a, b = f(*args), r(*args)
@@ -146,17 +152,18 @@ lin = lambda x, W, b: mx.addmm(b, x, W.T)
 def block(wi, wt, x, c, mi, mt, fused):
     """x [2, LI, D]; c: texts [1, Lt, D]; mi [2, 6, D]; mt: per half [1, 6, D]."""
     si = [mi[:, j:j + 1, :] for j in range(6)]
-    heads = qkv_heads if fused else r_qkv_heads
+    heads = joint_heads if fused else r_joint_heads
     lnm = ln_modulate if fused else r_ln_modulate
     glnm = gate_residual_ln_modulate if fused else r_gate_residual_ln_modulate
     gr = gate_residual if fused else r_gate_residual
     act = gelu if fused else r_gelu
-    iq, ik, iv = heads(lin(lnm(x, si[0], si[1]), wi["qkv"], wi["qkv_b"]), wi["nq"], wi["nk"], *img_cs)
+    iqkv = lnm(x, si[0], si[1]) @ wi["qkv"].T
     outs_i, new_c = [], []
     for b in range(2):
         st = [mt[b][:, j:j + 1, :] for j in range(6)]
-        tq, tk, tv = heads(lin(lnm(c[b], st[0], st[1]), wt["qkv"], wt["qkv_b"]), wt["nq"], wt["nk"], *txt_cs[b])
-        q, k, v = (mx.concatenate([t, i[b:b + 1]], 2) for t, i in ((tq, iq), (tk, ik), (tv, iv)))
+        tqkv = lnm(c[b], st[0], st[1]) @ wt["qkv"].T
+        q, k, v = heads((tqkv, wt["qkv_b"], wt["nq"], wt["nk"], *txt_cs[b]),
+                        (iqkv[b:b + 1], wi["qkv_b"], wi["nq"], wi["nk"], *img_cs))
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=HD ** -0.5).transpose(0, 2, 1, 3).reshape(1, -1, D)
         lt = c[b].shape[1]
         outs_i.append(o[:, lt:])

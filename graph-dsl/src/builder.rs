@@ -23,6 +23,17 @@ pub struct GraphBuilder {
     names: BTreeMap<String, usize>,
 }
 
+/// One stream's part of [`GraphBuilder::joint_qkv_heads`]: its QKV projection without bias
+/// `[B, L, 3·H·Dh]`, the bias `[3·H·Dh]`, the q and k norm weights `[Dh]`, RoPE cos and sin
+/// `[L, Dh/2]`.
+#[derive(Debug, Clone, Copy)]
+pub struct QkvStream {
+    pub qkv: Tensor,
+    pub bias: Tensor,
+    pub norms: [Tensor; 2],
+    pub rope: [Tensor; 2],
+}
+
 impl GraphBuilder {
     /// Start a graph.
     pub fn new(name: &str) -> Self {
@@ -416,23 +427,20 @@ impl GraphBuilder {
         Ok((o[0], o[1]))
     }
 
-    /// A fused QKV projection `[B, L, 3·H·Dh]` to heads `[B, H, L, Dh]`: q and k RMS-normed
-    /// with the weights `{q_norm}.weight`, `{k_norm}.weight` `[Dh]` and rotated by interleaved
-    /// RoPE (cos, sin `[L, Dh/2]`), v as is.
-    #[allow(clippy::too_many_arguments)]
-    pub fn qkv_heads(
+    /// Joint-attention heads `[B, H, L_text + L_image, Dh]` (q, k, v) of a text and an image
+    /// stream ([`Op::JointQkvHeads`]), text rows first.
+    pub fn joint_qkv_heads(
         &mut self,
-        qkv: Tensor,
         heads: usize,
-        head_dim: usize,
-        [q_norm, k_norm]: [&str; 2],
-        [cos, sin]: [Tensor; 2],
+        [txt, img]: [QkvStream; 2],
         eps: f64,
     ) -> Result<[Tensor; 3]> {
-        let wq = self.scope(q_norm, |b| b.weight("weight", &[head_dim]))?;
-        let wk = self.scope(k_norm, |b| b.weight("weight", &[head_dim]))?;
-        let op = Op::QkvHeads { heads, eps };
-        let o = self.node_named(op.label(), op, &[qkv, wq, wk, cos, sin])?;
+        let op = Op::JointQkvHeads { heads, eps };
+        let mut ins = vec![];
+        for s in [txt, img] {
+            ins.extend([s.qkv, s.bias, s.norms[0], s.norms[1], s.rope[0], s.rope[1]]);
+        }
+        let o = self.node_named(op.label(), op, &ins)?;
         Ok([o[0], o[1], o[2]])
     }
 

@@ -254,10 +254,12 @@ pub enum Op {
     GateResidualNormModulate {
         eps: f64,
     },
-    /// A fused QKV projection `[B, L, 3·H·Dh]` to attention heads: q and k RMS-normed with
-    /// weights `[Dh]` and rotated by interleaved RoPE (cos, sin `[L, Dh/2]`), v unchanged;
-    /// inputs qkv, q norm weight, k norm weight, cos, sin; outputs q, k, v `[B, H, L, Dh]`.
-    QkvHeads {
+    /// Joint-attention heads of a text and an image stream, straight from their QKV
+    /// projections (bias not yet added): per stream `qkv + bias`, q and k RMS-normed (weights
+    /// `[Dh]`) and rotated by interleaved RoPE (cos, sin `[L, Dh/2]`), v as is; text rows
+    /// first. Inputs per stream, text then image: qkv `[B, L, 3·H·Dh]`, bias `[3·H·Dh]`,
+    /// q norm, k norm, cos, sin; outputs q, k, v `[B, H, L_text + L_image, Dh]`.
+    JointQkvHeads {
         heads: usize,
         eps: f64,
     },
@@ -397,7 +399,7 @@ impl Op {
             Op::NormModulate { .. } => "norm_modulate",
             Op::GateResidual => "gate_residual",
             Op::GateResidualNormModulate { .. } => "gate_residual_norm_modulate",
-            Op::QkvHeads { .. } => "qkv_heads",
+            Op::JointQkvHeads { .. } => "joint_qkv_heads",
             Op::Unary(_) => "unary",
             Op::Binary(_) => "binary",
             Op::Softmax { .. } => "softmax",

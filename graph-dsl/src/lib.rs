@@ -21,7 +21,7 @@ pub mod ops;
 pub mod passes;
 pub mod shape;
 
-pub use builder::{GraphBuilder, Tensor};
+pub use builder::{GraphBuilder, QkvStream, Tensor};
 pub use error::{DslError, Result};
 pub use ir::{
     Binary, Graph, InputDecl, MaskKind, Node, NodeId, Op, Reduce, RopeLayout, RopeSpec, TensorTy,

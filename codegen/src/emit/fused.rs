@@ -13,7 +13,7 @@ const GATE_RESIDUAL: &str = include_str!("../../kernels/gate_residual.cu");
 const GATE_RESIDUAL_NORM_MODULATE: &str =
     include_str!("../../kernels/gate_residual_ln_modulate.cu");
 const GELU_TANH: &str = include_str!("../../kernels/gelu_tanh.cu");
-const QKV_HEADS: &str = include_str!("../../kernels/qkv_heads.cu");
+const JOINT_QKV_HEADS: &str = include_str!("../../kernels/joint_qkv_heads.cu");
 
 /// The helper names a resolution module imports from its shared module.
 pub(crate) fn names() -> Vec<Ident> {
@@ -22,7 +22,7 @@ pub(crate) fn names() -> Vec<Ident> {
         "__gate_residual",
         "__gate_residual_norm_modulate",
         "__gelu_tanh",
-        "__qkv_heads",
+        "__joint_qkv_heads",
         "__rope_interleaved",
     ]
     .iter()
@@ -50,11 +50,14 @@ pub(crate) fn helpers() -> TokenStream {
         static __K_GELU_TANH: __kernels::CudaKernel = __kernels::CudaKernel::new(
             "qa_gelu_tanh", &["x"], &["out"], #GELU_TANH, __KERNEL_HEADER,
         );
-        static __K_QKV_HEADS: __kernels::CudaKernel = __kernels::CudaKernel::new(
-            "qa_qkv_heads",
-            &["qkv", "wq", "wk", "rope_cos", "rope_sin", "eps"],
+        static __K_JOINT_QKV_HEADS: __kernels::CudaKernel = __kernels::CudaKernel::new(
+            "qa_joint_qkv_heads",
+            &[
+                "t_qkv", "t_bias", "t_wq", "t_wk", "t_cos", "t_sin",
+                "i_qkv", "i_bias", "i_wq", "i_wk", "i_cos", "i_sin", "eps",
+            ],
             &["q", "k", "v"],
-            #QKV_HEADS,
+            #JOINT_QKV_HEADS,
             __KERNEL_HEADER,
         );
 
@@ -185,49 +188,67 @@ pub(crate) fn helpers() -> TokenStream {
             ops::reshape(&r, &s)?.as_dtype(x.dtype())
         }
 
-        /// A fused QKV projection `[B, L, 3·H·Dh]` to heads `[B, H, L, Dh]`: q, k RMS-normed
-        /// (weights `[Dh]`) and rotated by interleaved RoPE (cos, sin `[L, Dh/2]`), v as is.
-        #[doc(hidden)]
-        pub fn __qkv_heads(
-            qkv: &Array,
-            wq: &Array,
-            wk: &Array,
-            cos: &Array,
-            sin: &Array,
+        /// One stream of [`__joint_qkv_heads`] with plain ops: `[B, H, L, Dh]` q, k, v.
+        fn __stream_heads(
+            [qkv, bias, wq, wk, cos, sin]: [&Array; 6],
             heads: i32,
             eps: f32,
-        ) -> Result<(Array, Array, Array), Exception> {
+        ) -> Result<[Array; 3], Exception> {
             let s = qkv.shape().to_vec();
             let (b, l, dh) = (s[0], s[1], s[2] / (3 * heads));
-            let tph = (dh / 2).min(32);
-            let kernel_fits = __pack(qkv.dtype()).is_some()
-                && tph > 0
-                && 32 % tph == 0
-                && dh % (2 * tph) == 0;
-            if let (Some(k), true) = (__K_QKV_HEADS.ready(), kernel_fits) {
-                let out = vec![b, heads, l, dh];
-                let launch = __kernels::Launch {
-                    outputs: vec![(out, qkv.dtype()); 3],
-                    grid: [__kernels::round_up((b * l * heads * tph) as usize, 256), 1, 1],
-                    block: [256, 1, 1],
-                    template: vec![
-                        __kernels::TemplateArg::Dtype("T", qkv.dtype()),
-                        __kernels::TemplateArg::Int("H", heads),
-                        __kernels::TemplateArg::Int("DH", dh),
-                    ],
-                };
-                let mut o = k.apply(&[qkv, wq, wk, cos, sin, &__eps(eps)], &launch)?;
-                let v = o.remove(2);
-                let kk = o.remove(1);
-                return Ok((o.remove(0), kk, v));
-            }
-            let parts = qkv.split_equal(3, -1)?;
+            let parts = ops::add(qkv, bias)?.split_equal(3, -1)?;
             let head = |t: &Array| ops::reshape(t, &[b, l, heads, dh]);
             let q = __rope_interleaved(&fast::rms_norm(&head(&parts[0])?, Some(wq), eps)?, cos, sin)?;
             let k = __rope_interleaved(&fast::rms_norm(&head(&parts[1])?, Some(wk), eps)?, cos, sin)?;
             let v = head(&parts[2])?;
             let t = |a: &Array| ops::transpose_axes(a, &[0, 2, 1, 3]);
-            Ok((t(&q)?, t(&k)?, t(&v)?))
+            Ok([t(&q)?, t(&k)?, t(&v)?])
+        }
+
+        /// Joint-attention heads `[B, H, L_txt + L_img, Dh]` (q, k, v) of a text and an image
+        /// stream, each given as its QKV projection without bias `[B, L, 3·H·Dh]`, the bias,
+        /// the q and k norm weights `[Dh]` and RoPE cos, sin `[L, Dh/2]`: q and k RMS-normed
+        /// and rotated (interleaved pairs), text rows first.
+        #[doc(hidden)]
+        pub fn __joint_qkv_heads(
+            txt: [&Array; 6],
+            img: [&Array; 6],
+            heads: i32,
+            eps: f32,
+        ) -> Result<(Array, Array, Array), Exception> {
+            let (ts, is) = (txt[0].shape().to_vec(), img[0].shape().to_vec());
+            let (b, dh) = (is[0], is[2] / (3 * heads));
+            let tph = (dh / 2).min(32);
+            let dtype = img[0].dtype();
+            let kernel_fits = __pack(dtype).is_some()
+                && tph > 0
+                && 32 % tph == 0
+                && dh % (2 * tph) == 0
+                && txt[..4].iter().chain(&img[..4]).all(|a| a.dtype() == dtype)
+                && txt[4..].iter().chain(&img[4..]).all(|a| a.dtype() == Dtype::Float32);
+            if let (Some(k), true) = (__K_JOINT_QKV_HEADS.ready(), kernel_fits) {
+                let l = ts[1] + is[1];
+                let launch = __kernels::Launch {
+                    outputs: vec![(vec![b, heads, l, dh], dtype); 3],
+                    grid: [__kernels::round_up((b * l * heads * tph) as usize, 256), 1, 1],
+                    block: [256, 1, 1],
+                    template: vec![
+                        __kernels::TemplateArg::Dtype("T", dtype),
+                        __kernels::TemplateArg::Int("H", heads),
+                        __kernels::TemplateArg::Int("DH", dh),
+                    ],
+                };
+                let eps = __eps(eps);
+                let ins: Vec<&Array> = txt.iter().chain(img.iter()).copied().chain([&eps]).collect();
+                let mut o = k.apply(&ins, &launch)?;
+                let v = o.remove(2);
+                let kk = o.remove(1);
+                return Ok((o.remove(0), kk, v));
+            }
+            let [tq, tk, tv] = __stream_heads(txt, heads, eps)?;
+            let [iq, ik, iv] = __stream_heads(img, heads, eps)?;
+            let cat = |a: Array, b: Array| ops::concatenate(&[a, b], 2);
+            Ok((cat(tq, iq)?, cat(tk, ik)?, cat(tv, iv)?))
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Shape rules of the fused ops: modulated LayerNorm, gated residual, and the QKV-to-heads
-//! projection tail.
+//! Shape rules of the fused ops: modulated LayerNorm, gated residual, and the joint
+//! attention heads made from two streams' QKV projections.
 
 use super::{one, ty, Cx};
 use crate::error::Result;
@@ -54,12 +54,18 @@ pub(super) fn infer(cx: &Cx) -> Result<Vec<TensorTy>> {
             }
             Ok(vec![cx.inputs[0].clone(), cx.inputs[0].clone()])
         }
-        Op::QkvHeads { heads, .. } => {
-            cx.arity(5)?;
-            let s = cx.s(0);
-            let (b, l, width) = match s.0.as_slice() {
+        Op::JointQkvHeads { heads, .. } => {
+            cx.arity(12)?;
+            let (t, i) = (cx.s(0), cx.s(6));
+            let (b, lt, width) = match t.0.as_slice() {
                 [b, l, Dim::Const(w)] => (b.clone(), l.clone(), *w),
-                _ => return Err(cx.bad(s, "needs [B, L, 3·H·Dh] with a constant width")),
+                _ => return Err(cx.bad(t, "text qkv needs [B, L, 3·H·Dh] with a constant width")),
+            };
+            let li = match i.0.as_slice() {
+                [bi, l, Dim::Const(w)] if *bi == b && *w == width => l.clone(),
+                _ => {
+                    return Err(cx.mismatch(t, i, "image qkv must be [B, L_image, width of text]"))
+                }
             };
             if *heads == 0 || width % (3 * heads) != 0 || (width / (3 * heads)) % 2 != 0 {
                 return Err(cx.attr(format!(
@@ -67,19 +73,27 @@ pub(super) fn infer(cx: &Cx) -> Result<Vec<TensorTy>> {
                 )));
             }
             let dh = width / (3 * heads);
-            for i in [1, 2] {
-                if cx.s(i).0 != vec![Dim::Const(dh)] {
-                    return Err(cx.mismatch(s, cx.s(i), format!("norm weight must be [{dh}]")));
-                }
-            }
-            let table = Shape(vec![l.clone(), Dim::Const(dh / 2)]);
-            for i in [3, 4] {
-                if cx.s(i) != &table {
-                    return Err(cx.mismatch(s, cx.s(i), format!("RoPE table must be {table}")));
+            for (base, len) in [(0, &lt), (6, &li)] {
+                let want = [
+                    Shape(vec![Dim::Const(width)]),
+                    Shape(vec![Dim::Const(dh)]),
+                    Shape(vec![Dim::Const(dh)]),
+                    Shape(vec![len.clone(), Dim::Const(dh / 2)]),
+                    Shape(vec![len.clone(), Dim::Const(dh / 2)]),
+                ];
+                for (j, w) in want.iter().enumerate() {
+                    if cx.s(base + 1 + j) != w {
+                        let what = ["bias", "q norm", "k norm", "RoPE cos", "RoPE sin"][j];
+                        return Err(cx.mismatch(
+                            cx.s(base),
+                            cx.s(base + 1 + j),
+                            format!("{what} must be {w}"),
+                        ));
+                    }
                 }
             }
             let out = ty(
-                Shape(vec![b, Dim::Const(*heads), l, Dim::Const(dh)]),
+                Shape(vec![b, Dim::Const(*heads), lt.add(&li), Dim::Const(dh)]),
                 cx.dt(0),
             );
             Ok(vec![out.clone(), out.clone(), out])

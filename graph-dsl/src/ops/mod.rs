@@ -136,7 +136,7 @@ pub fn infer(g: &Graph, node: &str, op: &Op, inputs: &[TensorTy]) -> Result<Vec<
         Op::NormModulate { .. }
         | Op::GateResidual
         | Op::GateResidualNormModulate { .. }
-        | Op::QkvHeads { .. } => fused::infer(&cx),
+        | Op::JointQkvHeads { .. } => fused::infer(&cx),
         Op::Unary(_)
         | Op::Binary(_)
         | Op::Softmax { .. }

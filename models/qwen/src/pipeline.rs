@@ -452,8 +452,9 @@ pub struct Timings {
     pub decode: f64,
 }
 
-/// An opened model: checked, transformer and VAE loaded; the text encoder is loaded for each
-/// generation and dropped before the denoise loop.
+/// An opened model: checked, transformer and VAE loaded. The text encoder stays loaded when
+/// all three networks fit in the memory MLX may use ([`Pipeline::text_encoder_resident`]);
+/// otherwise it is loaded for each generation and dropped before the denoise loop.
 pub struct Pipeline {
     dir: PathBuf,
     variant: &'static dyn Variant,
@@ -463,6 +464,8 @@ pub struct Pipeline {
     latents_mean: Vec<f32>,
     latents_std: Vec<f32>,
     text_encoder: Checkpoint,
+    /// The loaded text encoder when it stays loaded.
+    resident_encoder: Option<Box<dyn TextEncoder>>,
     transformer: Box<dyn Denoiser>,
     vae: Box<dyn Decoder>,
 }
@@ -539,6 +542,31 @@ fn float_list(json: &serde_json::Value, key: &str, path: &Path) -> Result<Vec<f3
         )));
     }
     Ok(values)
+}
+
+/// Bytes of a set of tensors once loaded in `dtype` (floating tensors take the run dtype).
+fn loaded_bytes(specs: &[TensorSpec], dtype: Dtype) -> usize {
+    let per = match dtype {
+        Dtype::Float32 => 4,
+        _ => 2,
+    };
+    specs
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>() * per)
+        .sum()
+}
+
+/// The one rule for keeping the text encoder loaded: the three networks' weights plus a
+/// working margin of a quarter of the transformer's (activations of a step, MLX's buffers)
+/// fit in the memory MLX may use (`mlx_get_memory_limit`: on a GPU about the device's
+/// memory; on a Mac the recommended working set). Otherwise the encoder is loaded for each
+/// generation and freed before denoising, as on a 24 GB card.
+pub fn encoder_fits(variant: &dyn Variant, dtype: Dtype) -> bool {
+    let te = loaded_bytes(&variant.text_encoder_specs(), dtype);
+    let tr = loaded_bytes(&variant.transformer_specs(), dtype);
+    let vae = loaded_bytes(&variant.vae_specs(), dtype);
+    let limit = qwen_runtime::__private::mlx_rs::memory::memory_limit().unwrap_or(0);
+    te + tr + vae + tr / 4 <= limit
 }
 
 impl Pipeline {
@@ -645,6 +673,11 @@ impl Pipeline {
 
         let transformer = variant.load_transformer(&tr, options.dtype)?;
         let vae_decoder = variant.load_vae(&vae, options.dtype)?;
+        let resident_encoder = if encoder_fits(variant, options.dtype) {
+            Some(variant.load_text_encoder(&te, options.dtype)?)
+        } else {
+            None
+        };
         Ok(Self {
             dir,
             variant,
@@ -654,9 +687,15 @@ impl Pipeline {
             latents_mean,
             latents_std,
             text_encoder: te,
+            resident_encoder,
             transformer,
             vae: vae_decoder,
         })
+    }
+
+    /// Whether the text encoder stays loaded between generations (see [`encoder_fits`]).
+    pub fn text_encoder_resident(&self) -> bool {
+        self.resident_encoder.is_some()
     }
 
     /// The generated module in use.
@@ -701,9 +740,16 @@ impl Pipeline {
         negative: Option<&str>,
         warnings: &mut Vec<Warning>,
     ) -> Result<Embeddings> {
-        let encoder = self
-            .variant
-            .load_text_encoder(&self.text_encoder, self.dtype)?;
+        let loaded;
+        let encoder: &dyn TextEncoder = match &self.resident_encoder {
+            Some(e) => e.as_ref(),
+            None => {
+                loaded = self
+                    .variant
+                    .load_text_encoder(&self.text_encoder, self.dtype)?;
+                loaded.as_ref()
+            }
+        };
         let mut one = |which: &'static str, text: &str| -> Result<Array> {
             if text.trim().is_empty() && which == "prompt" {
                 warnings.push(Warning::EmptyPrompt { which });
@@ -744,7 +790,6 @@ impl Pipeline {
             Some(n) => Some(one("negative prompt", n)?),
             None => None,
         };
-        drop(encoder);
         Ok(Embeddings { prompt, negative })
     }
 

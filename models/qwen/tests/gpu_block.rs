@@ -110,12 +110,13 @@ fn res1024_transformer_cfg_step() -> Result<(), Exception> {
     );
     drop(outs);
     drop(weights);
+    drop(w);
+    memory::clear_cache()?;
 
     // f32, 2 blocks: the kernels against the plain ops at full precision.
     let mut w32 = random_weights(real::TransformerWeights::specs(""), |get| {
         real::TransformerWeights::load_with(get, "", Dtype::Float32)
     });
-    drop(w);
     w32.transformer_blocks.truncate(2);
     let (x, c0, c1) = (
         x.as_dtype(Dtype::Float32)?,

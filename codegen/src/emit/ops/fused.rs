@@ -30,13 +30,13 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
             let o = out(cx, k, 1, name);
             quote!(let (#h, #o) = __gate_residual_norm_modulate(#x, #y, #gate, #shift, #scale, #e)?;)
         }
-        Op::QkvHeads { heads, eps } => {
-            let (qkv, wq, wk, cos, sin) = (n.a(0), n.a(1), n.a(2), n.a(3), n.a(4));
+        Op::JointQkvHeads { heads, eps } => {
             let (h, e) = (lit_i32(*heads), lit_f32(*eps));
+            let (t, i) = ((0..6).map(|j| n.a(j)), (6..12).map(|j| n.a(j)));
             let q = out(cx, k, 0, &format!("{name}_q"));
             let kk = out(cx, k, 1, &format!("{name}_k"));
             let v = out(cx, k, 2, &format!("{name}_v"));
-            quote!(let (#q, #kk, #v) = __qkv_heads(#qkv, #wq, #wk, #cos, #sin, #h, #e)?;)
+            quote!(let (#q, #kk, #v) = __joint_qkv_heads([#(#t),*], [#(#i),*], #h, #e)?;)
         }
         op => unreachable!("{} is not a fused op", op.name()),
     })
@@ -44,7 +44,7 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
 
 #[cfg(test)]
 mod tests {
-    use graph_dsl::{DType, Dim};
+    use graph_dsl::{DType, Dim, QkvStream};
     use insta::assert_snapshot;
 
     use super::super::test_util::{render, x};
@@ -100,15 +100,38 @@ mod tests {
     }
 
     #[test]
-    fn qkv_heads() {
+    fn joint_qkv_heads() {
         let code = render(|b| {
-            let l = Dim::sym("L");
-            let qkv = x(b, &[Dim::Const(2), l.clone(), Dim::Const(24)]);
-            let half = [l, Dim::Const(2)];
-            let cos = b.input("cos", half.clone(), DType::F32).unwrap();
-            let sin = b.input("sin", half, DType::F32).unwrap();
+            let (l, lt) = (Dim::sym("L"), Dim::sym("L_txt"));
+            let mut streams = vec![];
+            for (name, len) in [("txt", lt), ("img", l)] {
+                let qkv = b
+                    .input(
+                        &format!("{name}_qkv"),
+                        [Dim::Const(2), len.clone(), Dim::Const(24)],
+                        DType::F32,
+                    )
+                    .unwrap();
+                let half = [len, Dim::Const(2)];
+                let cos = b
+                    .input(&format!("{name}_cos"), half.clone(), DType::F32)
+                    .unwrap();
+                let sin = b.input(&format!("{name}_sin"), half, DType::F32).unwrap();
+                let (bias, norms) = b
+                    .scope(name, |b| {
+                        let bias = b.weight("bias", &[24])?;
+                        Ok((bias, [b.weight("norm_q", &[4])?, b.weight("norm_k", &[4])?]))
+                    })
+                    .unwrap();
+                streams.push(QkvStream {
+                    qkv,
+                    bias,
+                    norms,
+                    rope: [cos, sin],
+                });
+            }
             let [q, k, v] = b
-                .qkv_heads(qkv, 2, 4, ["norm_q", "norm_k"], [cos, sin], 1e-6)
+                .joint_qkv_heads(2, [streams[0], streams[1]], 1e-6)
                 .unwrap();
             let qk = b.add(q, k).unwrap();
             b.add(qk, v).unwrap()
@@ -116,23 +139,32 @@ mod tests {
         assert_snapshot!(code, @r"
             /// Forward of `t`.
             ///
-            /// - in `x`: [2, L, 24]:f32
-            /// - in `cos`: [L, 2]:f32
-            /// - in `sin`: [L, 2]:f32
-            /// - out `y`: [2, 2, L, 4]:f32
-            pub fn t(w: &TWeights, x: &Array, cos: &Array, sin: &Array) -> Result<Array, Exception> {
-                let dim_l = x.shape()[1];
-                let (qkv_heads_q, qkv_heads_k, qkv_heads_v) = __qkv_heads(
-                    x,
-                    &w.norm_q_weight,
-                    &w.norm_k_weight,
-                    cos,
-                    sin,
+            /// - in `txt_qkv`: [2, L_txt, 24]:f32
+            /// - in `txt_cos`: [L_txt, 2]:f32
+            /// - in `txt_sin`: [L_txt, 2]:f32
+            /// - in `img_qkv`: [2, L, 24]:f32
+            /// - in `img_cos`: [L, 2]:f32
+            /// - in `img_sin`: [L, 2]:f32
+            /// - out `y`: [2, 2, L+L_txt, 4]:f32
+            pub fn t(
+                w: &TWeights,
+                txt_qkv: &Array,
+                txt_cos: &Array,
+                txt_sin: &Array,
+                img_qkv: &Array,
+                img_cos: &Array,
+                img_sin: &Array,
+            ) -> Result<Array, Exception> {
+                let dim_l = img_qkv.shape()[1];
+                let dim_l_txt = txt_qkv.shape()[1];
+                let (joint_qkv_heads_q, joint_qkv_heads_k, joint_qkv_heads_v) = __joint_qkv_heads(
+                    [txt_qkv, &w.txt_bias, &w.txt_norm_q, &w.txt_norm_k, txt_cos, txt_sin],
+                    [img_qkv, &w.img_bias, &w.img_norm_q, &w.img_norm_k, img_cos, img_sin],
                     2,
                     0.000001f32,
                 )?;
-                let add = ops::add(&qkv_heads_q, &qkv_heads_k)?;
-                let add_1 = ops::add(&add, &qkv_heads_v)?;
+                let add = ops::add(&joint_qkv_heads_q, &joint_qkv_heads_k)?;
+                let add_1 = ops::add(&add, &joint_qkv_heads_v)?;
                 Ok(add_1)
             }
             ");

@@ -114,7 +114,7 @@ pub(crate) fn emit(cx: &mut FnCx, k: usize) -> Result<TokenStream> {
         Op::NormModulate { .. }
         | Op::GateResidual
         | Op::GateResidualNormModulate { .. }
-        | Op::QkvHeads { .. } => fused::emit(cx, &n),
+        | Op::JointQkvHeads { .. } => fused::emit(cx, &n),
         Op::Conv2d { .. } | Op::CausalConv3d { .. } | Op::Upsample2x => conv::emit(cx, &n),
         Op::Reshape(_)
         | Op::Transpose(_)

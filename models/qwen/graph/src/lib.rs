@@ -174,7 +174,7 @@ mod tests {
             .iter()
             .any(|w| w.reads("attn.add_k_proj.bias")));
         assert_eq!(block.count_op("sdpa"), 1);
-        assert_eq!(block.count_op("qkv_heads"), 2);
+        assert_eq!(block.count_op("joint_qkv_heads"), 1);
         let s = build_shared(ConfigName::Tiny).unwrap();
         let vae = s
             .graphs

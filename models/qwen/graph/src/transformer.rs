@@ -4,7 +4,7 @@
 //! Symbols: `B` batch (run time), `L_img` image tokens (fixed by the resolution),
 //! `L_txt` text tokens (run time), `gh`/`gw` the packed grid.
 
-use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, Result, RopeSpec, Tensor};
+use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, QkvStream, Result, RopeSpec, Tensor};
 
 use crate::config::{TransformerConfig, DIT_EPS, DIT_ROPE_THETA, TIMESTEP_CHANNELS};
 
@@ -43,19 +43,32 @@ const TXT_NAMES: StreamNames = StreamNames {
     norms: ["norm_added_q", "norm_added_k"],
 };
 
-/// Project one stream `[B, L, D]` to attention heads `[B, H, L, Dh]`: one QKV matmul (the
-/// three checkpoint weights joined at load), per-head RMSNorm of q and k, RoPE (`qkv_heads`).
-fn heads(
+/// One stream's QKV projection `[B, L, 3D]` (one matmul: the three checkpoint weights are
+/// joined at load; the bias is added by `joint_qkv_heads`), its bias and q/k norm weights.
+fn qkv_stream(
     b: &mut GraphBuilder,
     c: &TransformerConfig,
     y: Tensor,
     names: &StreamNames,
     rope: [Tensor; 2],
-) -> Result<[Tensor; 3]> {
-    let (d, nh, dh) = (c.inner_dim(), c.num_attention_heads, c.attention_head_dim);
+) -> Result<QkvStream> {
+    let (d, dh) = (c.inner_dim(), c.attention_head_dim);
     let (name, parts) = names.qkv;
-    let qkv = b.linear_cat(name, &parts, y, d, &[d, d, d], true)?; // [B, L, 3D]
-    b.qkv_heads(qkv, nh, dh, names.norms, rope, DIT_EPS)
+    let qkv = b.linear_cat(name, &parts, y, d, &[d, d, d], false)?;
+    let keys = parts.map(|p| format!("{p}.bias"));
+    let width = [d];
+    let bias_parts: Vec<(&str, &[usize])> = keys.iter().map(|k| (k.as_str(), &width[..])).collect();
+    let bias = b.weight_cat(&format!("{name}.bias"), &bias_parts, DType::BF16)?;
+    let mut norms = vec![];
+    for n in names.norms {
+        norms.push(b.scope(n, |b| b.weight("weight", &[dh]))?);
+    }
+    Ok(QkvStream {
+        qkv,
+        bias,
+        norms: [norms[0], norms[1]],
+        rope,
+    })
 }
 
 /// Joint attention (`QwenDoubleStreamAttnProcessor2_0`, spec §2.4): text first, then image.
@@ -69,12 +82,10 @@ fn joint_attention(
 ) -> Result<(Tensor, Tensor)> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
     b.scope("attn", |b| {
-        let img = heads(b, c, xi, &IMG_NAMES, [img_cos, img_sin])?;
-        let txt = heads(b, c, ci, &TXT_NAMES, [txt_cos, txt_sin])?;
-        let mut joint = vec![];
-        for (t, i) in txt.into_iter().zip(img) {
-            joint.push(b.concat(&[t, i], 2)?); // [B, H, L_txt+L_img, Dh]
-        }
+        let img = qkv_stream(b, c, xi, &IMG_NAMES, [img_cos, img_sin])?;
+        let txt = qkv_stream(b, c, ci, &TXT_NAMES, [txt_cos, txt_sin])?;
+        // [B, H, L_txt+L_img, Dh] each
+        let joint = b.joint_qkv_heads(c.num_attention_heads, [txt, img], DIT_EPS)?;
         let o = b.sdpa(
             joint[0],
             joint[1],
