@@ -37,16 +37,42 @@ template <typename T> __device__ inline void qa_store(T* p, const float* f) {
   }
 }
 
-// Sum of v over the thread block (blockDim.x a multiple of 32); `sh` holds 32 floats.
-__device__ inline float qa_block_sum(float v, float* sh) {
+// Loads/stores N consecutive values at p as f32, as one access when N values of T fill
+// 4, 8 or 16 bytes and p is aligned to that, value by value otherwise.
+template <int N, typename T> struct alignas(N * sizeof(T)) QaVec { T v[N]; };
+template <int N, typename T> __device__ inline void qa_load_n(const T* p, float* f) {
+  constexpr int bytes = N * sizeof(T);
+  if constexpr (bytes == 4 || bytes == 8 || bytes == 16) {
+    if ((reinterpret_cast<size_t>(p) & (bytes - 1)) == 0) {
+      QaVec<N, T> k = *reinterpret_cast<const QaVec<N, T>*>(p);
+#pragma unroll
+      for (int i = 0; i < N; ++i) f[i] = qa_f(k.v[i]);
+      return;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) f[i] = qa_f(p[i]);
+}
+template <int N, typename T> __device__ inline void qa_store_n(T* p, const float* f) {
+  constexpr int bytes = N * sizeof(T);
+  if constexpr (bytes == 4 || bytes == 8 || bytes == 16) {
+    if ((reinterpret_cast<size_t>(p) & (bytes - 1)) == 0) {
+      QaVec<N, T> k;
+#pragma unroll
+      for (int i = 0; i < N; ++i) k.v[i] = qa_t<T>(f[i]);
+      *reinterpret_cast<QaVec<N, T>*>(p) = k;
+      return;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) p[i] = qa_t<T>(f[i]);
+}
+
+// Sum of v over the warp (every lane gets it).
+__device__ inline float qa_warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();  // sh may still be read by an earlier call
-  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
-  __syncthreads();
-  float t = 0.f;
-  for (int w = 0; w < int(blockDim.x >> 5); ++w) t += sh[w];
-  return t;
+  return v;
 }
 
 __device__ inline float qa_gelu_tanh(float x) {

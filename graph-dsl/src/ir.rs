@@ -243,7 +243,8 @@ pub enum Op {
 
     // --- fused: one kernel where the device has one (CUDA), plain ops elsewhere ---
     /// `LayerNorm(x)·(1 + scale) + shift` over the last axis (LayerNorm without affine);
-    /// inputs x `[B, L, D]`, shift and scale `[B, 1, D]`.
+    /// inputs x `[B, L, D]`, shift and scale `[B, 1, D]` (per sample) or `[B, L, D]` (per
+    /// row, as the packed text stream of `cfg_batch` has them); the same for gates below.
     NormModulate {
         eps: f64,
     },

@@ -15,11 +15,16 @@ fn activation(cx: &Cx, i: usize) -> Result<(Dim, Dim)> {
     Ok((s.0[0].clone(), s.0[2].clone()))
 }
 
-/// Input `i` must be a per-sample row `[B, 1, D]` for an activation `x`.
+/// Input `i` must be a modulation for an activation `x` `[B, L, D]`: one row per sample
+/// `[B, 1, D]`, or one per row `[B, L, D]`.
 fn row(cx: &Cx, x: usize, i: usize) -> Result<()> {
     let (b, d) = activation(cx, x)?;
-    if cx.s(i).0 != vec![b, Dim::Const(1), d] {
-        return Err(cx.mismatch(cx.s(x), cx.s(i), "must be [B, 1, D] of x's B and D"));
+    if cx.s(i).0 != vec![b, Dim::Const(1), d] && cx.s(i) != cx.s(x) {
+        return Err(cx.mismatch(
+            cx.s(x),
+            cx.s(i),
+            "must be [B, 1, D] or [B, L, D] of x's B, L, D",
+        ));
     }
     Ok(())
 }

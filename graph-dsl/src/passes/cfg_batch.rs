@@ -6,14 +6,21 @@
 //! * [`CfgJoin::Batched`]: leave the graph as written (batch `B`, one text length); a
 //!   key-padding mask is rejected. The caller runs each half unpadded, or both at once
 //!   when their lengths agree.
-//! * [`CfgJoin::SplitHalves`]: one call for both halves, each with its own text length.
-//!   Every input whose shape mentions the text length (`L_txt`) becomes two inputs
-//!   (`name_0` `[1, L_txt0, ..]`, `name_1` `[1, L_txt1, ..]`); everything computed from
-//!   them is computed per half (weights shared); batched values (`B` → 2: the image
-//!   stream, the timestep) are sliced per half where they meet a text value, and a per-half
-//!   result whose shape no longer mentions the text is joined back into the batch. So the
-//!   image stream's linears and MLPs run at batch 2, and every attention call is an
-//!   unmasked batch-1 call over `L_txt_i + L_img` tokens.
+//! * [`CfgJoin::SplitHalves`]: one call for both halves, each with its own text length
+//!   (`L_txt0`, `L_txt1`), no padding, no mask:
+//!   - the image stream (batched values, `B` → 2) runs at batch 2;
+//!   - the text stream (values `[B, L_txt, ..]`) is *packed*: both halves' rows one after
+//!     the other in one `[1, L_txt0 + L_txt1, ..]` value, so its linears, norms and MLPs
+//!     run once for both halves (a batch-1 matmul reads its weights once, not twice). A
+//!     per-sample row `[B, 1, ..]` that meets packed text (the timestep's modulation) is
+//!     expanded to the packed rows: half 0's row for the first `L_txt0` rows, half 1's
+//!     for the rest (so the halves may even have different timesteps);
+//!   - every op that mixes rows (attention, the joint heads, slices and reshapes along the
+//!     sequence) runs per half on that half's rows; other text-length values (the RoPE
+//!     tables `[L_txt, ..]`) are per half (`name_0`, `name_1`); a per-half result without
+//!     the text length is joined back into the batch, one with it is packed again.
+//!
+//!   So every attention call is an unmasked batch-1 call over `L_txt_i + L_img` tokens.
 
 use std::collections::BTreeMap;
 
@@ -112,19 +119,139 @@ fn batched(s: &Shape) -> bool {
 #[derive(Clone)]
 enum M {
     One(Tensor),
+    /// Per half (batch 1, that half's text length).
     Halves([Tensor; 2]),
+    /// Both halves' text rows in one `[1, L_txt0 + L_txt1, ..]` value.
+    Packed(Tensor),
+}
+
+/// `[B, L_txt, ..]`: a text-stream value that can be packed.
+fn packable(s: &Shape) -> bool {
+    batched(s) && s.0.get(1) == Some(&Dim::sym(TEXT))
+}
+
+/// Ops that treat the rows of a `[B, L, ..]` value independently, so they can run on the
+/// packed text stream.
+fn row_wise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Linear { .. }
+            | Op::NormModulate { .. }
+            | Op::GateResidual
+            | Op::GateResidualNormModulate { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::RmsNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::Cast(_)
+            | Op::CastLike
+            | Op::Clamp { .. }
+    )
+}
+
+/// Symbols of the packed text stream: batch 1, both halves' rows.
+fn packed_symbols() -> BTreeMap<String, Dim> {
+    BTreeMap::from([
+        (BATCH.to_string(), Dim::Const(1)),
+        (
+            TEXT.to_string(),
+            Dim::sym(&format!("{TEXT}0")).add(&Dim::sym(&format!("{TEXT}1"))),
+        ),
+    ])
+}
+
+/// Memoized conversions between the forms of one value.
+#[derive(Default)]
+struct Views {
+    /// (batched value, half) → its slice on axis 0.
+    batch_half: BTreeMap<(Tensor, usize), Tensor>,
+    /// (packed value, half) → that half's rows.
+    rows: BTreeMap<(Tensor, usize), Tensor>,
+    /// halves → packed.
+    packed: BTreeMap<[Tensor; 2], Tensor>,
+    /// per-sample row → expanded to the packed text rows.
+    expanded: BTreeMap<Tensor, Tensor>,
+}
+
+impl Views {
+    fn batch_half(&mut self, b: &mut GraphBuilder, t: Tensor, half: usize) -> Result<Tensor> {
+        if let Some(s) = self.batch_half.get(&(t, half)) {
+            return Ok(*s);
+        }
+        let s = b.slice(t, 0, half, half + 1)?;
+        self.batch_half.insert((t, half), s);
+        Ok(s)
+    }
+
+    fn rows(&mut self, b: &mut GraphBuilder, t: Tensor, half: usize) -> Result<Tensor> {
+        if let Some(s) = self.rows.get(&(t, half)) {
+            return Ok(*s);
+        }
+        let (l0, l1) = (Dim::sym(&format!("{TEXT}0")), Dim::sym(&format!("{TEXT}1")));
+        let s = match half {
+            0 => b.slice(t, 1, 0, l0)?,
+            _ => b.slice(t, 1, l0.clone(), l0.add(&l1))?,
+        };
+        self.rows.insert((t, half), s);
+        Ok(s)
+    }
+
+    /// A per-sample row `[B, 1, ..]` as `[1, L_txt0 + L_txt1, ..]`: each half's row repeated
+    /// over that half's packed text rows.
+    fn row_expanded(
+        &mut self,
+        b: &mut GraphBuilder,
+        t: Tensor,
+        shape: &Shape,
+        node: &str,
+    ) -> Result<Tensor> {
+        if let Some(e) = self.expanded.get(&t) {
+            return Ok(*e);
+        }
+        if shape.0.get(1) != Some(&Dim::Const(1)) {
+            return Err(err(
+                node,
+                format!(
+                    "a batched value {shape} meets the packed text but is not one row per sample"
+                ),
+            ));
+        }
+        let mut parts = vec![];
+        for half in 0..2 {
+            let row = self.batch_half(b, t, half)?;
+            let mut dims = shape.0.clone();
+            dims[0] = Dim::Const(1);
+            dims[1] = Dim::sym(&format!("{TEXT}{half}"));
+            parts.push(b.broadcast_to(row, dims)?);
+        }
+        let e = b.concat(&parts, 1)?;
+        self.expanded.insert(t, e);
+        Ok(e)
+    }
+
+    fn packed(&mut self, b: &mut GraphBuilder, h: [Tensor; 2]) -> Result<Tensor> {
+        if let Some(p) = self.packed.get(&h) {
+            return Ok(*p);
+        }
+        let p = b.concat(&h, 1)?;
+        self.packed.insert(h, p);
+        Ok(p)
+    }
 }
 
 fn split_halves(g: &Graph) -> Result<Graph> {
     let mut b = GraphBuilder::new(&g.name);
     b.adopt_weights_and_blocks(g);
     let mut map: BTreeMap<Value, M> = BTreeMap::new();
-    let mut slices: BTreeMap<(Tensor, usize), Tensor> = BTreeMap::new();
+    let mut views = Views::default();
     for (k, node) in g.nodes.iter().enumerate() {
         let outs: Vec<M> = match &node.op {
             Op::Input(i) => {
                 let decl = &g.inputs[*i];
-                if mentions_text(&decl.ty.shape) {
+                if packable(&decl.ty.shape) {
+                    let s = subst_shape(&decl.ty.shape, &packed_symbols());
+                    vec![M::Packed(b.input(&decl.name, s, decl.ty.dtype)?)]
+                } else if mentions_text(&decl.ty.shape) {
                     let mut h = vec![];
                     for half in 0..2 {
                         let s = subst_shape(&decl.ty.shape, &symbols(Some(half)));
@@ -144,7 +271,7 @@ fn split_halves(g: &Graph) -> Result<Graph> {
                 let mut carry_new = 0;
                 for (j, v) in node.inputs.iter().enumerate() {
                     let n = match &map[v] {
-                        M::One(t) => {
+                        M::One(t) | M::Packed(t) => {
                             ins.push(*t);
                             1
                         }
@@ -173,31 +300,37 @@ fn split_halves(g: &Graph) -> Result<Graph> {
                     },
                     other => other.clone(),
                 };
-                // the body was split the same way: an output that mentions the text
-                // length comes back as two
+                // the body was transformed the same way: a packable text output comes back
+                // packed, another one that mentions the text length as two
                 let res = b.node_named(&node.name, op, &ins)?;
                 let mut r = res.into_iter();
                 let mut outs = vec![];
                 for o in &node.outputs {
-                    let missing = || err(&node.name, "block outputs do not match".into());
-                    if mentions_text(&o.shape) {
-                        let (a, c) = (r.next().ok_or_else(missing)?, r.next().ok_or_else(missing)?);
+                    let mut next = || {
+                        r.next()
+                            .ok_or_else(|| err(&node.name, "block outputs do not match".into()))
+                    };
+                    if packable(&o.shape) {
+                        outs.push(M::Packed(next()?));
+                    } else if mentions_text(&o.shape) {
+                        let (a, c) = (next()?, next()?);
                         outs.push(M::Halves([a, c]));
                     } else {
-                        outs.push(M::One(r.next().ok_or_else(missing)?));
+                        outs.push(M::One(next()?));
                     }
                 }
                 outs
             }
             _ => {
-                let any_half = node.inputs.iter().any(|v| matches!(map[v], M::Halves(_)));
-                if !any_half {
+                let texty = |v: &Value| matches!(map[v], M::Halves(_) | M::Packed(_));
+                if !node.inputs.iter().any(texty) {
                     let ins: Vec<Tensor> = node
                         .inputs
                         .iter()
                         .map(|v| match &map[v] {
                             M::One(t) => *t,
                             M::Halves(h) => h[0],
+                            M::Packed(t) => *t,
                         })
                         .collect();
                     let op = subst_op(&node.op, &symbols(None));
@@ -205,26 +338,43 @@ fn split_halves(g: &Graph) -> Result<Graph> {
                         .into_iter()
                         .map(M::One)
                         .collect()
+                } else if row_wise(&node.op)
+                    && node
+                        .inputs
+                        .iter()
+                        .all(|v| !texty(v) || packable(&g.ty(*v).shape))
+                    && node.outputs.iter().all(|o| packable(&o.shape))
+                {
+                    // once, on both halves' rows
+                    let mut ins = vec![];
+                    for v in &node.inputs {
+                        ins.push(match &map[v] {
+                            M::Packed(t) => *t,
+                            M::Halves(h) => views.packed(&mut b, *h)?,
+                            M::One(t) if batched(&g.ty(*v).shape) => {
+                                views.row_expanded(&mut b, *t, &g.ty(*v).shape, &node.name)?
+                            }
+                            M::One(t) => *t,
+                        });
+                    }
+                    let op = subst_op(&node.op, &packed_symbols());
+                    b.node_named(&node.name, op, &ins)?
+                        .into_iter()
+                        .map(M::Packed)
+                        .collect()
                 } else {
                     let mut per: Vec<Vec<Tensor>> = vec![];
                     for half in 0..2 {
                         let mut ins = vec![];
                         for v in &node.inputs {
-                            let t = match &map[v] {
+                            ins.push(match &map[v] {
                                 M::Halves(h) => h[half],
+                                M::Packed(t) => views.rows(&mut b, *t, half)?,
                                 M::One(t) if batched(&g.ty(*v).shape) => {
-                                    match slices.get(&(*t, half)) {
-                                        Some(s) => *s,
-                                        None => {
-                                            let s = b.slice(*t, 0, half, half + 1)?;
-                                            slices.insert((*t, half), s);
-                                            s
-                                        }
-                                    }
+                                    views.batch_half(&mut b, *t, half)?
                                 }
                                 M::One(t) => *t,
-                            };
-                            ins.push(t);
+                            });
                         }
                         let op = subst_op(&node.op, &symbols(Some(half)));
                         per.push(b.node_named(&format!("{}.half{half}", node.name), op, &ins)?);
@@ -255,8 +405,14 @@ fn split_halves(g: &Graph) -> Result<Graph> {
         }
     }
     for (name, v) in &g.outputs {
+        let o = &g.ty(*v).shape;
         match &map[v] {
             M::One(t) => b.output(name, *t)?,
+            M::Packed(t) => b.output(name, *t)?,
+            M::Halves(h) if packable(o) => {
+                let p = views.packed(&mut b, *h)?;
+                b.output(name, p)?
+            }
             M::Halves(h) => {
                 b.output(&format!("{name}_0"), h[0])?;
                 b.output(&format!("{name}_1"), h[1])?;
@@ -361,6 +517,44 @@ mod tests {
                 "txt_0 [1, 1, L_txt0, 4]",
                 "txt_1 [1, 1, L_txt1, 4]"
             ]
+        );
+    }
+
+    #[test]
+    fn split_halves_packs_the_text_stream_and_expands_per_sample_rows() {
+        let mut b = GraphBuilder::new("p");
+        let (bb, lt) = (Dim::sym(BATCH), Dim::sym(TEXT));
+        let txt = b
+            .input("txt", [bb.clone(), lt.clone(), Dim::Const(4)], DType::F32)
+            .unwrap();
+        let img = b
+            .input(
+                "img",
+                [bb.clone(), Dim::Const(6), Dim::Const(4)],
+                DType::F32,
+            )
+            .unwrap();
+        let m = b
+            .input("mod", [bb, Dim::Const(1), Dim::Const(4)], DType::F32)
+            .unwrap();
+        let t = b.add(txt, m).unwrap(); // row-wise: once, packed
+        let j = b.concat(&[t, img], 1).unwrap(); // mixes rows: per half
+        let tj = b.slice(j, 1, 0, lt).unwrap();
+        let t = b.mul(tj, m).unwrap(); // packed again
+        b.output("txt", t).unwrap();
+        let g = run(&b.finish(), CfgJoin::SplitHalves).unwrap();
+        let shape = |n: &str| {
+            let i = g.inputs.iter().find(|i| i.name == n).unwrap();
+            i.ty.shape.to_string()
+        };
+        assert_eq!(shape("txt"), "[1, L_txt0+L_txt1, 4]");
+        assert_eq!(shape("img"), "[2, 6, 4]");
+        assert_eq!(g.count_op("binary"), 2); // each row-wise op once for both halves
+        assert_eq!(g.count_op("broadcast_to"), 2); // `mod`, one row per half, expanded once
+        let (name, out) = &g.outputs[0];
+        assert_eq!(
+            (name.as_str(), g.ty(*out).shape.to_string().as_str()),
+            ("txt", "[1, L_txt0+L_txt1, 4]")
         );
     }
 

@@ -28,11 +28,32 @@ fn random_weights<W>(
         &mut dyn FnMut(&str) -> Result<Array, real::LoadError>,
     ) -> Result<W, real::LoadError>,
 ) -> W {
+    random_weights_of(specs, usize::MAX, load)
+}
+
+/// [`random_weights`] for the first `blocks` transformer blocks only; the others' tensors
+/// are 1-element placeholders (truncate the blocks before use).
+fn random_weights_of<W>(
+    specs: Vec<qwen_runtime::TensorSpec>,
+    blocks: usize,
+    load: impl FnOnce(
+        &mut dyn FnMut(&str) -> Result<Array, real::LoadError>,
+    ) -> Result<W, real::LoadError>,
+) -> W {
     let shapes: BTreeMap<String, Vec<i32>> = specs
         .into_iter()
         .map(|s| (s.name, s.shape.iter().map(|&d| d as i32).collect()))
         .collect();
+    let skipped = |key: &str| {
+        key.strip_prefix("transformer_blocks.")
+            .and_then(|k| k.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i >= blocks)
+    };
     let mut get = |key: &str| -> Result<Array, real::LoadError> {
+        if skipped(key) {
+            return Ok(Array::from_slice(&[0.0f32], &[1]));
+        }
         let s = &shapes[key];
         let fan_in = if s.len() > 1 { s[1] as f32 } else { 1.0 };
         let a = normal(s, 1.0 / fan_in.sqrt());
@@ -88,7 +109,8 @@ fn res1024_transformer_cfg_step() -> Result<(), Exception> {
     let t = Array::from_slice(&[0.5f32, 0.5], &[2]);
     eval([&x, &c0, &c1, &t, &ic, &is, &tc0, &ts0, &tc1, &ts1])?;
     let step = |w: &real::TransformerWeights, x: &Array, c0: &Array, c1: &Array| {
-        real::transformer(w, x, c0, c1, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1)
+        let c = ops::concatenate(&[c0, c1], 1)?;
+        real::transformer(w, x, &c, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1)
     };
     let mut outs = vec![];
     for (fused, compiled) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -143,4 +165,31 @@ fn rel(a: &Array, b: &Array) -> Result<f32, Exception> {
     let d = ops::subtract(&a, &b)?;
     let n = |v: &Array| ops::sqrt(&ops::sum(&ops::square(v)?, None)?);
     Ok(ops::divide(&n(&d)?, &n(&b)?)?.item_cast::<f32>())
+}
+
+/// One CFG step through 2 blocks with the fused kernels, for a per-kernel profile under
+/// Nsight Compute: `ncu --metrics gpu__time_duration.sum --csv <this binary> --ignored
+/// profile_two_blocks` (one warm-up step, then the profiled one; weights are made first).
+#[test]
+#[ignore = "device profile"]
+fn profile_two_blocks() -> Result<(), Exception> {
+    let mut w = random_weights_of(real::TransformerWeights::specs(""), 2, |get| {
+        real::TransformerWeights::load_with(get, "", Dtype::Bfloat16)
+    });
+    w.transformer_blocks.truncate(2);
+    eval(&w.arrays())?;
+    let l_img = real::IMG_TOKENS as i32;
+    let (ic, is, tc0, ts0) = real::rope(27)?;
+    let (_, _, tc1, ts1) = real::rope(6)?;
+    let x = normal(&[2, l_img, 64], 1.0);
+    let (c0, c1) = (normal(&[1, 27, 3584], 1.0), normal(&[1, 6, 3584], 1.0));
+    let t = Array::from_slice(&[0.5f32, 0.5], &[2]);
+    kernels::set_fused_kernels(true);
+    kernels::set_compile_blocks(false);
+    for _ in 0..2 {
+        let c = ops::concatenate(&[&c0, &c1], 1)?;
+        let y = real::transformer(&w, &x, &c, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1)?;
+        eval([&y])?;
+    }
+    Ok(())
 }

@@ -86,7 +86,8 @@ fn split_halves_module_matches_the_masked_batch_in_one_call() {
     let (c0, c1) = (take(&ctx, 0, Some(9)), take(&ctx, 1, Some(5)));
     let (ic, is, tc0, ts0) = split::rope(9).unwrap();
     let (_, _, tc1, ts1) = split::rope(5).unwrap();
-    let y = split::transformer(&w, &x, &c0, &c1, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1).unwrap();
+    let c = ops::concatenate(&[&c0, &c1], 1).unwrap();
+    let y = split::transformer(&w, &x, &c, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1).unwrap();
     let e = rel_err(&y, &get("output.sample"));
     println!(
         "transformer 96x64, cfg = split (text lengths 9 and 5, one call, no mask): rel err {e:.3e}"

@@ -257,13 +257,19 @@ mod tests {
         let block = &b.graphs[1].blocks["dual_stream_block"];
         assert_eq!(block.count_op("sdpa"), 2);
         assert_eq!(block.inputs[0].ty.shape.to_string(), "[2, 24, 64]");
-        assert_eq!(block.inputs[1].ty.shape.to_string(), "[1, L_txt0, 64]");
-        assert_eq!(block.inputs[2].ty.shape.to_string(), "[1, L_txt1, 64]");
+        // the text stream packed: both halves' rows in one value
+        assert_eq!(
+            block.inputs[1].ty.shape.to_string(),
+            "[1, L_txt0+L_txt1, 64]"
+        );
+        // its linears run once for both halves; the joint heads once per half
+        assert_eq!(block.count_op("linear"), 10); // 2 modulation + (qkv, out, up, down) per stream
+        assert_eq!(block.count_op("joint_qkv_heads"), 2);
         let t = &b.graphs[1];
         let outs: Vec<&str> = t.outputs.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(outs, ["velocity"]);
-        assert_eq!(t.inputs.len(), 10); // x, text ×2, timestep, img cos/sin, txt cos ×2, txt sin ×2
-                                        // the VAE keeps a free batch
+        assert_eq!(t.inputs.len(), 9); // x, packed text, timestep, img cos/sin, txt cos ×2, txt sin ×2
+                                       // the VAE keeps a free batch
         assert_eq!(b.graphs[2].inputs[0].ty.shape.to_string(), "[B, 8, 12, 16]");
     }
 

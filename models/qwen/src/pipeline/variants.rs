@@ -176,7 +176,7 @@ macro_rules! one_text {
 }
 
 /// A transformer made with `cfg = split`: both CFG halves (latents repeated, each half with
-/// its own unpadded text) in one call.
+/// its own unpadded text, the two texts packed into one sequence) in one call.
 macro_rules! joint {
     ($m:ident) => {
         struct Tr($m::TransformerWeights);
@@ -185,7 +185,8 @@ macro_rules! joint {
             w: &'a $m::TransformerWeights,
             /// img cos, img sin, txt cos (cond, uncond), txt sin (cond, uncond)
             ropes: [Array; 6],
-            texts: (Array, Array),
+            /// both texts' rows, cond then uncond: `[1, L_cond + L_uncond, hidden]`
+            texts: Array,
             guided: bool,
         }
 
@@ -204,7 +205,7 @@ macro_rules! joint {
                 Ok(Box::new(Bound {
                     w: &self.0,
                     ropes: [ic, is, tc0, tc1, ts0, ts1],
-                    texts: (cond, uncond),
+                    texts: ops::concatenate(&[cond, uncond], 1)?,
                     guided,
                 }))
             }
@@ -215,8 +216,7 @@ macro_rules! joint {
                 let [ic, is, tc0, tc1, ts0, ts1] = &self.ropes;
                 let x2 = ops::concatenate(&[x, x], 0)?;
                 let t2 = ops::concatenate(&[t, t], 0)?;
-                let (c0, c1) = &self.texts;
-                let y = $m::transformer(self.w, &x2, c0, c1, &t2, ic, is, tc0, tc1, ts0, ts1)?;
+                let y = $m::transformer(self.w, &x2, &self.texts, &t2, ic, is, tc0, tc1, ts0, ts1)?;
                 let mut halves = ops::split_at_indices(&y, &[1], 0)?.into_iter();
                 let cond = halves
                     .next()
