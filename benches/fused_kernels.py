@@ -36,15 +36,15 @@ def up(n, b=256): return (n + b - 1) // b * b
 
 
 def ln_modulate(x, shift, scale):
-    B, L, d = x.shape
-    return K_LN(inputs=[x, shift, scale, EPS_A], template=[("T", x.dtype), ("D", d)], grid=(up(B * L * 32), 1, 1),
-                threadgroup=(256, 1, 1), output_shapes=[x.shape], output_dtypes=[x.dtype])[0]
+    B, L, d = x.shape; t = tpr(d, x.dtype)
+    return K_LN(inputs=[x, shift, scale, EPS_A], template=[("T", x.dtype), ("D", d)], grid=(B * L * t, 1, 1),
+                threadgroup=(t, 1, 1), output_shapes=[x.shape], output_dtypes=[x.dtype])[0]
 
 
 def gate_residual_ln_modulate(x, y, gate, shift, scale):
-    B, L, d = x.shape
-    return K_GLN(inputs=[x, y, gate, shift, scale, EPS_A], template=[("T", x.dtype), ("D", d)], grid=(up(B * L * 32), 1, 1),
-                 threadgroup=(256, 1, 1), output_shapes=[x.shape, x.shape], output_dtypes=[x.dtype, x.dtype])
+    B, L, d = x.shape; t = tpr(d, x.dtype)
+    return K_GLN(inputs=[x, y, gate, shift, scale, EPS_A], template=[("T", x.dtype), ("D", d)], grid=(B * L * t, 1, 1),
+                 threadgroup=(t, 1, 1), output_shapes=[x.shape, x.shape], output_dtypes=[x.dtype, x.dtype])
 
 
 def gate_residual(x, y, gate):

@@ -75,6 +75,17 @@ __device__ inline float qa_warp_sum(float v) {
   return v;
 }
 
+// Sum of v over the thread block (blockDim.x a multiple of 32); `sh` holds 32 floats.
+__device__ inline float qa_block_sum(float v, float* sh) {
+  v = qa_warp_sum(v);
+  __syncthreads();  // sh may still be read by an earlier call
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float t = 0.f;
+  for (int w = 0; w < int(blockDim.x >> 5); ++w) t += sh[w];
+  return t;
+}
+
 __device__ inline float qa_gelu_tanh(float x) {
   const float k = 0.7978845608028654f;  // sqrt(2 / pi)
   return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));

@@ -1,40 +1,33 @@
 // out = LayerNorm(x) · (1 + scale) + shift over the last axis (LayerNorm without affine).
-// x [B, L, D]; shift, scale [B, 1, D] or [B, L, D]; out [B, L, D]; eps [1] f32. One warp per row: each
-// lane owns PPT = D / (32 · pack) packs (lane-interleaved, so a warp reads 512 contiguous
-// bytes at a time), all loaded before the two warp reductions.
-// Template: T, D (a multiple of 32 packs). Launch: grid rows · 32 (rounded up to the
-// block), block 256.
-constexpr int VW = 16 / sizeof(T);
-constexpr int PPT = D / (32 * VW);
+// x [B, L, D]; shift, scale [B, 1, D] or [B, L, D]; out [B, L, D]. One block per row, one pack per thread.
+// Template: T, D; input eps [1] f32. Launch: grid rows·TPR, block TPR = round_up(D / pack, 32).
 const float EPS = eps[0];
-const int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
-const int lane = threadIdx.x % 32;
-if (row < x_shape[0] * x_shape[1]) {
-  // modulation rows: one per sample ([B, 1, D]) or one per row ([B, L, D])
-  const int m = scale_shape[1] == 1 ? row / x_shape[1] : row;
-  float v[PPT][VW];
-  float s = 0.f;
+constexpr int VW = 16 / sizeof(T);
+__shared__ float sh[32];
+const int row = blockIdx.x;
+const int t = threadIdx.x;
+const bool on = t < D / VW;
+// modulation rows: one per sample ([B, 1, D]) or one per row ([B, L, D])
+const int m = scale_shape[1] == 1 ? row / x_shape[1] : row;
+float v[VW];
+float s = 0.f;
+if (on) {
+  qa_load(x + (size_t)row * D + t * VW, v);
 #pragma unroll
-  for (int p = 0; p < PPT; ++p) {
-    qa_load(x + (size_t)row * D + (p * 32 + lane) * VW, v[p]);
+  for (int i = 0; i < VW; ++i) s += v[i];
+}
+const float mean = qa_block_sum(s, sh) / D;
+float q = 0.f;
+if (on) {
 #pragma unroll
-    for (int i = 0; i < VW; ++i) s += v[p][i];
-  }
-  const float mean = qa_warp_sum(s) / D;
-  float q = 0.f;
+  for (int i = 0; i < VW; ++i) { const float d = v[i] - mean; q += d * d; }
+}
+const float rstd = rsqrtf(qa_block_sum(q, sh) / D + EPS);
+if (on) {
+  float sc[VW], sf[VW];
+  qa_load(scale + (size_t)m * D + t * VW, sc);
+  qa_load(shift + (size_t)m * D + t * VW, sf);
 #pragma unroll
-  for (int p = 0; p < PPT; ++p)
-#pragma unroll
-    for (int i = 0; i < VW; ++i) { const float d = v[p][i] - mean; q += d * d; }
-  const float rstd = rsqrtf(qa_warp_sum(q) / D + EPS);
-#pragma unroll
-  for (int p = 0; p < PPT; ++p) {
-    const int col = (p * 32 + lane) * VW;
-    float sc[VW], sf[VW];
-    qa_load(scale + (size_t)m * D + col, sc);
-    qa_load(shift + (size_t)m * D + col, sf);
-#pragma unroll
-    for (int i = 0; i < VW; ++i) v[p][i] = (v[p][i] - mean) * rstd * (1.f + sc[i]) + sf[i];
-    qa_store(out + (size_t)row * D + col, v[p]);
-  }
+  for (int i = 0; i < VW; ++i) v[i] = (v[i] - mean) * rstd * (1.f + sc[i]) + sf[i];
+  qa_store(out + (size_t)row * D + t * VW, v);
 }

@@ -70,28 +70,28 @@ pub(crate) fn helpers() -> TokenStream {
             }
         }
 
-        /// `[B, L, D]` operands of one dtype whose rows split into whole packs per lane of a
-        /// warp (the row kernels give each row one warp); the modulations `mods` all one row
-        /// per sample or all one per row.
-        fn __row_kernel_fits(x: &Array, y: Option<&Array>, mods: &[&Array]) -> bool {
-            let Some(p) = __pack(x.dtype()) else { return false };
-            let d = x.shape().get(2).copied().unwrap_or(0);
+        /// `[B, L, D]` operands of one dtype whose rows fit one block of whole packs, the
+        /// modulations `mods` all one row per sample or all one per row: the threads per row.
+        fn __row_threads(x: &Array, y: Option<&Array>, mods: &[&Array]) -> Option<i32> {
+            let p = __pack(x.dtype())?;
+            let d = *x.shape().get(2)?;
+            let fits = x.ndim() == 3 && d % p == 0 && d / p <= 1024;
             let same = y.iter().chain(mods).all(|a| a.dtype() == x.dtype());
             let rows = mods.iter().all(|m| m.shape() == mods[0].shape());
-            x.ndim() == 3 && d > 0 && d % (32 * p) == 0 && same && rows
+            (fits && same && rows).then(|| (d / p + 31) / 32 * 32)
         }
 
         fn __eps(eps: f32) -> Array {
             Array::from_slice(&[eps], &[1])
         }
 
-        /// One warp per row of `x` `[B, L, D]`, 8 rows per block.
-        fn __row_launch(x: &Array, outputs: usize) -> __kernels::Launch {
+        /// One block of `threads` per row of `x` `[B, L, D]`.
+        fn __row_launch(x: &Array, threads: i32, outputs: usize) -> __kernels::Launch {
             let s = x.shape();
             __kernels::Launch {
                 outputs: vec![(s.to_vec(), x.dtype()); outputs],
-                grid: [__kernels::round_up((s[0] * s[1]) as usize * 32, 256), 1, 1],
-                block: [256, 1, 1],
+                grid: [s[0] * s[1] * threads, 1, 1],
+                block: [threads, 1, 1],
                 template: vec![
                     __kernels::TemplateArg::Dtype("T", x.dtype()),
                     __kernels::TemplateArg::Int("D", s[2]),
@@ -112,8 +112,8 @@ pub(crate) fn helpers() -> TokenStream {
         /// `[B, 1, D]` (per sample) or `[B, L, D]` (per row).
         #[doc(hidden)]
         pub fn __norm_modulate(x: &Array, shift: &Array, scale: &Array, eps: f32) -> Result<Array, Exception> {
-            if let (Some(k), true) = (__K_NORM_MODULATE.ready(), __row_kernel_fits(x, None, &[shift, scale])) {
-                let mut o = k.apply(&[x, shift, scale, &__eps(eps)], &__row_launch(x, 1))?;
+            if let (Some(k), Some(t)) = (__K_NORM_MODULATE.ready(), __row_threads(x, None, &[shift, scale])) {
+                let mut o = k.apply(&[x, shift, scale, &__eps(eps)], &__row_launch(x, t, 1))?;
                 return Ok(o.remove(0));
             }
             let y = fast::layer_norm(x, None, None, eps)?;
@@ -123,7 +123,7 @@ pub(crate) fn helpers() -> TokenStream {
         /// `x + gate·y`; x, y `[B, L, D]`, gate `[B, 1, D]` or `[B, L, D]`.
         #[doc(hidden)]
         pub fn __gate_residual(x: &Array, y: &Array, gate: &Array) -> Result<Array, Exception> {
-            if let (Some(k), true) = (__K_GATE_RESIDUAL.ready(), __row_kernel_fits(x, Some(y), &[gate])) {
+            if let (Some(k), Some(_)) = (__K_GATE_RESIDUAL.ready(), __row_threads(x, Some(y), &[gate])) {
                 let p = __pack(x.dtype()).unwrap_or(1) as usize;
                 let template = vec![
                     __kernels::TemplateArg::Dtype("T", x.dtype()),
@@ -146,8 +146,8 @@ pub(crate) fn helpers() -> TokenStream {
             eps: f32,
         ) -> Result<(Array, Array), Exception> {
             let k = __K_GATE_RESIDUAL_NORM_MODULATE.ready();
-            if let (Some(k), true) = (k, __row_kernel_fits(x, Some(y), &[gate, shift, scale])) {
-                let mut o = k.apply(&[x, y, gate, shift, scale, &__eps(eps)], &__row_launch(x, 2))?;
+            if let (Some(k), Some(t)) = (k, __row_threads(x, Some(y), &[gate, shift, scale])) {
+                let mut o = k.apply(&[x, y, gate, shift, scale, &__eps(eps)], &__row_launch(x, t, 2))?;
                 let out = o.remove(1);
                 return Ok((o.remove(0), out));
             }

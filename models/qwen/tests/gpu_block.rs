@@ -113,22 +113,32 @@ fn res1024_transformer_cfg_step() -> Result<(), Exception> {
         real::transformer(w, x, &c, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1)
     };
     let mut outs = vec![];
-    for (fused, compiled) in [(false, false), (false, true), (true, false), (true, true)] {
+    // (fused kernels, compiled blocks, async_eval per block)
+    let configs = [
+        (false, false, false),
+        (false, true, false),
+        (true, false, false),
+        (true, true, false),
+        (true, false, true),
+    ];
+    for (fused, compiled, pipelined) in configs {
         kernels::set_fused_kernels(fused);
         kernels::set_compile_blocks(compiled);
+        kernels::set_pipeline_blocks(pipelined);
         memory::reset_peak_memory()?;
         let ms = ms_per_step(2, 5, &mut || Ok(vec![step(&w, &x, &c0, &c1)?]))?;
         let peak = gb(memory::peak_memory()?);
         println!(
-            "{{\"what\":\"res1024_split transformer CFG step bf16\",\"fused_kernels\":{fused},\"compiled_blocks\":{compiled},\"ms\":{ms:.1},\"peak_gb\":{peak:.1}}}"
+            "{{\"what\":\"res1024_split transformer CFG step bf16\",\"fused_kernels\":{fused},\"compiled_blocks\":{compiled},\"pipelined_blocks\":{pipelined},\"ms\":{ms:.1},\"peak_gb\":{peak:.1}}}"
         );
         outs.push(step(&w, &x, &c0, &c1)?);
     }
     eval(&outs)?;
     println!(
-        "{{\"check\":\"velocity bf16, fused vs plain (compiled)\",\"rel\":{:.2e},\"plain eager vs compiled\":{:.2e}}}",
+        "{{\"check\":\"velocity bf16, fused vs plain (compiled)\",\"rel\":{:.2e},\"plain eager vs compiled\":{:.2e},\"pipelined vs not\":{:.2e}}}",
         rel(&outs[3], &outs[1])?,
-        rel(&outs[1], &outs[0])?
+        rel(&outs[1], &outs[0])?,
+        rel(&outs[4], &outs[2])?
     );
     drop(outs);
     drop(weights);
@@ -149,6 +159,7 @@ fn res1024_transformer_cfg_step() -> Result<(), Exception> {
     for fused in [false, true] {
         kernels::set_fused_kernels(fused);
         kernels::set_compile_blocks(false);
+        kernels::set_pipeline_blocks(false);
         outs.push(step(&w32, &x, &c0, &c1)?);
         eval(&outs)?;
     }
@@ -186,6 +197,7 @@ fn profile_two_blocks() -> Result<(), Exception> {
     let t = Array::from_slice(&[0.5f32, 0.5], &[2]);
     kernels::set_fused_kernels(true);
     kernels::set_compile_blocks(false);
+    kernels::set_pipeline_blocks(false);
     for _ in 0..2 {
         let c = ops::concatenate(&[&c0, &c1], 1)?;
         let y = real::transformer(&w, &x, &c, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1)?;

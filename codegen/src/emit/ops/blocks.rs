@@ -84,9 +84,18 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
             quote! {
                 #(#init)*
                 #flag
+                let pipelined = __kernels::pipeline_blocks();
+                let mut running: Vec<Array> = vec![];
                 for layer in &w.#field {
                     let #pattern = #call;
                     #(#assign)*
+                    if pipelined {
+                        // start this block, then wait for the one before: the GPU always
+                        // has the next block queued, and at most two are in flight
+                        mlx::transforms::async_eval([#(&#state),*])?;
+                        mlx::transforms::eval(&running)?;
+                        running = vec![#((#state).clone()),*];
+                    }
                 }
                 #(#finals)*
             }
@@ -125,6 +134,8 @@ mod tests {
                 let dim_b = x.shape()[0];
                 let mut layers_state0 = (x).clone();
                 let compiled = __kernels::compile_blocks();
+                let pipelined = __kernels::pipeline_blocks();
+                let mut running: Vec<Array> = vec![];
                 for layer in &w.layers {
                     let layers_next0 = if compiled {
                         resblock_compiled(layer, &layers_state0)?
@@ -132,6 +143,11 @@ mod tests {
                         resblock(layer, &layers_state0)?
                     };
                     layers_state0 = layers_next0;
+                    if pipelined {
+                        mlx::transforms::async_eval([&layers_state0])?;
+                        mlx::transforms::eval(&running)?;
+                        running = vec![(layers_state0).clone()];
+                    }
                 }
                 let layers_0 = layers_state0;
                 let resblock_0 = resblock(&w.head, &layers_0)?;
