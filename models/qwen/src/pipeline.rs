@@ -671,9 +671,19 @@ impl Pipeline {
         let scheduler = SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
         let tokenizer = Tokenizer::from_dir(dir.join("tokenizer"))?;
 
+        let encoder_resident = encoder_fits(variant, options.dtype);
+        std::thread::scope(|scope| {
+            let mut cks = vec![&tr, &vae];
+            if encoder_resident {
+                cks.push(&te);
+            }
+            for ck in cks {
+                scope.spawn(|| ck.prefetch());
+            }
+        });
         let transformer = variant.load_transformer(&tr, options.dtype)?;
         let vae_decoder = variant.load_vae(&vae, options.dtype)?;
-        let resident_encoder = if encoder_fits(variant, options.dtype) {
+        let resident_encoder = if encoder_resident {
             Some(variant.load_text_encoder(&te, options.dtype)?)
         } else {
             None

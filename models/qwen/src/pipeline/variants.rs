@@ -21,6 +21,12 @@ fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineErr
     }
 }
 
+/// Evaluates loaded weights (dtype conversion, joined projections, the copy to the device),
+/// so that loading is done when `load_*` returns and no step pays for it.
+fn ready(component: &'static str, arrays: &[Array]) -> Result<()> {
+    qwen_runtime::__private::mlx_rs::transforms::eval(arrays).map_err(|e| load_error(component, e))
+}
+
 /// Every resolution module, in the order of `specializations.rs`, as
 /// `for_each_resolution!` lists them: `module: config, cfg, width, height;` (the size is
 /// read back from the module's consts).
@@ -105,6 +111,7 @@ macro_rules! variant {
                 ) -> Result<Box<dyn TextEncoder>> {
                     let w = m::TextEncoderWeights::load(ck, "", dtype)
                         .map_err(|e| load_error("text_encoder", e))?;
+                    ready("text_encoder", &w.arrays())?;
                     Ok(Box::new(Te(w)))
                 }
                 fn load_transformer(
@@ -114,11 +121,13 @@ macro_rules! variant {
                 ) -> Result<Box<dyn Denoiser>> {
                     let w = m::TransformerWeights::load(ck, "", dtype)
                         .map_err(|e| load_error("transformer", e))?;
+                    ready("transformer", &w.arrays())?;
                     Ok(Box::new(Tr(w)))
                 }
                 fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>> {
                     let w = m::VaeDecoderWeights::load(ck, "", dtype)
                         .map_err(|e| load_error("vae", e))?;
+                    ready("vae", &w.arrays())?;
                     Ok(Box::new(Vae(w)))
                 }
             }
