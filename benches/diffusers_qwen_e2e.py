@@ -7,8 +7,10 @@
 # Timing lines use the benches/README.md schema (system, gpu, width, height, steps, cfg, dtype, what, ms, peak_gb):
 # load (from_pretrained + to(cuda)), then per image: image (prompt in, PIL image out), step (median of the
 # intervals between step callbacks), and, timed on their own once warm: encode (both prompts), decode (VAE).
+# SKIP_DUMP=1: timing only (no LATENTS read, no OUT written; the decode is timed on random latents of the image's
+# shape, and the last image goes to OUT with .png for .safetensors).
 # usage: diffusers_qwen_e2e.py MODEL LATENTS.safetensors OUT.safetensors STEPS_LIST CFG PROMPT NEGATIVE RES (1024 or WxH)
-#        env: DTYPE=f32, SKIP_TIMING=1, IMAGES=3, STEPS=50
+#        env: DTYPE=f32, SKIP_TIMING=1, SKIP_DUMP=1, IMAGES=3, STEPS=50
 import json, os, resource, sys, time
 import torch
 from diffusers import QwenImagePipeline
@@ -20,6 +22,9 @@ W, H = (int(v) for v in res.split("x")) if "x" in res else (int(res), int(res))
 F32 = os.environ.get("DTYPE") == "f32"
 DT = torch.float32 if F32 else torch.bfloat16
 IMAGES, STEPS = int(os.environ.get("IMAGES", "3")), int(os.environ.get("STEPS", "50"))
+SKIP_DUMP, SKIP_TIMING = bool(os.environ.get("SKIP_DUMP")), bool(os.environ.get("SKIP_TIMING"))
+if SKIP_DUMP and SKIP_TIMING:
+    sys.exit("SKIP_DUMP and SKIP_TIMING together leave nothing to do")
 gpu = torch.cuda.get_device_name(0)
 base = {"system": "diffusers-eager", "gpu": gpu, "width": W, "height": H, "steps": STEPS, "cfg": cfg,
         "dtype": "f32" if F32 else "bf16"}
@@ -39,26 +44,30 @@ pipe = QwenImagePipeline.from_pretrained(model, torch_dtype=DT).to("cuda")
 torch.cuda.synchronize(); load = time.time() - t0
 load_peak = peak()
 pipe.set_progress_bar_config(disable=True)
-lat0 = load_file(lat_path)["latents"].to("cuda")
-dump = {}
-with torch.no_grad():
-    pe, pm = pipe.encode_prompt(prompt, device="cuda", num_images_per_prompt=1, max_sequence_length=512)
-    ne, nm = pipe.encode_prompt(neg, device="cuda", num_images_per_prompt=1, max_sequence_length=512)
-    dump["prompt_emb"] = pe.float().cpu()[0:1]; dump["negative_emb"] = ne.float().cpu()[0:1]
-    for s in steps_list:
-        lat = pipe(prompt=prompt, negative_prompt=neg, true_cfg_scale=cfg, num_inference_steps=s, height=H, width=W,
-                   latents=lat0.clone().to(DT), output_type="latent").images
-        dump[f"latents_{s}"] = lat.float().cpu()
-    z = pipe._unpack_latents(lat, H, W, pipe.vae_scale_factor).to(pipe.vae.dtype)
-    mean = torch.tensor(pipe.vae.config.latents_mean).view(1, 16, 1, 1, 1).to(z.device, z.dtype)
-    std = 1.0 / torch.tensor(pipe.vae.config.latents_std).view(1, 16, 1, 1, 1).to(z.device, z.dtype)
-    z = z / std + mean
-    img = pipe.vae.decode(z, return_dict=False)[0][:, :, 0]
-    dump["decoded"] = img.float().clamp(-1, 1).cpu()
-save_file({k: v.contiguous() for k, v in dump.items()}, out)
-print(json.dumps({"what": "dump", "out": out, "dtype": base["dtype"],
-                  "tensors": {k: list(v.shape) for k, v in dump.items()}}), flush=True)
-if os.environ.get("SKIP_TIMING"): sys.exit(0)
+if SKIP_DUMP:
+    # latents of the image's shape for the decode timing below (the values do not change the time)
+    z = torch.randn(1, 16, 1, H // pipe.vae_scale_factor, W // pipe.vae_scale_factor, device="cuda", dtype=pipe.vae.dtype)
+else:
+    lat0 = load_file(lat_path)["latents"].to("cuda")
+    dump = {}
+    with torch.no_grad():
+        pe, pm = pipe.encode_prompt(prompt, device="cuda", num_images_per_prompt=1, max_sequence_length=512)
+        ne, nm = pipe.encode_prompt(neg, device="cuda", num_images_per_prompt=1, max_sequence_length=512)
+        dump["prompt_emb"] = pe.float().cpu()[0:1]; dump["negative_emb"] = ne.float().cpu()[0:1]
+        for s in steps_list:
+            lat = pipe(prompt=prompt, negative_prompt=neg, true_cfg_scale=cfg, num_inference_steps=s, height=H, width=W,
+                       latents=lat0.clone().to(DT), output_type="latent").images
+            dump[f"latents_{s}"] = lat.float().cpu()
+        z = pipe._unpack_latents(lat, H, W, pipe.vae_scale_factor).to(pipe.vae.dtype)
+        mean = torch.tensor(pipe.vae.config.latents_mean).view(1, 16, 1, 1, 1).to(z.device, z.dtype)
+        std = 1.0 / torch.tensor(pipe.vae.config.latents_std).view(1, 16, 1, 1, 1).to(z.device, z.dtype)
+        z = z / std + mean
+        img = pipe.vae.decode(z, return_dict=False)[0][:, :, 0]
+        dump["decoded"] = img.float().clamp(-1, 1).cpu()
+    save_file({k: v.contiguous() for k, v in dump.items()}, out)
+    print(json.dumps({"what": "dump", "out": out, "dtype": base["dtype"],
+                      "tensors": {k: list(v.shape) for k, v in dump.items()}}), flush=True)
+if SKIP_TIMING: sys.exit(0)
 row("load", load * 1000, load_peak, rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2))
 
 # timed runs as a user would: prompt in, image out
