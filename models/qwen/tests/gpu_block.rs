@@ -101,17 +101,7 @@ fn res1024_transformer_cfg_step() -> Result<(), Exception> {
     let weights_gb = gb(memory::active_memory()?);
     println!("{{\"what\":\"res1024 transformer weights bf16\",\"arrays\":{},\"active_gb\":{weights_gb:.1}}}", weights.len());
 
-    let l_img = real::IMG_TOKENS as i32;
-    let (ic, is, tc0, ts0) = real::rope(27)?;
-    let (_, _, tc1, ts1) = real::rope(6)?;
-    let x = normal(&[2, l_img, 64], 1.0);
-    let (c0, c1) = (normal(&[1, 27, 3584], 1.0), normal(&[1, 6, 3584], 1.0));
-    let t = Array::from_slice(&[0.5f32, 0.5], &[2]);
-    eval([&x, &c0, &c1, &t, &ic, &is, &tc0, &ts0, &tc1, &ts1])?;
-    let step = |w: &real::TransformerWeights, x: &Array, c0: &Array, c1: &Array| {
-        let c = ops::concatenate(&[c0, c1], 1)?;
-        real::transformer(w, x, &c, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1)
-    };
+    let step = CfgStep::new(Dtype::Bfloat16)?;
     let mut outs = vec![];
     // (fused kernels, compiled blocks, async_eval per block)
     let configs = [
@@ -126,12 +116,12 @@ fn res1024_transformer_cfg_step() -> Result<(), Exception> {
         kernels::set_compile_blocks(compiled);
         kernels::set_pipeline_blocks(pipelined);
         memory::reset_peak_memory()?;
-        let ms = ms_per_step(2, 5, &mut || Ok(vec![step(&w, &x, &c0, &c1)?]))?;
+        let ms = ms_per_step(2, 5, &mut || Ok(vec![step.run(&w)?]))?;
         let peak = gb(memory::peak_memory()?);
         println!(
             "{{\"what\":\"res1024_split transformer CFG step bf16\",\"fused_kernels\":{fused},\"compiled_blocks\":{compiled},\"pipelined_blocks\":{pipelined},\"ms\":{ms:.1},\"peak_gb\":{peak:.1}}}"
         );
-        outs.push(step(&w, &x, &c0, &c1)?);
+        outs.push(step.run(&w)?);
     }
     eval(&outs)?;
     println!(
@@ -146,21 +136,17 @@ fn res1024_transformer_cfg_step() -> Result<(), Exception> {
     memory::clear_cache()?;
 
     // f32, 2 blocks: the kernels against the plain ops at full precision.
-    let mut w32 = random_weights(real::TransformerWeights::specs(""), |get| {
+    let mut w32 = random_weights_of(real::TransformerWeights::specs(""), 2, |get| {
         real::TransformerWeights::load_with(get, "", Dtype::Float32)
     });
     w32.transformer_blocks.truncate(2);
-    let (x, c0, c1) = (
-        x.as_dtype(Dtype::Float32)?,
-        c0.as_dtype(Dtype::Float32)?,
-        c1.as_dtype(Dtype::Float32)?,
-    );
+    let step = CfgStep::new(Dtype::Float32)?;
     let mut outs = vec![];
     for fused in [false, true] {
         kernels::set_fused_kernels(fused);
         kernels::set_compile_blocks(false);
         kernels::set_pipeline_blocks(false);
-        outs.push(step(&w32, &x, &c0, &c1)?);
+        outs.push(step.run(&w32)?);
         eval(&outs)?;
     }
     println!(
@@ -168,6 +154,46 @@ fn res1024_transformer_cfg_step() -> Result<(), Exception> {
         rel(&outs[1], &outs[0])?
     );
     Ok(())
+}
+
+/// The inputs of one true-CFG step at 1024²: the latents for both halves, the texts of 27
+/// and 6 tokens packed into one sequence (as `pipeline/variants.rs` passes them), the
+/// timestep, the RoPE tables.
+struct CfgStep {
+    x: Array,
+    texts: Array,
+    t: Array,
+    /// img cos, img sin, txt cos (27, 6), txt sin (27, 6)
+    rope: [Array; 6],
+}
+
+impl CfgStep {
+    fn new(dtype: Dtype) -> Result<Self, Exception> {
+        let (ic, is, tc0, ts0) = real::rope(27)?;
+        let (_, _, tc1, ts1) = real::rope(6)?;
+        let x = normal(&[2, real::IMG_TOKENS as i32, 64], 1.0).as_dtype(dtype)?;
+        let (c0, c1) = (normal(&[1, 27, 3584], 1.0), normal(&[1, 6, 3584], 1.0));
+        let texts = ops::concatenate(&[c0, c1], 1)?.as_dtype(dtype)?;
+        let t = Array::from_slice(&[0.5f32, 0.5], &[2]);
+        let step = CfgStep {
+            x,
+            texts,
+            t,
+            rope: [ic, is, tc0, tc1, ts0, ts1],
+        };
+        eval(
+            [&step.x, &step.texts, &step.t]
+                .into_iter()
+                .chain(&step.rope),
+        )?;
+        Ok(step)
+    }
+
+    /// The velocity of both halves `[2, L_img, 64]`.
+    fn run(&self, w: &real::TransformerWeights) -> Result<Array, Exception> {
+        let [ic, is, tc0, tc1, ts0, ts1] = &self.rope;
+        real::transformer(w, &self.x, &self.texts, &self.t, ic, is, tc0, tc1, ts0, ts1)
+    }
 }
 
 /// ‖a − b‖ / ‖b‖ in f32.
@@ -189,19 +215,12 @@ fn profile_two_blocks() -> Result<(), Exception> {
     });
     w.transformer_blocks.truncate(2);
     eval(&w.arrays())?;
-    let l_img = real::IMG_TOKENS as i32;
-    let (ic, is, tc0, ts0) = real::rope(27)?;
-    let (_, _, tc1, ts1) = real::rope(6)?;
-    let x = normal(&[2, l_img, 64], 1.0);
-    let (c0, c1) = (normal(&[1, 27, 3584], 1.0), normal(&[1, 6, 3584], 1.0));
-    let t = Array::from_slice(&[0.5f32, 0.5], &[2]);
+    let step = CfgStep::new(Dtype::Bfloat16)?;
     kernels::set_fused_kernels(true);
     kernels::set_compile_blocks(false);
     kernels::set_pipeline_blocks(false);
     for _ in 0..2 {
-        let c = ops::concatenate(&[&c0, &c1], 1)?;
-        let y = real::transformer(&w, &x, &c, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1)?;
-        eval([&y])?;
+        eval([&step.run(&w)?])?;
     }
     Ok(())
 }
