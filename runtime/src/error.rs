@@ -19,6 +19,9 @@ pub enum WeightError {
         source: std::io::Error,
     },
 
+    #[error("{} is {kind}, not a regular file", path.display())]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+
     #[error("no .safetensors file in {}", dir.display())]
     NoSafetensors { dir: PathBuf },
 
@@ -43,6 +46,26 @@ pub enum WeightError {
         index: PathBuf,
         shard: PathBuf,
         name: String,
+    },
+
+    #[error(
+        "index {} places tensor `{name}` in `{shard}`, which is not a plain file name in the index's folder",
+        index.display()
+    )]
+    ShardOutsideFolder {
+        index: PathBuf,
+        name: String,
+        shard: String,
+    },
+
+    #[error(
+        "tensor `{name}` is stored in two shards: {} and {}",
+        first.display(), second.display()
+    )]
+    DuplicateTensor {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
     },
 
     // === safetensors content ===
@@ -95,7 +118,8 @@ pub enum Problem {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    /// Present with another dtype.
+    /// Present with a dtype that cannot stand for the expected one (see
+    /// [`Dtype::loads_as`]).
     Dtype {
         name: String,
         expected: Dtype,
@@ -120,6 +144,14 @@ impl fmt::Display for Problem {
             } => write!(
                 f,
                 "tensor `{name}` has shape {found:?}, expected {expected:?}"
+            ),
+            Problem::Dtype {
+                name,
+                expected,
+                found,
+            } if expected.is_float() => write!(
+                f,
+                "tensor `{name}` has dtype {found}, expected a float (f32, f16 or bf16)"
             ),
             Problem::Dtype {
                 name,

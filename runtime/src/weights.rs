@@ -4,11 +4,15 @@
 //!
 //! Opening reads and validates every header (so a truncated or corrupt file fails at
 //! once, naming the file); tensor bytes are touched only when [`Checkpoint::array`]
-//! copies one into an MLX array.
+//! copies one into an MLX array. Only regular files are opened (a symlink to one is fine:
+//! the Hugging Face cache is made of them), so a FIFO or a device node is refused instead
+//! of blocking or feeding the loader. What an index may name is checked in `weights/index.rs`.
+
+mod index;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
+use std::fs::{File, FileType};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -43,6 +47,19 @@ impl Dtype {
             Dtype::I32 | Dtype::U32 | Dtype::F32 => 4,
             Dtype::I64 | Dtype::U64 | Dtype::F64 => 8,
         }
+    }
+
+    /// A floating-point type.
+    pub fn is_float(self) -> bool {
+        matches!(self, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
+    }
+
+    /// Whether a tensor stored as `self` can fill a place the model declares as `wanted`:
+    /// the same type, or a stored f32, f16 or bf16 where any float is wanted (the generated
+    /// loaders convert every tensor to the compute dtype with `as_dtype`).
+    pub fn loads_as(self, wanted: Dtype) -> bool {
+        self == wanted
+            || (matches!(self, Dtype::F16 | Dtype::BF16 | Dtype::F32) && wanted.is_float())
     }
 
     /// The MLX dtype holding the same bits.
@@ -207,64 +224,6 @@ impl Checkpoint {
         Ok(checkpoint)
     }
 
-    fn open_sharded(index: &Path) -> Result<Checkpoint, WeightError> {
-        let malformed = |reason: String| WeightError::Index {
-            path: index.to_path_buf(),
-            reason,
-        };
-        let text = std::fs::read_to_string(index).map_err(|source| WeightError::Io {
-            path: index.to_path_buf(),
-            source,
-        })?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|map| map.as_object())
-            .ok_or_else(|| malformed("no `weight_map` object".to_string()))?;
-        let mut placement: BTreeMap<&str, &str> = BTreeMap::new();
-        for (name, shard) in map {
-            let shard = shard.as_str().ok_or_else(|| {
-                malformed(format!("`weight_map` entry `{name}` is not a file name"))
-            })?;
-            placement.insert(name, shard);
-        }
-        let dir = index.parent().unwrap_or(Path::new("."));
-
-        let mut checkpoint = Checkpoint {
-            path: index.to_path_buf(),
-            shards: Vec::new(),
-            tensors: BTreeMap::new(),
-        };
-        // Shards in name order, each opened once.
-        let mut files: Vec<&str> = placement.values().copied().collect();
-        files.sort_unstable();
-        files.dedup();
-        for (i, file) in files.iter().enumerate() {
-            let shard_path = dir.join(file);
-            if !shard_path.is_file() {
-                return Err(WeightError::MissingShard {
-                    index: index.to_path_buf(),
-                    shard: shard_path,
-                });
-            }
-            let shard = Shard::open(&shard_path)?;
-            let mut entries: BTreeMap<String, Entry> = shard.entries(i)?.into_iter().collect();
-            for (name, _) in placement.iter().filter(|(_, f)| *f == file) {
-                let entry = entries
-                    .remove(*name)
-                    .ok_or_else(|| WeightError::NotInShard {
-                        index: index.to_path_buf(),
-                        shard: shard_path.clone(),
-                        name: name.to_string(),
-                    })?;
-                checkpoint.tensors.insert(name.to_string(), entry);
-            }
-            checkpoint.shards.push(shard);
-        }
-        Ok(checkpoint)
-    }
-
     /// What was opened: the `.safetensors` file or the index.
     pub fn path(&self) -> &Path {
         &self.path
@@ -291,7 +250,8 @@ impl Checkpoint {
 
     /// Compares the checkpoint with what a model expects and reports every difference
     /// at once: missing tensors, wrong shapes, wrong dtypes, and (under
-    /// [`Extra::Report`]) tensors the model does not know.
+    /// [`Extra::Report`]) tensors the model does not know. A stored f32, f16 or bf16 fits
+    /// any float the model declares (see [`Dtype::loads_as`]); other dtypes must match.
     pub fn check(&self, expected: &[TensorSpec], extra: Extra) -> Result<(), WeightError> {
         let mut problems = Vec::new();
         for spec in expected {
@@ -305,7 +265,7 @@ impl Checkpoint {
                             found: entry.shape.clone(),
                         });
                     }
-                    if entry.dtype != spec.dtype {
+                    if !entry.dtype.loads_as(spec.dtype) {
                         problems.push(Problem::Dtype {
                             name: spec.name.clone(),
                             expected: spec.dtype,
@@ -455,19 +415,68 @@ fn pick_in_dir(dir: &Path) -> Result<PathBuf, WeightError> {
     }
 }
 
+/// Refuses anything but a regular file before it is opened: `metadata` follows symlinks,
+/// so a link to a regular file passes, while a FIFO (whose `open` blocks until a writer
+/// comes) or a device node is named and refused.
+fn regular_file(path: &Path) -> Result<(), WeightError> {
+    let meta = std::fs::metadata(path).map_err(|source| WeightError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    is_regular(path, meta.file_type())
+}
+
+fn is_regular(path: &Path, file_type: FileType) -> Result<(), WeightError> {
+    if file_type.is_file() {
+        return Ok(());
+    }
+    let kind = if file_type.is_dir() {
+        "a folder"
+    } else {
+        special_kind(file_type)
+    };
+    Err(WeightError::NotRegularFile {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
+#[cfg(unix)]
+fn special_kind(file_type: FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_fifo() {
+        "a named pipe (fifo)"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: FileType) -> &'static str {
+    "a special file"
+}
+
 impl Shard {
     fn open(path: &Path) -> Result<Shard, WeightError> {
-        let file = File::open(path).map_err(|source| WeightError::Io {
+        let io = |source| WeightError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        regular_file(path)?;
+        let file = File::open(path).map_err(io)?;
+        // Checked again on the open file, in case the path was replaced by a device in
+        // between (a FIFO swapped in at that instant would still block `open`).
+        is_regular(path, file.metadata().map_err(io)?.file_type())?;
         // SAFETY: the map is read-only and lives as long as the `Shard`. It is undefined
         // behaviour if another process truncates or rewrites the file while it is mapped;
         // checkpoints are treated as immutable inputs, as every mmap-based loader does.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| WeightError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         Ok(Shard {
             path: path.to_path_buf(),
             map,
