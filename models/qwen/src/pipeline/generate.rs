@@ -1,0 +1,228 @@
+//! One generation: [`Request`] in, [`Generation`] out; the denoise loop, the VAE decode and
+//! the PNG metadata.
+
+use std::collections::BTreeMap;
+
+use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
+use qwen_runtime::guidance::true_cfg;
+use qwen_runtime::scheduler::euler_step_array;
+use qwen_runtime::RgbImage;
+
+use super::latents::{unpack_nhwc, LATENT_CHANNELS};
+use super::{mlx, Embeddings, Pipeline, PipelineError, Result, Warning};
+
+/// One generation.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    /// `None`: no negative prompt, no CFG (one transformer pass per step).
+    pub negative_prompt: Option<String>,
+    pub steps: usize,
+    /// True CFG scale; CFG runs when it is above 1 and there is a negative prompt.
+    pub cfg_scale: f32,
+    pub seed: u64,
+    /// Packed initial latents `[1, L_img, 64]` instead of seeded noise.
+    pub latents: Option<Array>,
+}
+
+impl Request {
+    /// Diffusers' recommended defaults: negative prompt `" "`, 50 steps, scale 4, seed 0.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: Some(" ".into()),
+            steps: 50,
+            cfg_scale: 4.0,
+            seed: 0,
+            latents: None,
+        }
+    }
+}
+
+/// What [`Pipeline::generate`] reports while it runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A warning, as soon as it is known (the prompts are encoded first).
+    Warning(&'a Warning),
+    /// `done` of `total` denoising steps finished.
+    Step { done: usize, total: usize },
+}
+
+/// What a generation produced.
+#[derive(Debug)]
+pub struct Generation {
+    /// Final packed latents `[1, L_img, 64]`.
+    pub latents: Array,
+    /// Decoder output, clamped, `[1, 3, H, W]` f32 in [−1, 1].
+    pub decoded: Array,
+    pub image: RgbImage,
+    pub warnings: Vec<Warning>,
+    /// Seconds spent: text encoding, denoising, decoding.
+    pub timings: Timings,
+}
+
+/// Wall-clock seconds of the three stages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub encode: f64,
+    pub denoise: f64,
+    pub decode: f64,
+}
+
+impl Pipeline {
+    /// Runs a whole generation.
+    pub fn generate(
+        &self,
+        request: &Request,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Generation> {
+        if request.steps == 0 {
+            return Err(PipelineError::Request("steps must be at least 1".into()));
+        }
+        if !request.cfg_scale.is_finite() {
+            return Err(PipelineError::Request(format!(
+                "cfg scale {} is not a finite number",
+                request.cfg_scale
+            )));
+        }
+        if let Some(l) = &request.latents {
+            self.check_latents(l)?;
+        }
+        let mut warnings = Vec::new();
+        let guided = request.cfg_scale > 1.0 && request.negative_prompt.is_some();
+        let negative = if guided {
+            request.negative_prompt.as_deref()
+        } else {
+            None
+        };
+
+        let start = std::time::Instant::now();
+        let emb = self.encode(&request.prompt, negative, &mut warnings)?;
+        let encode_s = start.elapsed().as_secs_f64();
+        for w in &warnings {
+            on_event(Event::Warning(w));
+        }
+
+        let start = std::time::Instant::now();
+        let latents = match &request.latents {
+            Some(l) => l
+                .as_dtype(Dtype::Float32)
+                .map_err(mlx("reading the initial latents"))?,
+            None => self.noise(request.seed)?,
+        };
+        let latents = self.denoise(
+            latents,
+            &emb,
+            request.steps,
+            request.cfg_scale,
+            &mut |done, total| on_event(Event::Step { done, total }),
+        )?;
+        let denoise_s = start.elapsed().as_secs_f64();
+
+        let start = std::time::Instant::now();
+        let decoded = self.decode(&latents)?;
+        let image = RgbImage::from_array(&decoded)?;
+        let decode_s = start.elapsed().as_secs_f64();
+        Ok(Generation {
+            latents,
+            decoded,
+            image,
+            warnings,
+            timings: Timings {
+                encode: encode_s,
+                denoise: denoise_s,
+                decode: decode_s,
+            },
+        })
+    }
+
+    /// The denoise loop from packed latents `[1, L_img, 64]`; returns the final latents (f32).
+    pub fn denoise(
+        &self,
+        latents: Array,
+        emb: &Embeddings,
+        steps: usize,
+        cfg_scale: f32,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Array> {
+        self.check_latents(&latents)?;
+        let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
+        let cast = |a: &Array| a.as_dtype(self.dtype).map_err(mlx("casting"));
+        let bound = self
+            .transformer
+            .bind(
+                cast(&emb.prompt)?,
+                emb.negative.as_ref().map(cast).transpose()?,
+            )
+            .map_err(mlx("building the rope tables"))?;
+        let mut x = cast(&latents)?;
+        for i in 0..schedule.steps() {
+            // diffusers passes `t / 1000` with t = sigma · 1000. Kept in f32 for every run
+            // dtype (the generated transformer takes an f32 timestep and casts its embedding);
+            // a bf16 diffusers run rounds t and t/1000 to bf16 (spacing 4 near t = 1000),
+            // which moved the bf16 result 4× further from the f32 reference when tried.
+            let t = Array::from_slice(&[schedule.timesteps[i] / 1000.0], &[1]);
+            let (cond, uncond) = bound
+                .velocity(&x, &t)
+                .map_err(mlx("running the transformer"))?;
+            let v = match uncond {
+                Some(u) => true_cfg(&cond, &u, cfg_scale).map_err(mlx("combining cfg"))?,
+                None => cond,
+            };
+            x = euler_step_array(&x, &v, schedule.sigmas[i], schedule.sigmas[i + 1])
+                .map_err(mlx("taking the euler step"))?;
+            x.eval().map_err(mlx("running the transformer"))?;
+            on_step(i + 1, schedule.steps());
+        }
+        x.as_dtype(Dtype::Float32).map_err(mlx("casting"))
+    }
+
+    /// Packed latents → decoder output `[1, 3, H, W]` f32, clamped to [−1, 1].
+    pub fn decode(&self, latents: &Array) -> Result<Array> {
+        let (gh, gw) = self.grid();
+        let run = || -> Result<Array, Exception> {
+            let z = unpack_nhwc(&latents.as_dtype(Dtype::Float32)?, gh, gw)?;
+            // diffusers: z / (1 / std) + mean, in f32.
+            let inv: Vec<f32> = self.latents_std.iter().map(|s| 1.0 / s).collect();
+            let inv = Array::from_slice(&inv, &[LATENT_CHANNELS as i32]);
+            let mean = Array::from_slice(&self.latents_mean, &[LATENT_CHANNELS as i32]);
+            let z = ops::add(&ops::divide(&z, &inv)?, &mean)?.as_dtype(self.dtype)?;
+            let y = self.vae.decode(&z)?;
+            let y = ops::clip(&y.as_dtype(Dtype::Float32)?, (-1.0f32, 1.0f32))?;
+            let y = ops::transpose_axes(&y, &[0, 3, 1, 2])?;
+            y.eval()?;
+            Ok(y)
+        };
+        run().map_err(mlx("running the vae decoder"))
+    }
+
+    /// PNG text chunks describing a generation.
+    pub fn metadata(&self, request: &Request) -> Vec<(String, String)> {
+        let r = self.resolution();
+        let mut m = BTreeMap::new();
+        m.insert("prompt", request.prompt.clone());
+        if let Some(n) = &request.negative_prompt {
+            m.insert("negative_prompt", n.clone());
+        }
+        m.insert("steps", request.steps.to_string());
+        m.insert("true_cfg_scale", request.cfg_scale.to_string());
+        m.insert(
+            "seed",
+            if request.latents.is_some() {
+                "none (initial latents given)".into()
+            } else {
+                request.seed.to_string()
+            },
+        );
+        m.insert("width", r.width.to_string());
+        m.insert("height", r.height.to_string());
+        m.insert("module", self.variant.name().to_owned());
+        m.insert("dtype", format!("{:?}", self.dtype));
+        m.insert("model", self.dir.display().to_string());
+        m.insert(
+            "software",
+            format!("qwen-aot {}", env!("CARGO_PKG_VERSION")),
+        );
+        m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+}

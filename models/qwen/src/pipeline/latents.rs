@@ -1,0 +1,64 @@
+//! Latents: the packed `[1, L_img, 64]` layout the transformer sees ([`pack`],
+//! [`unpack_nhwc`]), the grid of a resolution, and seeded noise.
+
+use qwen_runtime::__private::mlx_rs::{error::Exception, ops, random, Array};
+
+use super::{mlx, Pipeline, PipelineError, Result};
+
+/// Latent channels (the VAE's `z_dim`) and channels of a packed 2×2 token.
+pub(super) const LATENT_CHANNELS: usize = 16;
+pub(super) const PACKED_CHANNELS: usize = 64;
+
+impl Pipeline {
+    /// `(gh, gw)`: the packed grid.
+    pub(super) fn grid(&self) -> (usize, usize) {
+        let r = self.resolution();
+        (r.height / 16, r.width / 16)
+    }
+
+    /// Packed image tokens `L_img`.
+    pub fn image_seq_len(&self) -> usize {
+        let (gh, gw) = self.grid();
+        gh * gw
+    }
+
+    /// Standard normal noise from `seed` (MLX's generator), drawn `[1, 16, h, w]`, packed.
+    pub fn noise(&self, seed: u64) -> Result<Array> {
+        let (gh, gw) = self.grid();
+        let key = random::key(seed).map_err(mlx("making the random key"))?;
+        let shape = [1, LATENT_CHANNELS as i32, 2 * gh as i32, 2 * gw as i32];
+        let noise = random::normal::<f32>(&shape[..], None, None, &key)
+            .map_err(mlx("drawing the noise"))?;
+        pack(&noise, gh, gw).map_err(mlx("packing the noise"))
+    }
+
+    /// An error unless `latents` are `[1, L_img, 64]`.
+    pub(super) fn check_latents(&self, latents: &Array) -> Result<()> {
+        let expected = vec![1, self.image_seq_len() as i32, PACKED_CHANNELS as i32];
+        if latents.shape() != expected.as_slice() {
+            return Err(PipelineError::LatentsShape {
+                expected,
+                got: latents.shape().to_vec(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `[1, 16, h, w]` → `[1, gh·gw, 64]`: token = row·gw + col, channel = c·4 + dy·2 + dx.
+pub fn pack(x: &Array, gh: usize, gw: usize) -> Result<Array, Exception> {
+    let (gh, gw) = (gh as i32, gw as i32);
+    let c = LATENT_CHANNELS as i32;
+    let x = ops::reshape(x, &[1, c, gh, 2, gw, 2])?;
+    let x = ops::transpose_axes(&x, &[0, 2, 4, 1, 3, 5])?;
+    ops::reshape(&x, &[1, gh * gw, c * 4])
+}
+
+/// `[1, gh·gw, 64]` → NHWC `[1, h, w, 16]` (the inverse of [`pack`], channels last).
+pub fn unpack_nhwc(x: &Array, gh: usize, gw: usize) -> Result<Array, Exception> {
+    let (gh, gw) = (gh as i32, gw as i32);
+    let c = LATENT_CHANNELS as i32;
+    let x = ops::reshape(x, &[1, gh, gw, c, 2, 2])?;
+    let x = ops::transpose_axes(&x, &[0, 1, 4, 2, 5, 3])?;
+    ops::reshape(&x, &[1, 2 * gh, 2 * gw, c])
+}

@@ -1,0 +1,195 @@
+//! Opening a model folder: [`Options`], [`Pipeline::open`], and the rule for keeping the
+//! text encoder loaded ([`encoder_fits`]).
+
+use std::path::Path;
+
+use qwen_runtime::__private::mlx_rs::Dtype;
+use qwen_runtime::weights::{Checkpoint, Extra, TensorSpec};
+use qwen_runtime::{error::Problem, SchedulerConfig, Tokenizer, WeightError};
+
+use super::config::{float_list, read_json};
+use super::{
+    detect_config, find_variant, variant_by_name, Pipeline, PipelineError, Resolution, Result,
+    Variant, VARIANTS,
+};
+
+/// How to open a model folder.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `None`: the config's default resolution.
+    pub resolution: Option<Resolution>,
+    /// Compute dtype (weights are converted at load).
+    pub dtype: Dtype,
+    /// Force a generated module by name (it must fit the checkpoint's config).
+    pub module: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            resolution: None,
+            dtype: Dtype::Float32,
+            module: None,
+        }
+    }
+}
+
+/// Bytes of a set of tensors once loaded in `dtype` (floating tensors take the run dtype).
+fn loaded_bytes(specs: &[TensorSpec], dtype: Dtype) -> usize {
+    let per = match dtype {
+        Dtype::Float32 => 4,
+        _ => 2,
+    };
+    specs
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>() * per)
+        .sum()
+}
+
+/// The one rule for keeping the text encoder loaded: the three networks' weights plus a
+/// working margin of a quarter of the transformer's (activations of a step, MLX's buffers)
+/// fit in the memory MLX may use (`mlx_get_memory_limit`: on a GPU about the device's
+/// memory; on a Mac the recommended working set). Otherwise the encoder is loaded for each
+/// generation and freed before denoising, as on a 24 GB card.
+pub fn encoder_fits(variant: &dyn Variant, dtype: Dtype) -> bool {
+    let te = loaded_bytes(&variant.text_encoder_specs(), dtype);
+    let tr = loaded_bytes(&variant.transformer_specs(), dtype);
+    let vae = loaded_bytes(&variant.vae_specs(), dtype);
+    let limit = qwen_runtime::__private::mlx_rs::memory::memory_limit().unwrap_or(0);
+    te + tr + vae + tr / 4 <= limit
+}
+
+impl Pipeline {
+    /// Opens `dir` (diffusers layout), picks the generated module, checks all weights, loads
+    /// the transformer and the VAE decoder.
+    pub fn open(dir: impl AsRef<Path>, options: &Options) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.exists() {
+            return Err(PipelineError::ModelNotFound { path: dir });
+        }
+        if !dir.join("model_index.json").is_file() {
+            return Err(PipelineError::NotAModel {
+                path: dir,
+                reason: "no model_index.json".into(),
+            });
+        }
+        for sub in [
+            "tokenizer",
+            "text_encoder",
+            "transformer",
+            "vae",
+            "scheduler",
+        ] {
+            if !dir.join(sub).is_dir() {
+                return Err(PipelineError::NotAModel {
+                    path: dir,
+                    reason: format!("no {sub}/ folder"),
+                });
+            }
+        }
+
+        let config = detect_config(&dir)?;
+        let resolution = options
+            .resolution
+            .unwrap_or_else(|| config.default_resolution());
+        let variant = match &options.module {
+            Some(name) => {
+                let v = variant_by_name(name).ok_or_else(|| {
+                    PipelineError::Request(format!(
+                        "no generated module `{name}`; available: {}",
+                        VARIANTS
+                            .iter()
+                            .map(|v| v.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+                if v.config() != config || v.resolution() != resolution {
+                    return Err(PipelineError::Request(format!(
+                        "module `{name}` is for {} with the {} config, not {resolution} with the {config} config",
+                        v.resolution(),
+                        v.config()
+                    )));
+                }
+                v
+            }
+            None => find_variant(resolution, config)?,
+        };
+
+        // Open and check every component before loading any.
+        let open = |component: &'static str, sub: &str| {
+            Checkpoint::open(dir.join(sub))
+                .map_err(|error| PipelineError::Weights { component, error })
+        };
+        let te = open("text_encoder", "text_encoder")?;
+        let tr = open("transformer", "transformer")?;
+        let vae = open("vae", "vae")?;
+        let mut problems = Vec::new();
+        for (component, ck, specs) in [
+            ("text_encoder", &te, variant.text_encoder_specs()),
+            ("transformer", &tr, variant.transformer_specs()),
+            ("vae", &vae, variant.vae_specs()),
+        ] {
+            // The text encoder checkpoint also holds the vision tower and the LM head; the VAE
+            // its encoder. Neither is used for text-to-image.
+            match ck.check(&specs, Extra::Allow) {
+                Ok(()) => {}
+                Err(WeightError::Mismatch { problems: p, .. }) => {
+                    problems.extend(p.iter().map(|p: &Problem| format!("{component}: {p}")));
+                }
+                Err(error) => return Err(PipelineError::Weights { component, error }),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PipelineError::Mismatch {
+                path: dir,
+                module: variant.name(),
+                problems,
+            });
+        }
+
+        let vae_config_path = dir.join("vae/config.json");
+        let vae_config = read_json(&vae_config_path)?;
+        let latents_mean = float_list(&vae_config, "latents_mean", &vae_config_path)?;
+        let latents_std = float_list(&vae_config, "latents_std", &vae_config_path)?;
+        if latents_std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
+            return Err(PipelineError::Config {
+                path: vae_config_path,
+                reason: "`latents_std` holds a zero or non-finite value".into(),
+            });
+        }
+        let scheduler = SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
+        let tokenizer = Tokenizer::from_dir(dir.join("tokenizer"))?;
+
+        let encoder_resident = encoder_fits(variant, options.dtype);
+        std::thread::scope(|scope| {
+            let mut cks = vec![&tr, &vae];
+            if encoder_resident {
+                cks.push(&te);
+            }
+            for ck in cks {
+                scope.spawn(|| ck.prefetch());
+            }
+        });
+        let transformer = variant.load_transformer(&tr, options.dtype)?;
+        let vae_decoder = variant.load_vae(&vae, options.dtype)?;
+        let resident_encoder = if encoder_resident {
+            Some(variant.load_text_encoder(&te, options.dtype)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            dir,
+            variant,
+            dtype: options.dtype,
+            tokenizer,
+            scheduler,
+            latents_mean,
+            latents_std,
+            text_encoder: te,
+            resident_encoder,
+            transformer,
+            vae: vae_decoder,
+        })
+    }
+}

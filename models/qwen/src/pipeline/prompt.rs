@@ -1,0 +1,121 @@
+//! Prompts: the Qwen template, tokenizing, and the text encoder's embeddings (spec §1.2).
+
+use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array};
+
+use super::{mlx, Pipeline, PipelineError, Result, TextEncoder, Warning};
+
+/// The prompt template of Qwen-Image (spec §1.2); `{}` is the user prompt. The system text
+/// must match the published one byte for byte.
+pub const PROMPT_TEMPLATE: &str = "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n";
+
+/// Tokens of the template before the prompt (the system turn and `<|im_start|>user\n`); their
+/// encoder rows are dropped.
+pub const TEMPLATE_DROP: usize = 34;
+
+/// Tokens the tokenizer keeps, template included: `1024 + 34`.
+pub const TOKENIZER_MAX_LENGTH: usize = 1024 + TEMPLATE_DROP;
+
+/// Encoder rows kept after the drop (diffusers' default `max_sequence_length`).
+pub const MAX_SEQUENCE_LENGTH: usize = 512;
+
+/// The prompt in the template.
+pub fn format_prompt(prompt: &str) -> String {
+    PROMPT_TEMPLATE.replacen("{}", prompt, 1)
+}
+
+/// Prompt embeddings: `[1, L_txt, hidden]`.
+#[derive(Debug)]
+pub struct Embeddings {
+    pub prompt: Array,
+    pub negative: Option<Array>,
+}
+
+impl Pipeline {
+    /// Token ids of a prompt in the template, cut at [`TOKENIZER_MAX_LENGTH`].
+    pub fn token_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenize(prompt)?.0)
+    }
+
+    /// [`Self::token_ids`] and the length before the cut.
+    fn tokenize(&self, prompt: &str) -> Result<(Vec<u32>, usize)> {
+        let mut ids = self.tokenizer.encode(&format_prompt(prompt))?;
+        let untruncated = ids.len();
+        ids.truncate(TOKENIZER_MAX_LENGTH);
+        Ok((ids, untruncated))
+    }
+
+    /// Prompt embeddings as `encode_prompt` makes them (spec §1.2), with the warnings.
+    /// Uses the resident text encoder, or loads it and drops it before returning.
+    pub fn encode(
+        &self,
+        prompt: &str,
+        negative: Option<&str>,
+        warnings: &mut Vec<Warning>,
+    ) -> Result<Embeddings> {
+        let loaded;
+        let encoder: &dyn TextEncoder = match &self.resident_encoder {
+            Some(e) => e.as_ref(),
+            None => {
+                loaded = self
+                    .variant
+                    .load_text_encoder(&self.text_encoder, self.dtype)?;
+                loaded.as_ref()
+            }
+        };
+        let mut one = |which: &'static str, text: &str| -> Result<Array> {
+            if text.trim().is_empty() && which == "prompt" {
+                warnings.push(Warning::EmptyPrompt { which });
+            }
+            let (ids, untruncated) = self.tokenize(text)?;
+            let n = ids.len();
+            let rows = n.saturating_sub(TEMPLATE_DROP);
+            if rows == 0 {
+                return Err(PipelineError::Request(format!(
+                    "the {which} in the template gave only {n} tokens"
+                )));
+            }
+            if rows > MAX_SEQUENCE_LENGTH {
+                warnings.push(Warning::Truncated {
+                    which,
+                    tokens: untruncated - TEMPLATE_DROP,
+                    kept: MAX_SEQUENCE_LENGTH,
+                });
+            }
+            let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+            let ids = Array::from_slice(&ids, &[1, n as i32]);
+            let states = encoder
+                .encode(&ids)
+                .map_err(mlx("running the text encoder"))?;
+            let keep = rows.min(MAX_SEQUENCE_LENGTH) as i32;
+            let start = TEMPLATE_DROP as i32;
+            let parts = ops::split_at_indices(&states, &[start, start + keep], 1)
+                .map_err(mlx("slicing the prompt embeddings"))?;
+            let emb = parts.into_iter().nth(1).ok_or_else(|| PipelineError::Mlx {
+                what: "slicing the prompt embeddings",
+                source: Exception::from("no middle part"),
+            })?;
+            emb.eval().map_err(mlx("running the text encoder"))?;
+            Ok(emb)
+        };
+        let prompt = one("prompt", prompt)?;
+        let negative = match negative {
+            Some(n) => Some(one("negative prompt", n)?),
+            None => None,
+        };
+        Ok(Embeddings { prompt, negative })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_splits_at_the_prompt() {
+        let t = format_prompt("fox");
+        assert!(t.starts_with("<|im_start|>system\nDescribe the image"));
+        assert!(t.ends_with("<|im_end|>\n<|im_start|>user\nfox<|im_end|>\n<|im_start|>assistant\n"));
+        // a `{}` in the prompt is not a placeholder
+        assert!(format_prompt("{}").contains("user\n{}<|im_end|>"));
+    }
+}

@@ -1,0 +1,153 @@
+//! The face every generated module is run through ([`Variant`], the loaded networks behind
+//! [`TextEncoder`], [`Denoiser`], [`Step`] and [`Decoder`]) and the list of them
+//! ([`VARIANTS`]); the implementations are made in `variants.rs`.
+
+use qwen_runtime::__private::mlx_rs::{error::Exception, Array, Dtype};
+use qwen_runtime::weights::{Checkpoint, TensorSpec};
+
+use super::{variants, ModelConfig, PipelineError, Resolution, Result};
+
+/// One generated module (one `specialize!` line) behind a common face.
+pub trait Variant: Sync {
+    /// The module's name in [`crate::specializations`].
+    fn name(&self) -> &'static str;
+    fn resolution(&self) -> Resolution;
+    fn config(&self) -> ModelConfig;
+    /// Whether the transformer runs both CFG halves in one call (`cfg = split`).
+    fn joint_cfg(&self) -> bool;
+    fn text_encoder_specs(&self) -> Vec<TensorSpec>;
+    fn transformer_specs(&self) -> Vec<TensorSpec>;
+    fn vae_specs(&self) -> Vec<TensorSpec>;
+    fn load_text_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn TextEncoder>>;
+    fn load_transformer(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Denoiser>>;
+    fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>>;
+}
+
+/// A loaded text encoder: token ids `[1, S]` (int32) → final-norm states `[1, S, hidden]`.
+pub trait TextEncoder {
+    fn encode(&self, ids: &Array) -> Result<Array, Exception>;
+}
+
+/// A loaded transformer.
+pub trait Denoiser {
+    /// Binds the prompt embeddings (and the negative ones for CFG): builds the RoPE tables of
+    /// their lengths once, for every step.
+    fn bind<'a>(
+        &'a self,
+        cond: Array,
+        uncond: Option<Array>,
+    ) -> Result<Box<dyn Step + 'a>, Exception>;
+}
+
+/// A transformer bound to its texts.
+pub trait Step {
+    /// Velocities for latents `[1, L, 64]` at timestep `t` (`[1]`, t/1000): the conditional
+    /// one and, when bound with a negative prompt, the unconditional one.
+    fn velocity(&self, latents: &Array, t: &Array) -> Result<(Array, Option<Array>), Exception>;
+}
+
+/// A loaded VAE decoder: NHWC latents `[1, h, w, 16]` (de-normalised) → `[1, H, W, 3]`.
+pub trait Decoder {
+    fn decode(&self, z: &Array) -> Result<Array, Exception>;
+}
+
+/// Every generated module the pipeline can run, one per `specialize!(res = …)` line of
+/// `specializations.rs`, in that order (the list is made by `specializations!`).
+pub static VARIANTS: &[&dyn Variant] = variants::ALL;
+
+/// The variant for a resolution and config (a joint-CFG one if there is one, else the first
+/// listed), or the error listing what exists.
+pub fn find_variant(resolution: Resolution, config: ModelConfig) -> Result<&'static dyn Variant> {
+    VARIANTS
+        .iter()
+        .copied()
+        .filter(|v| v.resolution() == resolution && v.config() == config)
+        .min_by_key(|v| !v.joint_cfg())
+        .ok_or_else(|| {
+            let mut available: Vec<String> = VARIANTS
+                .iter()
+                .filter(|v| v.config() == config)
+                .map(|v| v.resolution().to_string())
+                .collect();
+            available.dedup();
+            PipelineError::UnsupportedResolution {
+                resolution,
+                config,
+                available,
+            }
+        })
+}
+
+/// A variant by module name (e.g. `res96x64_tiny` to force two transformer calls per step).
+pub fn variant_by_name(name: &str) -> Option<&'static dyn Variant> {
+    VARIANTS.iter().copied().find(|v| v.name() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What each `specialize!(res = ...)` line of `specializations.rs` declares, read from
+    /// the source text: (module name, resolution, config, joint CFG).
+    fn declared_modules() -> Vec<(String, Resolution, ModelConfig, bool)> {
+        include_str!("../specializations.rs")
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("specialize!(res"))
+            .map(|l| {
+                let args = &l["specialize!(".len()..l.len() - 2];
+                let (mut name, mut res) = (String::new(), None);
+                let (mut config, mut joint) = (ModelConfig::Real, false);
+                for arg in args.split(',') {
+                    let (k, v) = arg.split_once('=').unwrap();
+                    match (k.trim(), v.trim()) {
+                        ("res", r) => {
+                            name = format!("res{r}");
+                            res = Some(r.parse::<Resolution>().unwrap());
+                        }
+                        ("config", "tiny") => {
+                            name.push_str("_tiny");
+                            config = ModelConfig::Tiny;
+                        }
+                        ("cfg", "split") => {
+                            name.push_str("_split");
+                            joint = true;
+                        }
+                        other => panic!("unknown specialize! argument {other:?}"),
+                    }
+                }
+                (name, res.unwrap(), config, joint)
+            })
+            .collect()
+    }
+
+    /// The registry `specializations!` makes has exactly the resolution modules of the
+    /// `specialize!` lines, in their order, each with its resolution, config and CFG mode.
+    #[test]
+    fn registry_is_the_specialize_lines() {
+        let declared = declared_modules();
+        assert!(declared.len() >= 4, "{declared:?}");
+        let registry: Vec<(String, Resolution, ModelConfig, bool)> = VARIANTS
+            .iter()
+            .map(|v| {
+                (
+                    v.name().to_owned(),
+                    v.resolution(),
+                    v.config(),
+                    v.joint_cfg(),
+                )
+            })
+            .collect();
+        assert_eq!(registry, declared);
+        for v in VARIANTS {
+            assert!(variant_by_name(v.name()).is_some_and(|w| std::ptr::addr_eq(w, *v)));
+        }
+        // a joint-CFG module wins over a batched one of the same resolution and config
+        let tiny = Resolution {
+            width: 96,
+            height: 64,
+        };
+        let v = find_variant(tiny, ModelConfig::Tiny).unwrap();
+        assert_eq!(v.name(), "res96x64_tiny_split");
+    }
+}
