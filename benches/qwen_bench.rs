@@ -18,10 +18,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use mlx_rs::{memory, Array, Dtype};
+use qwen::cli::{DeviceArg, DtypeArg};
 use qwen::pipeline::{Embeddings, Event, Options, Pipeline, Request, Resolution};
-use qwen_runtime::device::{self, Backend};
 use qwen_runtime::Checkpoint;
 use serde_json::{json, Map, Value};
 
@@ -135,38 +135,6 @@ struct DumpArgs {
     out: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum DeviceArg {
-    Auto,
-    Cpu,
-    Gpu,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum DtypeArg {
-    Bf16,
-    F16,
-    F32,
-}
-
-impl DtypeArg {
-    fn mlx(self) -> Dtype {
-        match self {
-            DtypeArg::Bf16 => Dtype::Bfloat16,
-            DtypeArg::F16 => Dtype::Float16,
-            DtypeArg::F32 => Dtype::Float32,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            DtypeArg::Bf16 => "bf16",
-            DtypeArg::F16 => "f16",
-            DtypeArg::F32 => "f32",
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -184,11 +152,7 @@ fn main() -> ExitCode {
 
 /// Picks the device (stderr says which) and opens the pipeline.
 fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
-    let chosen = match common.device {
-        DeviceArg::Auto => device::choose(),
-        DeviceArg::Cpu => device::cpu(),
-        DeviceArg::Gpu => device::select(Backend::Gpu)?,
-    };
+    let chosen = common.device.choose()?;
     chosen.set_default();
     eprintln!("device: {}", chosen.name);
     let options = Options {

@@ -4,5 +4,6 @@
 //! module of shape-specialized mlx-rs code with the same item names (`transformer`,
 //! `dual_stream_block`, `rope`, `vae_up1_resnet0`, their `*Weights` structs, and consts).
 
+pub mod cli;
 pub mod pipeline;
 pub mod specializations;

@@ -82,7 +82,7 @@ pub enum PipelineError {
     Request(String),
 
     /// An MLX call failed; `source` is MLX's exception.
-    #[error("mlx failed while {what}: {source}")]
+    #[error("mlx failed while {what}")]
     Mlx {
         what: &'static str,
         source: Exception,

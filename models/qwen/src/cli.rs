@@ -1,0 +1,60 @@
+//! Command-line choices shared by `qwen-run` and `qwen-bench` (clap value enums).
+
+use qwen_runtime::__private::mlx_rs::Dtype;
+use qwen_runtime::device::{self, Backend, ChosenDevice};
+use qwen_runtime::DeviceError;
+
+/// `--device`: where MLX runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// The GPU when the loaded libmlx has one, else the CPU.
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+impl DeviceArg {
+    /// The device (not yet made the default); `gpu` without one is an error.
+    pub fn choose(self) -> Result<ChosenDevice, DeviceError> {
+        match self {
+            DeviceArg::Auto => Ok(device::choose()),
+            DeviceArg::Cpu => Ok(device::cpu()),
+            DeviceArg::Gpu => device::select(Backend::Gpu),
+        }
+    }
+}
+
+/// `--dtype`: the compute dtype (weights of any stored float dtype are converted at load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    Bf16,
+    F16,
+    F32,
+}
+
+impl DtypeArg {
+    /// The default for a device: bf16 on a GPU (the published model in f32 needs 82 GB for
+    /// the transformer alone), f32 on the CPU (where bf16 is slow and the reference is f32).
+    pub fn default_for(device: &ChosenDevice) -> Self {
+        match device.backend {
+            Backend::Gpu => DtypeArg::Bf16,
+            Backend::Cpu => DtypeArg::F32,
+        }
+    }
+
+    pub fn mlx(self) -> Dtype {
+        match self {
+            DtypeArg::Bf16 => Dtype::Bfloat16,
+            DtypeArg::F16 => Dtype::Float16,
+            DtypeArg::F32 => Dtype::Float32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DtypeArg::Bf16 => "bf16",
+            DtypeArg::F16 => "f16",
+            DtypeArg::F32 => "f32",
+        }
+    }
+}
