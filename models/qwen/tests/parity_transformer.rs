@@ -31,6 +31,20 @@ fn run(w: &tiny::TransformerWeights, x: &Array, ctx: &Array, t: &Array) -> Array
     tiny::transformer(w, x, ctx, t, &ic, &is, &tc, &ts).unwrap()
 }
 
+/// The 96×64 transformer reference (diffusers, batch 2 with a masked second text) and its
+/// inputs: hidden states, encoder hidden states, timestep.
+fn reference() -> (Checkpoint, [Array; 3]) {
+    let r = Checkpoint::open(fixture("references/transformer.safetensors")).unwrap();
+    let inputs = ["hidden_states", "encoder_hidden_states", "timestep"]
+        .map(|k| at(&r, &format!("input.{k}")));
+    (r, inputs)
+}
+
+/// Tensor `k` of the 96×64 reference.
+fn at(r: &Checkpoint, k: &str) -> Array {
+    r.array(&format!("96x64.{k}")).unwrap()
+}
+
 #[test]
 fn tiny_transformer_matches_diffusers_without_masks() {
     let ck = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
@@ -38,13 +52,7 @@ fn tiny_transformer_matches_diffusers_without_masks() {
     ck.check(&specs, Extra::Report).unwrap();
     let w = tiny::TransformerWeights::load(&ck, "", Dtype::Float32).unwrap();
 
-    let r = Checkpoint::open(fixture("references/transformer.safetensors")).unwrap();
-    let get = |k: &str| r.array(&format!("96x64.{k}")).unwrap();
-    let (x, ctx, t) = (
-        get("input.hidden_states"),
-        get("input.encoder_hidden_states"),
-        get("input.timestep"),
-    );
+    let (r, [x, ctx, t]) = reference();
     let valid = [9, 5];
 
     // sample 0: all 9 text tokens valid; reference run alone with mask None
@@ -54,7 +62,7 @@ fn tiny_transformer_matches_diffusers_without_masks() {
         &take(&ctx, 0, Some(valid[0])),
         &take(&t, 0, None),
     );
-    let e0 = rel_err(&y0, &get("nomask.output.sample"));
+    let e0 = rel_err(&y0, &at(&r, "nomask.output.sample"));
     // sample 1: 5 valid tokens; reference is the masked batch-2 call
     let y1 = run(
         &w,
@@ -62,7 +70,7 @@ fn tiny_transformer_matches_diffusers_without_masks() {
         &take(&ctx, 1, Some(valid[1])),
         &take(&t, 1, None),
     );
-    let e1 = rel_err(&y1, &take(&get("output.sample"), 1, None));
+    let e1 = rel_err(&y1, &take(&at(&r, "output.sample"), 1, None));
     println!("transformer 96x64: sample 0 (unmasked ref) rel err {e0:.3e}, sample 1 (unpadded vs masked ref) rel err {e1:.3e}");
     assert!(e0 <= TOL, "sample 0: {e0:.3e}");
     assert!(e1 <= TOL, "sample 1: {e1:.3e}");
@@ -76,19 +84,13 @@ fn split_halves_module_matches_the_masked_batch_in_one_call() {
 
     let ck = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
     let w = split::TransformerWeights::load(&ck, "", Dtype::Float32).unwrap();
-    let r = Checkpoint::open(fixture("references/transformer.safetensors")).unwrap();
-    let get = |k: &str| r.array(&format!("96x64.{k}")).unwrap();
-    let (x, ctx, t) = (
-        get("input.hidden_states"),
-        get("input.encoder_hidden_states"),
-        get("input.timestep"),
-    );
+    let (r, [x, ctx, t]) = reference();
     let (c0, c1) = (take(&ctx, 0, Some(9)), take(&ctx, 1, Some(5)));
     let (ic, is, tc0, ts0) = split::rope(9).unwrap();
     let (_, _, tc1, ts1) = split::rope(5).unwrap();
     let c = ops::concatenate(&[&c0, &c1], 1).unwrap();
     let y = split::transformer(&w, &x, &c, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1).unwrap();
-    let e = rel_err(&y, &get("output.sample"));
+    let e = rel_err(&y, &at(&r, "output.sample"));
     println!(
         "transformer 96x64, cfg = split (text lengths 9 and 5, one call, no mask): rel err {e:.3e}"
     );

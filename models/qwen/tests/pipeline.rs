@@ -41,6 +41,20 @@ fn reference() -> Reference {
     }
 }
 
+impl Reference {
+    /// The reference run's request, from the initial latents of resolution `res`.
+    fn request(&self, res: &str) -> Request {
+        Request {
+            prompt: self.prompt.clone(),
+            negative_prompt: Some(self.negative.clone()),
+            steps: self.steps,
+            cfg_scale: self.cfg,
+            seed: 0,
+            latents: Some(self.ck.array(&format!("{res}.input.latents")).unwrap()),
+        }
+    }
+}
+
 fn open(res: &str, module: Option<&str>) -> Pipeline {
     let options = Options {
         resolution: Some(res.parse::<Resolution>().unwrap()),
@@ -74,14 +88,7 @@ fn check(res: &str, module: Option<&str>) {
     assert!(warnings.is_empty(), "{warnings:?}");
 
     let mut seen = Vec::new();
-    let request = Request {
-        prompt: r.prompt.clone(),
-        negative_prompt: Some(r.negative.clone()),
-        steps: r.steps,
-        cfg_scale: r.cfg,
-        seed: 0,
-        latents: Some(get("input.latents")),
-    };
+    let request = r.request(res);
     let g = pipeline
         .generate(&request, &mut |event| match event {
             Event::Step { done, total } => seen.push((done, total)),
@@ -247,14 +254,7 @@ fn bf16_pipeline_is_close_to_the_f32_reference() {
         module: None,
     };
     let pipeline = Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap();
-    let request = Request {
-        prompt: r.prompt.clone(),
-        negative_prompt: Some(r.negative.clone()),
-        steps: r.steps,
-        cfg_scale: r.cfg,
-        seed: 0,
-        latents: Some(r.ck.array("64x64.input.latents").unwrap()),
-    };
+    let request = r.request("64x64");
     let g = pipeline.generate(&request, &mut |_| {}).unwrap();
     let e_lat = rel_err(&g.latents, &r.ck.array("64x64.output.latents").unwrap());
     let e_dec = rel_err(&g.decoded, &r.ck.array("64x64.output.decoded").unwrap());

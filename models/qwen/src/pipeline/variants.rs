@@ -21,10 +21,18 @@ fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineErr
     }
 }
 
-/// Evaluates loaded weights (dtype conversion, joined projections, the copy to the device),
-/// so that loading is done when `load_*` returns and no step pays for it.
-fn ready(component: &'static str, arrays: &[Array]) -> Result<()> {
-    qwen_runtime::__private::mlx_rs::transforms::eval(arrays).map_err(|e| load_error(component, e))
+/// A generated weights struct loaded by `load` and evaluated (dtype conversion, joined
+/// projections, the copy to the device), so that loading is done when it returns and no
+/// step pays for it.
+fn loaded<W, E: std::fmt::Display>(
+    component: &'static str,
+    load: impl FnOnce() -> std::result::Result<W, E>,
+    arrays: impl Fn(&W) -> Vec<Array>,
+) -> Result<W> {
+    let w = load().map_err(|e| load_error(component, e))?;
+    qwen_runtime::__private::mlx_rs::transforms::eval(&arrays(&w))
+        .map_err(|e| load_error(component, e))?;
+    Ok(w)
 }
 
 /// Every resolution module, in the order of `specializations.rs`, as
@@ -109,9 +117,7 @@ macro_rules! variant {
                     ck: &Checkpoint,
                     dtype: Dtype,
                 ) -> Result<Box<dyn TextEncoder>> {
-                    let w = m::TextEncoderWeights::load(ck, "", dtype)
-                        .map_err(|e| load_error("text_encoder", e))?;
-                    ready("text_encoder", &w.arrays())?;
+                    let w = loaded("text_encoder", || m::TextEncoderWeights::load(ck, "", dtype), m::TextEncoderWeights::arrays)?;
                     Ok(Box::new(Te(w)))
                 }
                 fn load_transformer(
@@ -119,15 +125,11 @@ macro_rules! variant {
                     ck: &Checkpoint,
                     dtype: Dtype,
                 ) -> Result<Box<dyn Denoiser>> {
-                    let w = m::TransformerWeights::load(ck, "", dtype)
-                        .map_err(|e| load_error("transformer", e))?;
-                    ready("transformer", &w.arrays())?;
+                    let w = loaded("transformer", || m::TransformerWeights::load(ck, "", dtype), m::TransformerWeights::arrays)?;
                     Ok(Box::new(Tr(w)))
                 }
                 fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>> {
-                    let w = m::VaeDecoderWeights::load(ck, "", dtype)
-                        .map_err(|e| load_error("vae", e))?;
-                    ready("vae", &w.arrays())?;
+                    let w = loaded("vae", || m::VaeDecoderWeights::load(ck, "", dtype), m::VaeDecoderWeights::arrays)?;
                     Ok(Box::new(Vae(w)))
                 }
             }
