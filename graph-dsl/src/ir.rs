@@ -338,7 +338,9 @@ pub enum Op {
     RopeTables(RopeSpec),
 }
 
-/// What the Qwen-Image style 3-axis RoPE needs to know (spec §2.5).
+/// What a 3-axis (frame, row, column) RoPE over an image grid and a text needs to know:
+/// image positions are centered on the grid (`i − ⌈n/2⌉` per axis), text positions are
+/// `txt_offset + k` on every axis (Qwen-Image: spec §2.5).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeSpec {
     pub theta: f64,
@@ -350,6 +352,9 @@ pub struct RopeSpec {
     pub img_len: Dim,
     /// Text length (usually runtime).
     pub txt_len: Dim,
+    /// The first text position (a model's rule, e.g. Qwen-Image's `max(gh/2, gw/2)`); must
+    /// be constant to fold.
+    pub txt_offset: Dim,
 }
 
 impl Op {

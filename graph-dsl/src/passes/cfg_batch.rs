@@ -7,7 +7,8 @@
 //!   key-padding mask is rejected. The caller runs each half unpadded, or both at once
 //!   when their lengths agree.
 //! * [`CfgJoin::SplitHalves`]: one call for both halves, each with its own text length
-//!   (`L_txt0`, `L_txt1`), no padding, no mask:
+//!   (`L_txt0`, `L_txt1`), no padding, no mask. (`B` and `L_txt` stand here for the
+//!   model's batch and text-length symbols, given as [`CfgSymbols`].)
 //!   - the image stream (batched values, `B` → 2) runs at batch 2;
 //!   - the text stream (values `[B, L_txt, ..]`) is *packed*: both halves' rows one after
 //!     the other in one `[1, L_txt0 + L_txt1, ..]` value, so its linears, norms and MLPs
@@ -41,10 +42,20 @@ pub enum CfgJoin {
     SplitHalves,
 }
 
-/// The batch symbol.
-pub const BATCH: &str = "B";
-/// The text-length symbol.
-pub const TEXT: &str = "L_txt";
+/// The model's names for the two symbols the CFG split works on: the batch (`B` → 2
+/// halves) and the text length (one per half: `{text}0`, `{text}1`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CfgSymbols {
+    pub batch: String,
+    pub text: String,
+}
+
+impl CfgSymbols {
+    /// The text length of half `i`.
+    fn half_text(&self, i: usize) -> Dim {
+        Dim::sym(&format!("{}{i}", self.text))
+    }
+}
 
 fn err(node: &str, why: String) -> DslError {
     DslError::Pass {
@@ -71,12 +82,12 @@ fn reject_masks(g: &Graph) -> Result<()> {
 }
 
 /// Symbol map for the joined batch (`half = None`) or one half.
-fn symbols(half: Option<usize>) -> BTreeMap<String, Dim> {
+fn symbols(sy: &CfgSymbols, half: Option<usize>) -> BTreeMap<String, Dim> {
     match half {
-        None => BTreeMap::from([(BATCH.to_string(), Dim::Const(2))]),
+        None => BTreeMap::from([(sy.batch.clone(), Dim::Const(2))]),
         Some(i) => BTreeMap::from([
-            (BATCH.to_string(), Dim::Const(1)),
-            (TEXT.to_string(), Dim::sym(&format!("{TEXT}{i}"))),
+            (sy.batch.clone(), Dim::Const(1)),
+            (sy.text.clone(), sy.half_text(i)),
         ]),
     }
 }
@@ -102,18 +113,19 @@ fn subst_op(op: &Op, m: &BTreeMap<String, Dim>) -> Op {
         Op::RopeTables(s) => Op::RopeTables(RopeSpec {
             txt_len: subst(&s.txt_len, m),
             img_len: subst(&s.img_len, m),
+            txt_offset: subst(&s.txt_offset, m),
             ..s.clone()
         }),
         _ => op.clone(),
     }
 }
 
-fn mentions_text(s: &Shape) -> bool {
-    s.symbols().iter().any(|x| x == TEXT)
+fn mentions_text(sy: &CfgSymbols, s: &Shape) -> bool {
+    s.symbols().contains(&sy.text)
 }
 
-fn batched(s: &Shape) -> bool {
-    s.0.first() == Some(&Dim::sym(BATCH))
+fn batched(sy: &CfgSymbols, s: &Shape) -> bool {
+    s.0.first() == Some(&Dim::sym(&sy.batch))
 }
 
 #[derive(Clone)]
@@ -126,8 +138,8 @@ enum M {
 }
 
 /// `[B, L_txt, ..]`: a text-stream value that can be packed.
-fn packable(s: &Shape) -> bool {
-    batched(s) && s.0.get(1) == Some(&Dim::sym(TEXT))
+fn packable(sy: &CfgSymbols, s: &Shape) -> bool {
+    batched(sy, s) && s.0.get(1) == Some(&Dim::sym(&sy.text))
 }
 
 /// Ops that treat the rows of a `[B, L, ..]` value independently, so they can run on the
@@ -150,19 +162,16 @@ fn row_wise(op: &Op) -> bool {
 }
 
 /// Symbols of the packed text stream: batch 1, both halves' rows.
-fn packed_symbols() -> BTreeMap<String, Dim> {
+fn packed_symbols(sy: &CfgSymbols) -> BTreeMap<String, Dim> {
     BTreeMap::from([
-        (BATCH.to_string(), Dim::Const(1)),
-        (
-            TEXT.to_string(),
-            Dim::sym(&format!("{TEXT}0")).add(&Dim::sym(&format!("{TEXT}1"))),
-        ),
+        (sy.batch.clone(), Dim::Const(1)),
+        (sy.text.clone(), sy.half_text(0).add(&sy.half_text(1))),
     ])
 }
 
 /// Memoized conversions between the forms of one value.
-#[derive(Default)]
-struct Views {
+struct Views<'a> {
+    sy: &'a CfgSymbols,
     /// (batched value, half) → its slice on axis 0.
     batch_half: BTreeMap<(Tensor, usize), Tensor>,
     /// (packed value, half) → that half's rows.
@@ -173,7 +182,7 @@ struct Views {
     expanded: BTreeMap<Tensor, Tensor>,
 }
 
-impl Views {
+impl Views<'_> {
     fn batch_half(&mut self, b: &mut GraphBuilder, t: Tensor, half: usize) -> Result<Tensor> {
         if let Some(s) = self.batch_half.get(&(t, half)) {
             return Ok(*s);
@@ -187,7 +196,7 @@ impl Views {
         if let Some(s) = self.rows.get(&(t, half)) {
             return Ok(*s);
         }
-        let (l0, l1) = (Dim::sym(&format!("{TEXT}0")), Dim::sym(&format!("{TEXT}1")));
+        let (l0, l1) = (self.sy.half_text(0), self.sy.half_text(1));
         let s = match half {
             0 => b.slice(t, 1, 0, l0)?,
             _ => b.slice(t, 1, l0.clone(), l0.add(&l1))?,
@@ -221,7 +230,7 @@ impl Views {
             let row = self.batch_half(b, t, half)?;
             let mut dims = shape.0.clone();
             dims[0] = Dim::Const(1);
-            dims[1] = Dim::sym(&format!("{TEXT}{half}"));
+            dims[1] = self.sy.half_text(half);
             parts.push(b.broadcast_to(row, dims)?);
         }
         let e = b.concat(&parts, 1)?;
@@ -239,27 +248,33 @@ impl Views {
     }
 }
 
-fn split_halves(g: &Graph) -> Result<Graph> {
+fn split_halves(g: &Graph, sy: &CfgSymbols) -> Result<Graph> {
     let mut b = GraphBuilder::new(&g.name);
     b.adopt_weights_and_blocks(g);
     let mut map: BTreeMap<Value, M> = BTreeMap::new();
-    let mut views = Views::default();
+    let mut views = Views {
+        sy,
+        batch_half: BTreeMap::new(),
+        rows: BTreeMap::new(),
+        packed: BTreeMap::new(),
+        expanded: BTreeMap::new(),
+    };
     for (k, node) in g.nodes.iter().enumerate() {
         let outs: Vec<M> = match &node.op {
             Op::Input(i) => {
                 let decl = &g.inputs[*i];
-                if packable(&decl.ty.shape) {
-                    let s = subst_shape(&decl.ty.shape, &packed_symbols());
+                if packable(sy, &decl.ty.shape) {
+                    let s = subst_shape(&decl.ty.shape, &packed_symbols(sy));
                     vec![M::Packed(b.input(&decl.name, s, decl.ty.dtype)?)]
-                } else if mentions_text(&decl.ty.shape) {
+                } else if mentions_text(sy, &decl.ty.shape) {
                     let mut h = vec![];
                     for half in 0..2 {
-                        let s = subst_shape(&decl.ty.shape, &symbols(Some(half)));
+                        let s = subst_shape(&decl.ty.shape, &symbols(sy, Some(half)));
                         h.push(b.input(&format!("{}_{half}", decl.name), s, decl.ty.dtype)?);
                     }
                     vec![M::Halves([h[0], h[1]])]
                 } else {
-                    let s = subst_shape(&decl.ty.shape, &symbols(None));
+                    let s = subst_shape(&decl.ty.shape, &symbols(sy, None));
                     vec![M::One(b.input(&decl.name, s, decl.ty.dtype)?)]
                 }
             }
@@ -310,9 +325,9 @@ fn split_halves(g: &Graph) -> Result<Graph> {
                         r.next()
                             .ok_or_else(|| err(&node.name, "block outputs do not match".into()))
                     };
-                    if packable(&o.shape) {
+                    if packable(sy, &o.shape) {
                         outs.push(M::Packed(next()?));
-                    } else if mentions_text(&o.shape) {
+                    } else if mentions_text(sy, &o.shape) {
                         let (a, c) = (next()?, next()?);
                         outs.push(M::Halves([a, c]));
                     } else {
@@ -333,7 +348,7 @@ fn split_halves(g: &Graph) -> Result<Graph> {
                             M::Packed(t) => *t,
                         })
                         .collect();
-                    let op = subst_op(&node.op, &symbols(None));
+                    let op = subst_op(&node.op, &symbols(sy, None));
                     b.node_named(&node.name, op, &ins)?
                         .into_iter()
                         .map(M::One)
@@ -342,8 +357,8 @@ fn split_halves(g: &Graph) -> Result<Graph> {
                     && node
                         .inputs
                         .iter()
-                        .all(|v| !texty(v) || packable(&g.ty(*v).shape))
-                    && node.outputs.iter().all(|o| packable(&o.shape))
+                        .all(|v| !texty(v) || packable(sy, &g.ty(*v).shape))
+                    && node.outputs.iter().all(|o| packable(sy, &o.shape))
                 {
                     // once, on both halves' rows
                     let mut ins = vec![];
@@ -351,13 +366,13 @@ fn split_halves(g: &Graph) -> Result<Graph> {
                         ins.push(match &map[v] {
                             M::Packed(t) => *t,
                             M::Halves(h) => views.packed(&mut b, *h)?,
-                            M::One(t) if batched(&g.ty(*v).shape) => {
+                            M::One(t) if batched(sy, &g.ty(*v).shape) => {
                                 views.row_expanded(&mut b, *t, &g.ty(*v).shape, &node.name)?
                             }
                             M::One(t) => *t,
                         });
                     }
-                    let op = subst_op(&node.op, &packed_symbols());
+                    let op = subst_op(&node.op, &packed_symbols(sy));
                     b.node_named(&node.name, op, &ins)?
                         .into_iter()
                         .map(M::Packed)
@@ -370,21 +385,21 @@ fn split_halves(g: &Graph) -> Result<Graph> {
                             ins.push(match &map[v] {
                                 M::Halves(h) => h[half],
                                 M::Packed(t) => views.rows(&mut b, *t, half)?,
-                                M::One(t) if batched(&g.ty(*v).shape) => {
+                                M::One(t) if batched(sy, &g.ty(*v).shape) => {
                                     views.batch_half(&mut b, *t, half)?
                                 }
                                 M::One(t) => *t,
                             });
                         }
-                        let op = subst_op(&node.op, &symbols(Some(half)));
+                        let op = subst_op(&node.op, &symbols(sy, Some(half)));
                         per.push(b.node_named(&format!("{}.half{half}", node.name), op, &ins)?);
                     }
                     let mut outs = vec![];
                     for (j, o) in node.outputs.iter().enumerate() {
                         let (p0, p1) = (per[0][j], per[1][j]);
-                        outs.push(if mentions_text(&o.shape) {
+                        outs.push(if mentions_text(sy, &o.shape) {
                             M::Halves([p0, p1])
-                        } else if batched(&o.shape) {
+                        } else if batched(sy, &o.shape) {
                             M::One(b.concat(&[p0, p1], 0)?)
                         } else {
                             return Err(err(
@@ -409,7 +424,7 @@ fn split_halves(g: &Graph) -> Result<Graph> {
         match &map[v] {
             M::One(t) => b.output(name, *t)?,
             M::Packed(t) => b.output(name, *t)?,
-            M::Halves(h) if packable(o) => {
+            M::Halves(h) if packable(sy, o) => {
                 let p = views.packed(&mut b, *h)?;
                 b.output(name, p)?
             }
@@ -422,13 +437,20 @@ fn split_halves(g: &Graph) -> Result<Graph> {
     Ok(b.finish())
 }
 
-/// Apply the CFG strategy to `g` and its blocks.
-pub fn run(g: &Graph, join: CfgJoin) -> Result<Graph> {
+/// Apply the CFG strategy to `g` and its blocks; `SplitHalves` needs the model's batch and
+/// text-length symbols.
+pub fn run(g: &Graph, join: CfgJoin, sy: &CfgSymbols) -> Result<Graph> {
+    if join == CfgJoin::SplitHalves && (sy.batch.is_empty() || sy.text.is_empty()) {
+        return Err(err(
+            &g.name,
+            "split halves needs the batch and text-length symbols".into(),
+        ));
+    }
     map_all(g, |g| {
         reject_masks(g)?;
         match join {
             CfgJoin::Batched => Ok(g.clone()),
-            CfgJoin::SplitHalves => split_halves(g),
+            CfgJoin::SplitHalves => split_halves(g, sy),
         }
     })
 }
@@ -438,10 +460,17 @@ mod tests {
     use super::*;
     use crate::{DType, GraphBuilder};
 
+    fn syms() -> CfgSymbols {
+        CfgSymbols {
+            batch: "B".into(),
+            text: "L_txt".into(),
+        }
+    }
+
     /// A miniature joint-attention block: text first, then image.
     fn joint(mask: MaskKind) -> Graph {
         let mut b = GraphBuilder::new("a");
-        let (bb, lt) = (Dim::sym(BATCH), Dim::sym(TEXT));
+        let (bb, lt) = (Dim::sym("B"), Dim::sym("L_txt"));
         let x = b
             .input(
                 "img",
@@ -479,7 +508,7 @@ mod tests {
 
     #[test]
     fn split_halves_gives_each_half_its_own_text_and_unmasked_attention() {
-        let g = run(&joint(MaskKind::None), CfgJoin::SplitHalves).unwrap();
+        let g = run(&joint(MaskKind::None), CfgJoin::SplitHalves, &syms()).unwrap();
         let ins: Vec<String> = g
             .inputs
             .iter()
@@ -523,7 +552,7 @@ mod tests {
     #[test]
     fn split_halves_packs_the_text_stream_and_expands_per_sample_rows() {
         let mut b = GraphBuilder::new("p");
-        let (bb, lt) = (Dim::sym(BATCH), Dim::sym(TEXT));
+        let (bb, lt) = (Dim::sym("B"), Dim::sym("L_txt"));
         let txt = b
             .input("txt", [bb.clone(), lt.clone(), Dim::Const(4)], DType::F32)
             .unwrap();
@@ -542,7 +571,7 @@ mod tests {
         let tj = b.slice(j, 1, 0, lt).unwrap();
         let t = b.mul(tj, m).unwrap(); // packed again
         b.output("txt", t).unwrap();
-        let g = run(&b.finish(), CfgJoin::SplitHalves).unwrap();
+        let g = run(&b.finish(), CfgJoin::SplitHalves, &syms()).unwrap();
         let shape = |n: &str| {
             let i = g.inputs.iter().find(|i| i.name == n).unwrap();
             i.ty.shape.to_string()
@@ -561,13 +590,13 @@ mod tests {
     #[test]
     fn batched_leaves_the_graph_alone() {
         let g = joint(MaskKind::None);
-        assert_eq!(run(&g, CfgJoin::Batched).unwrap(), g);
+        assert_eq!(run(&g, CfgJoin::Batched, &syms()).unwrap(), g);
     }
 
     #[test]
     fn masks_are_rejected() {
         for join in [CfgJoin::Batched, CfgJoin::SplitHalves] {
-            let e = run(&joint(MaskKind::KeyPadding), join).unwrap_err();
+            let e = run(&joint(MaskKind::KeyPadding), join, &syms()).unwrap_err();
             assert!(
                 e.to_string().contains("key-padding mask in the hot loop"),
                 "{e}"

@@ -19,15 +19,17 @@ use crate::builder::{GraphBuilder, Tensor};
 use crate::error::Result;
 use crate::ir::{Graph, Node};
 
-pub use cfg_batch::CfgJoin;
+pub use cfg_batch::{CfgJoin, CfgSymbols};
 
 /// What the pipeline of passes is asked to do.
 #[derive(Debug, Clone, Default)]
 pub struct PassConfig {
-    /// Symbol values (see [`specialize::image_bindings`]).
+    /// Symbol values (the model's: e.g. every image-side size of one resolution).
     pub bindings: BTreeMap<String, usize>,
     /// How CFG halves meet in attention.
     pub cfg: CfgJoin,
+    /// The model's batch and text-length symbols (for `CfgJoin::SplitHalves`).
+    pub cfg_symbols: CfgSymbols,
     /// Fold single-frame causal 3-D convs into 2-D convs (T = 1).
     pub single_frame: bool,
 }
@@ -35,7 +37,7 @@ pub struct PassConfig {
 /// Run every pass in order.
 pub fn run(g: &Graph, cfg: &PassConfig) -> Result<Graph> {
     let g = specialize::run(g, &cfg.bindings)?;
-    let g = cfg_batch::run(&g, cfg.cfg)?;
+    let g = cfg_batch::run(&g, cfg.cfg, &cfg.cfg_symbols)?;
     let g = rope_fold::run(&g)?;
     let g = if cfg.single_frame {
         layout::run(&g)?

@@ -1,8 +1,8 @@
 //! RoPE folding: replace each `RopeTables` node (whose image grid must be known by now)
 //! by per-axis constant tables — frame, row and column cos/sin, computed here as the
 //! reference does (f32 angle `pos·ω`, then cos/sin) — plus a few broadcast/concat ops
-//! that assemble the per-token table. The text positions `m + k` (with
-//! `m = max(gh/2, gw/2)`, spec §2.5) are made from an `arange` of the run-time text
+//! that assemble the per-token table. The text positions `txt_offset + k` (the model's
+//! rule, bound by the `specialize` pass) are made from an `arange` of the run-time text
 //! length and the constant frequencies. The full per-token table is never embedded.
 
 use crate::builder::{GraphBuilder, Tensor};
@@ -40,15 +40,20 @@ pub fn centered(n: usize) -> Vec<i64> {
 }
 
 fn fold(b: &mut GraphBuilder, name: &str, spec: &RopeSpec) -> Result<Vec<Tensor>> {
-    let (gh, gw) = match (spec.grid[0].as_const(), spec.grid[1].as_const()) {
-        (Some(a), Some(c)) => (a, c),
+    let consts = (
+        spec.grid[0].as_const(),
+        spec.grid[1].as_const(),
+        spec.txt_offset.as_const(),
+    );
+    let (gh, gw, m) = match consts {
+        (Some(a), Some(c), Some(m)) => (a, c, m),
         _ => {
             return Err(DslError::Pass {
                 pass: "rope_fold",
                 node: name.to_string(),
                 why: format!(
-                    "the image grid {}x{} must be specialized first",
-                    spec.grid[0], spec.grid[1]
+                    "the image grid {}x{} and the text offset {} must be specialized first",
+                    spec.grid[0], spec.grid[1], spec.txt_offset
                 ),
             })
         }
@@ -72,7 +77,6 @@ fn fold(b: &mut GraphBuilder, name: &str, spec: &RopeSpec) -> Result<Vec<Tensor>
         let t = b.reshape(t, vec![l_img.clone(), Dim::Const(half)])?; // [L_img, half]
         img.push(b.name(t, &format!("{name}.img_{part}")));
     }
-    let m = (gh / 2).max(gw / 2);
     let mut w = freqs(spec.theta, d0);
     w.extend(freqs(spec.theta, d1));
     w.extend(freqs(spec.theta, d2));
@@ -112,6 +116,7 @@ mod tests {
                 grid: [Dim::sym("gh"), Dim::sym("gw")],
                 img_len: Dim::sym("L_img"),
                 txt_len: Dim::sym("L_txt"),
+                txt_offset: Dim::sym("m"),
             })
             .unwrap();
         for (i, n) in ["img_cos", "img_sin", "txt_cos", "txt_sin"]
@@ -137,11 +142,11 @@ mod tests {
 
     #[test]
     fn folding_embeds_per_axis_tables_only() {
-        let g = specialize::run(
-            &rope_graph(),
-            &specialize::image_bindings(1024, 512).unwrap(),
-        )
-        .unwrap();
+        // a 1024x512 image: grid 64x32, 2048 tokens, text from m = max(64/2, 32/2) = 32
+        let bindings = [("gh", 64), ("gw", 32), ("L_img", 2048), ("m", 32)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        let g = specialize::run(&rope_graph(), &bindings).unwrap();
         let g = run(&g).unwrap();
         assert_eq!(g.count_op("rope_tables"), 0);
         // frame, row, col × (cos, sin) + the text frequencies: 64×(1 + 28/... ) values, not 4096×64

@@ -1,40 +1,14 @@
-//! Specialization: bind symbolic dims to numbers. [`image_bindings`] turns a resolution
-//! into every image-side size (and rejects one that is not a multiple of 16); [`run`]
-//! substitutes the bindings everywhere and infers every shape again.
+//! Specialization: bind symbolic dims to numbers (the model decides which: e.g. every
+//! image-side size of one resolution); [`run`] substitutes the bindings everywhere and
+//! infers every shape again.
 
 use std::collections::BTreeMap;
 
-use crate::error::{DslError, Result};
+use crate::error::Result;
 use crate::ir::{Graph, Op, RopeSpec};
 use crate::ops::subst;
 use crate::passes::{map_all, rewrite};
 use crate::shape::{Dim, Shape};
-
-/// The symbols an image of `height`×`width` pixels fixes: `H`, `W`, latent `h = H/8`,
-/// `w`, `L_lat = h·w`, packed grid `gh = h/2`, `gw`, and `L_img = gh·gw`.
-pub fn image_bindings(height: usize, width: usize) -> Result<BTreeMap<String, usize>> {
-    for (what, v) in [("height", height), ("width", width)] {
-        if v == 0 || v % 16 != 0 {
-            return Err(DslError::NotDivisible {
-                what: format!("{what} (VAE ×8, patch ×2)"),
-                value: v,
-                by: 16,
-            });
-        }
-    }
-    let (h, w) = (height / 8, width / 8);
-    let (gh, gw) = (h / 2, w / 2);
-    Ok(BTreeMap::from([
-        ("H".to_string(), height),
-        ("W".to_string(), width),
-        ("h".to_string(), h),
-        ("w".to_string(), w),
-        ("L_lat".to_string(), h * w),
-        ("gh".to_string(), gh),
-        ("gw".to_string(), gw),
-        ("L_img".to_string(), gh * gw),
-    ]))
-}
 
 fn bind_dims(dims: &[Dim], b: &BTreeMap<String, Dim>) -> Vec<Dim> {
     dims.iter().map(|d| subst(d, b)).collect()
@@ -68,6 +42,7 @@ pub fn run(g: &Graph, bindings: &BTreeMap<String, usize>) -> Result<Graph> {
                     grid: [subst(&s.grid[0], &b), subst(&s.grid[1], &b)],
                     img_len: subst(&s.img_len, &b),
                     txt_len: subst(&s.txt_len, &b),
+                    txt_offset: subst(&s.txt_offset, &b),
                     ..s.clone()
                 }),
                 _ => return Ok(None),
@@ -82,23 +57,8 @@ mod tests {
     use super::*;
     use crate::{DType, GraphBuilder};
 
-    #[test]
-    fn resolution_binds_every_image_size() {
-        let b = image_bindings(1024, 1024).unwrap();
-        assert_eq!(b["h"], 128);
-        assert_eq!(b["gh"], 64);
-        assert_eq!(b["L_img"], 4096);
-        let b = image_bindings(928, 1664).unwrap();
-        assert_eq!((b["gh"], b["gw"], b["L_img"]), (58, 104, 6032));
-    }
-
-    #[test]
-    fn resolution_not_multiple_of_16_is_rejected() {
-        let e = image_bindings(1000, 1024).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "height (VAE ×8, patch ×2) must be a multiple of 16; got 1000"
-        );
+    fn bindings(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+        pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
     }
 
     #[test]
@@ -119,7 +79,7 @@ mod tests {
             .unwrap();
         b.output("y", y).unwrap();
         let g = b.finish();
-        let s = run(&g, &image_bindings(64, 32).unwrap()).unwrap();
+        let s = run(&g, &bindings(&[("L_img", 8), ("gh", 4), ("gw", 2)])).unwrap();
         assert_eq!(s.inputs[0].ty.shape.to_string(), "[B, 8, 8]");
         assert_eq!(s.ty(s.outputs[0].1).shape.to_string(), "[B, 4, 2, 8]");
     }
@@ -134,7 +94,11 @@ mod tests {
             .reshape(x, [Dim::sym("gh"), Dim::sym("gw"), Dim::Const(4)])
             .unwrap();
         b.output("y", y).unwrap();
-        let e = run(&b.finish(), &image_bindings(64, 64).unwrap()).unwrap_err();
+        let e = run(
+            &b.finish(),
+            &bindings(&[("L_img", 16), ("gh", 4), ("gw", 4)]),
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "node `reshape` (reshape): shapes [16, 8] and [4, 4, 4] do not fit: 128 elements cannot become 64"

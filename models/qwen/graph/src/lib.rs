@@ -14,7 +14,9 @@ pub mod text_encoder;
 pub mod transformer;
 pub mod vae;
 
-use graph_dsl::passes::{self, specialize, CfgJoin, PassConfig};
+use std::collections::BTreeMap;
+
+use graph_dsl::passes::{self, CfgJoin, CfgSymbols, PassConfig};
 use graph_dsl::{DslError, Graph};
 
 pub use config::ConfigName;
@@ -63,16 +65,56 @@ pub fn shared_module(config: ConfigName) -> String {
     }
 }
 
+/// The symbols an image of `height`×`width` pixels fixes: `H`, `W`, latent `h = H/8`, `w`,
+/// `L_lat = h·w`, packed grid `gh = h/2`, `gw`, `L_img = gh·gw`, and the first text RoPE
+/// position `txt_rope_offset = max(gh/2, gw/2)` (spec §2.5). A size that is not a multiple
+/// of 16 (VAE ×8, patch ×2) is an error.
+pub fn image_bindings(height: usize, width: usize) -> Result<BTreeMap<String, usize>, DslError> {
+    for (what, v) in [("height", height), ("width", width)] {
+        if v == 0 || v % 16 != 0 {
+            return Err(DslError::NotDivisible {
+                what: format!("{what} (VAE ×8, patch ×2)"),
+                value: v,
+                by: 16,
+            });
+        }
+    }
+    let (h, w) = (height / 8, width / 8);
+    let (gh, gw) = (h / 2, w / 2);
+    Ok([
+        ("H", height),
+        ("W", width),
+        ("h", h),
+        ("w", w),
+        ("L_lat", h * w),
+        ("gh", gh),
+        ("gw", gw),
+        ("L_img", gh * gw),
+        (transformer::TXT_ROPE_OFFSET, (gh / 2).max(gw / 2)),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .into())
+}
+
+/// The DiT's batch and text-length symbols, for the CFG split.
+fn cfg_symbols() -> CfgSymbols {
+    CfgSymbols {
+        batch: transformer::BATCH.into(),
+        text: transformer::TEXT.into(),
+    }
+}
+
 /// Build the resolution-dependent graphs of `r` (RoPE tables, transformer, VAE decoder)
 /// and run the passes on them. The transformer's block body is here too (its shapes are
 /// literal); what does not depend on the resolution is in [`build_shared`].
 pub fn build(r: &Request) -> Result<Built, BuildError> {
     let cfg = r.config.config()?;
-    let bindings = specialize::image_bindings(r.height, r.width)?;
+    let bindings = image_bindings(r.height, r.width)?;
     // the CFG strategy concerns the transformer only; the other networks keep a free batch
     let pc = PassConfig {
         bindings: bindings.clone(),
         cfg: CfgJoin::Batched,
+        cfg_symbols: cfg_symbols(),
         single_frame: true,
     };
     let pc_dit = PassConfig {
@@ -96,7 +138,10 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
         ("img_tokens".into(), bindings["L_img"]),
         ("packed_channels".into(), t.in_channels),
         ("num_layers".into(), t.num_layers),
-        ("txt_rope_offset".into(), (gh / 2).max(gw / 2)),
+        (
+            "txt_rope_offset".into(),
+            bindings[transformer::TXT_ROPE_OFFSET],
+        ),
     ];
     let cfg_s = match r.cfg {
         CfgJoin::Batched => "batched",
@@ -271,6 +316,15 @@ mod tests {
         assert_eq!(t.inputs.len(), 9); // x, packed text, timestep, img cos/sin, txt cos ×2, txt sin ×2
                                        // the VAE keeps a free batch
         assert_eq!(b.graphs[2].inputs[0].ty.shape.to_string(), "[B, 8, 12, 16]");
+    }
+
+    #[test]
+    fn resolution_binds_every_image_size() {
+        let b = image_bindings(1024, 1024).unwrap();
+        assert_eq!((b["h"], b["gh"], b["L_img"]), (128, 64, 4096));
+        let b = image_bindings(928, 1664).unwrap();
+        assert_eq!((b["gh"], b["gw"], b["L_img"]), (58, 104, 6032));
+        assert_eq!(b["txt_rope_offset"], 52);
     }
 
     #[test]

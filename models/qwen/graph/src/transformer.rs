@@ -8,14 +8,21 @@ use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, QkvStream, Result, Ro
 
 use crate::config::{TransformerConfig, DIT_EPS, DIT_ROPE_THETA, TIMESTEP_CHANNELS};
 
+/// The batch symbol (both CFG halves in one call: the `cfg_batch` pass splits on it).
+pub const BATCH: &str = "B";
+/// The text-length symbol (run time; one per half after the CFG split).
+pub const TEXT: &str = "L_txt";
+/// The first text RoPE position, bound per resolution (`image_bindings`).
+pub const TXT_ROPE_OFFSET: &str = "txt_rope_offset";
+
 fn b_() -> Dim {
-    Dim::sym("B")
+    Dim::sym(BATCH)
 }
 fn l_img() -> Dim {
     Dim::sym("L_img")
 }
 fn l_txt() -> Dim {
-    Dim::sym("L_txt")
+    Dim::sym(TEXT)
 }
 
 /// `net.2(GELU_tanh(net.0.proj(y)))` (diffusers `FeedForward`, "gelu-approximate").
@@ -168,6 +175,7 @@ pub fn rope(c: &TransformerConfig) -> Result<Graph> {
         grid: [Dim::sym("gh"), Dim::sym("gw")],
         img_len: l_img(),
         txt_len: l_txt(),
+        txt_offset: Dim::sym(TXT_ROPE_OFFSET),
     })?;
     for (i, n) in ["img_cos", "img_sin", "txt_cos", "txt_sin"]
         .iter()
