@@ -86,6 +86,35 @@ __device__ inline float qa_block_sum(float v, float* sh) {
   return t;
 }
 
+// The LayerNorm + modulation of one row, as the row kernels split it: one block per row,
+// one pack of VW values per thread (`v`, valid where `on`). Writes
+// (v − mean) · rstd · (1 + scale) + shift to `out`; `scale`, `shift` and `out` point at this
+// thread's pack.
+template <int D, int VW, typename M, typename O>
+__device__ inline void qa_norm_modulate_pack(float* v, bool on, const M* scale, const M* shift,
+                                             O* out, float eps, float* sh) {
+  float s = 0.f;
+  if (on) {
+#pragma unroll
+    for (int i = 0; i < VW; ++i) s += v[i];
+  }
+  const float mean = qa_block_sum(s, sh) / D;
+  float q = 0.f;
+  if (on) {
+#pragma unroll
+    for (int i = 0; i < VW; ++i) { const float d = v[i] - mean; q += d * d; }
+  }
+  const float rstd = rsqrtf(qa_block_sum(q, sh) / D + eps);
+  if (on) {
+    float sc[VW], sf[VW];
+    qa_load(scale, sc);
+    qa_load(shift, sf);
+#pragma unroll
+    for (int i = 0; i < VW; ++i) v[i] = (v[i] - mean) * rstd * (1.f + sc[i]) + sf[i];
+    qa_store(out, v);
+  }
+}
+
 __device__ inline float qa_gelu_tanh(float x) {
   const float k = 0.7978845608028654f;  // sqrt(2 / pi)
   return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));
