@@ -357,7 +357,54 @@ pub struct RopeSpec {
     pub txt_offset: Dim,
 }
 
+/// The families ops are grouped in: one file each for shape inference
+/// (`graph-dsl/src/ops/`) and lowering (`codegen/src/emit/ops/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpFamily {
+    Sources,
+    Linear,
+    Norm,
+    Attention,
+    Fused,
+    Elementwise,
+    Conv,
+    Shape,
+    Blocks,
+}
+
 impl Op {
+    /// The op's family (the one place that decides it).
+    pub fn family(&self) -> OpFamily {
+        match self {
+            Op::Input(_)
+            | Op::Weight(_)
+            | Op::Scalar(_)
+            | Op::ConstTensor { .. }
+            | Op::Arange { .. } => OpFamily::Sources,
+            Op::Linear { .. } | Op::MatMul | Op::Embedding => OpFamily::Linear,
+            Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ChannelL2Norm { .. } => OpFamily::Norm,
+            Op::Sdpa { .. } | Op::Rope { .. } | Op::RopeTables(_) => OpFamily::Attention,
+            Op::NormModulate { .. }
+            | Op::GateResidual
+            | Op::GateResidualNormModulate { .. }
+            | Op::JointQkvHeads { .. } => OpFamily::Fused,
+            Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Softmax { .. }
+            | Op::Reduce { .. }
+            | Op::Cast(_)
+            | Op::CastLike
+            | Op::Clamp { .. } => OpFamily::Elementwise,
+            Op::Conv2d { .. } | Op::CausalConv3d { .. } | Op::Upsample2x => OpFamily::Conv,
+            Op::Reshape(_)
+            | Op::Transpose(_)
+            | Op::BroadcastTo(_)
+            | Op::Concat { .. }
+            | Op::Slice { .. } => OpFamily::Shape,
+            Op::Call { .. } | Op::Repeat { .. } => OpFamily::Blocks,
+        }
+    }
+
     /// A label for auto-named nodes: the op name, or the specific unary/binary op.
     pub fn label(&self) -> &'static str {
         match self {

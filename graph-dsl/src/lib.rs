@@ -24,7 +24,7 @@ pub mod shape;
 pub use builder::{GraphBuilder, QkvStream, Tensor};
 pub use error::{DslError, Result};
 pub use ir::{
-    Binary, Graph, InputDecl, MaskKind, Node, NodeId, Op, Reduce, RopeLayout, RopeSpec, TensorTy,
-    Unary, Value, WeightDecl, WeightPart, WeightXform,
+    Binary, Graph, InputDecl, MaskKind, Node, NodeId, Op, OpFamily, Reduce, RopeLayout, RopeSpec,
+    TensorTy, Unary, Value, WeightDecl, WeightPart, WeightXform,
 };
 pub use shape::{DType, Dim, Shape};

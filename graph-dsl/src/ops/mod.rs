@@ -2,8 +2,8 @@
 //! are added and again by passes after they change shapes, so a bad graph is rejected
 //! with the node, the op and the shapes involved.
 //!
-//! [`infer`] sends each op to its family's `infer`; adding an op is an arm in its family's
-//! file and the op's name in that family's arm here.
+//! [`infer`] sends each op to its family's `infer` ([`Op::family`] says which); adding an
+//! op is an arm in its family's file and the op in `Op::family`.
 
 mod attention;
 mod blocks;
@@ -18,7 +18,7 @@ mod sources;
 use std::collections::BTreeMap;
 
 use crate::error::{DslError, Result};
-use crate::ir::{Graph, Op, TensorTy};
+use crate::ir::{Graph, Op, OpFamily, TensorTy};
 use crate::shape::{DType, Dim, Shape};
 
 /// One node under inference: the graph it is in (for inputs, weights and blocks), its
@@ -124,32 +124,15 @@ pub fn infer(g: &Graph, node: &str, op: &Op, inputs: &[TensorTy]) -> Result<Vec<
         op,
         inputs,
     };
-    match op {
-        Op::Input(_)
-        | Op::Weight(_)
-        | Op::Scalar(_)
-        | Op::ConstTensor { .. }
-        | Op::Arange { .. } => sources::infer(&cx),
-        Op::Linear { .. } | Op::MatMul | Op::Embedding => linear::infer(&cx),
-        Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ChannelL2Norm { .. } => norm::infer(&cx),
-        Op::Sdpa { .. } | Op::Rope { .. } | Op::RopeTables(_) => attention::infer(&cx),
-        Op::NormModulate { .. }
-        | Op::GateResidual
-        | Op::GateResidualNormModulate { .. }
-        | Op::JointQkvHeads { .. } => fused::infer(&cx),
-        Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Softmax { .. }
-        | Op::Reduce { .. }
-        | Op::Cast(_)
-        | Op::CastLike
-        | Op::Clamp { .. } => elementwise::infer(&cx),
-        Op::Conv2d { .. } | Op::CausalConv3d { .. } | Op::Upsample2x => conv::infer(&cx),
-        Op::Reshape(_)
-        | Op::Transpose(_)
-        | Op::BroadcastTo(_)
-        | Op::Concat { .. }
-        | Op::Slice { .. } => shape::infer(&cx),
-        Op::Call { .. } | Op::Repeat { .. } => blocks::infer(&cx),
+    match op.family() {
+        OpFamily::Sources => sources::infer(&cx),
+        OpFamily::Linear => linear::infer(&cx),
+        OpFamily::Norm => norm::infer(&cx),
+        OpFamily::Attention => attention::infer(&cx),
+        OpFamily::Fused => fused::infer(&cx),
+        OpFamily::Elementwise => elementwise::infer(&cx),
+        OpFamily::Conv => conv::infer(&cx),
+        OpFamily::Shape => shape::infer(&cx),
+        OpFamily::Blocks => blocks::infer(&cx),
     }
 }

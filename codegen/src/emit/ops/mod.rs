@@ -15,7 +15,7 @@ mod norm;
 mod shape;
 mod sources;
 
-use graph_dsl::{DType, Graph, Node, Op, Shape, Value};
+use graph_dsl::{DType, Graph, Node, OpFamily, Shape, Value};
 use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 
@@ -95,33 +95,16 @@ fn arg(cx: &FnCx, k: usize, i: usize, like: Option<usize>) -> Result<TokenStream
 /// Emit node `k`.
 pub(crate) fn emit(cx: &mut FnCx, k: usize) -> Result<TokenStream> {
     let n = NodeCx::new(cx, k)?;
-    match &n.node.op {
-        Op::Input(_)
-        | Op::Weight(_)
-        | Op::Scalar(_)
-        | Op::ConstTensor { .. }
-        | Op::Arange { .. } => sources::emit(cx, &n),
-        Op::Linear { .. } | Op::MatMul | Op::Embedding => linear::emit(cx, &n),
-        Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ChannelL2Norm { .. } => norm::emit(cx, &n),
-        Op::Sdpa { .. } | Op::Rope { .. } | Op::RopeTables(_) => attention::emit(cx, &n),
-        Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Softmax { .. }
-        | Op::Reduce { .. }
-        | Op::Cast(_)
-        | Op::CastLike
-        | Op::Clamp { .. } => elementwise::emit(cx, &n),
-        Op::NormModulate { .. }
-        | Op::GateResidual
-        | Op::GateResidualNormModulate { .. }
-        | Op::JointQkvHeads { .. } => fused::emit(cx, &n),
-        Op::Conv2d { .. } | Op::CausalConv3d { .. } | Op::Upsample2x => conv::emit(cx, &n),
-        Op::Reshape(_)
-        | Op::Transpose(_)
-        | Op::BroadcastTo(_)
-        | Op::Concat { .. }
-        | Op::Slice { .. } => shape::emit(cx, &n),
-        Op::Call { .. } | Op::Repeat { .. } => blocks::emit(cx, &n),
+    match n.node.op.family() {
+        OpFamily::Sources => sources::emit(cx, &n),
+        OpFamily::Linear => linear::emit(cx, &n),
+        OpFamily::Norm => norm::emit(cx, &n),
+        OpFamily::Attention => attention::emit(cx, &n),
+        OpFamily::Fused => fused::emit(cx, &n),
+        OpFamily::Elementwise => elementwise::emit(cx, &n),
+        OpFamily::Conv => conv::emit(cx, &n),
+        OpFamily::Shape => shape::emit(cx, &n),
+        OpFamily::Blocks => blocks::emit(cx, &n),
     }
 }
 
