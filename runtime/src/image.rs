@@ -6,11 +6,15 @@
 //!
 //! [`RgbImage::write_png`] never leaves a half-written file at the destination: it encodes in
 //! memory, writes a temporary file in the same folder, syncs it and renames it over the
-//! destination, so a failure keeps whatever file was there before.
+//! destination, so a failure keeps whatever file was there before. The temporary file is
+//! named `.{name}.{pid}.{n}.tmp` (`name` the destination's file name, `pid` the writer's
+//! process id, `n` a counter); a writer killed before the rename leaves it behind, and
+//! [`temp_files`] finds such files so that a later run can remove them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use mlx_rs::Array;
 
@@ -102,9 +106,21 @@ impl RgbImage {
         path: impl AsRef<Path>,
         text: &[(&str, &str)],
     ) -> Result<(), ImageError> {
+        self.write_png_unless(path, text, &|| false).map(|_| ())
+    }
+
+    /// [`write_png`](Self::write_png), but `cancelled` is asked once more after the temporary
+    /// file is written and synced: when it answers true, that file is removed, the destination
+    /// is left as it was and the result is `Ok(false)`. `Ok(true)`: the PNG was written.
+    pub fn write_png_unless(
+        &self,
+        path: impl AsRef<Path>,
+        text: &[(&str, &str)],
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<bool, ImageError> {
         let path = path.as_ref();
         let bytes = self.encode_png(path, text)?;
-        write_atomically(path, &bytes)
+        write_atomically(path, &bytes, cancelled)
     }
 
     fn encode_png(&self, path: &Path, text: &[(&str, &str)]) -> Result<Vec<u8>, ImageError> {
@@ -153,42 +169,134 @@ fn is_latin1(s: &str) -> bool {
     s.chars().all(|c| (c as u32) < 256)
 }
 
-/// Writes `bytes` to a fresh temporary file next to `path`, syncs it, renames it to `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let io = |source: std::io::Error| ImageError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+/// A temporary file of the writer found next to a destination (see [`temp_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TempFile {
+    /// The file, in the destination's folder.
+    pub path: PathBuf,
+    /// The process id in its name: the process that created it.
+    pub pid: u32,
+    /// Its modification time (the epoch when unknown).
+    pub modified: SystemTime,
+}
+
+/// The destination's file name and folder (`.` for a bare name).
+fn name_and_dir(path: &Path) -> std::io::Result<(String, PathBuf)> {
     let name = path
         .file_name()
-        .ok_or_else(|| io(std::io::Error::other("the path names no file")))?
+        .ok_or_else(|| std::io::Error::other("the path names no file"))?
         .to_string_lossy()
         .into_owned();
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    Ok((name, dir))
+}
 
+/// The pid of a temporary file name `.{name}.{pid}.{n}.tmp` of the destination `name`
+/// (`pid` and `n` decimal digits, nothing else); `None` for any other name.
+pub fn temp_file_pid(name: &str, file_name: &str) -> Option<u32> {
+    let rest = file_name
+        .strip_prefix('.')?
+        .strip_prefix(name)?
+        .strip_prefix('.')?
+        .strip_suffix(".tmp")?;
+    let (pid, n) = rest.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// The regular files next to `path` named like the writer's temporary files for it
+/// (`.{name}.{pid}.{n}.tmp`), whoever made them; symlinks and folders are not listed. The
+/// caller decides which are stale (e.g. older than itself, of a process that is gone).
+pub fn temp_files(path: &Path) -> std::io::Result<Vec<TempFile>> {
+    let (name, dir) = name_and_dir(path)?;
+    let mut found = Vec::new();
+    for entry in fs::read_dir(&dir)? {
+        let entry = entry?;
+        let Some(pid) = temp_file_pid(&name, &entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue; // gone meanwhile
+        };
+        if meta.is_file() {
+            found.push(TempFile {
+                path: entry.path(),
+                pid,
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+/// Creates a fresh temporary file next to `path`, named as [`temp_files`] says.
+fn create_temp(path: &Path) -> Result<(PathBuf, File), ImageError> {
+    let io = |source: std::io::Error| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (name, dir) = name_and_dir(path).map_err(io)?;
     let mut attempt = 0u32;
-    let (tmp, mut file) = loop {
+    loop {
         let tmp = dir.join(format!(".{name}.{}.{attempt}.tmp", std::process::id()));
         match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(file) => break (tmp, file),
+            Ok(file) => return Ok((tmp, file)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
                 attempt += 1
             }
             Err(e) => return Err(io(e)),
         }
-    };
+    }
+}
+
+/// Checks that a PNG could be written to `path` (its folder exists and takes a new file) by
+/// creating and removing one of the writer's temporary files; the destination is not touched.
+pub fn check_writable(path: &Path) -> Result<(), ImageError> {
+    let (tmp, file) = create_temp(path)?;
+    drop(file);
+    fs::remove_file(&tmp).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `bytes` to a fresh temporary file next to `path`, syncs it, renames it to `path`
+/// unless `cancelled()` (then removes it and answers false).
+fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    cancelled: &dyn Fn() -> bool,
+) -> Result<bool, ImageError> {
+    let (tmp, mut file) = create_temp(path)?;
     let written = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())
         .and_then(|()| {
             drop::<File>(file);
-            fs::rename(&tmp, path)
+            if cancelled() {
+                return Ok(false);
+            }
+            fs::rename(&tmp, path).map(|()| true)
         });
-    written.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io(e)
-    })
+    match written {
+        Ok(true) => Ok(true),
+        Ok(false) => {
+            let _ = fs::remove_file(&tmp);
+            Ok(false)
+        }
+        Err(source) => {
+            let _ = fs::remove_file(&tmp);
+            Err(ImageError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
 }

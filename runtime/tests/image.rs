@@ -7,7 +7,7 @@ use std::io::Cursor;
 
 use common::{fixture_path, Fixture};
 use qwen_runtime::__private::mlx_rs::Array;
-use qwen_runtime::image::unit_from_decoded;
+use qwen_runtime::image::{check_writable, temp_file_pid, temp_files, unit_from_decoded};
 use qwen_runtime::{ImageError, RgbImage};
 
 /// (pixels [H, W, 3], text chunks) of a PNG file.
@@ -152,4 +152,89 @@ fn png_round_trips_with_metadata_and_replaces_atomically() {
         .collect();
     left.sort();
     assert_eq!(left, ["blocked.png", "out.png"]);
+}
+
+#[test]
+fn a_cancelled_write_keeps_the_destination_and_leaves_no_temporary_file() {
+    let image = RgbImage::from_planar(&[0.0; 12], 2, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.png");
+    std::fs::write(&path, b"old").unwrap();
+
+    // Asked after the temporary file is complete: cancelled, nothing replaced or left.
+    let asked = std::cell::Cell::new(0);
+    let written = image
+        .write_png_unless(&path, &[], &|| {
+            asked.set(asked.get() + 1);
+            let temps = temp_files(&path).unwrap();
+            assert_eq!(temps.len(), 1, "the temporary file exists when asked");
+            assert_eq!(temps[0].pid, std::process::id());
+            true
+        })
+        .unwrap();
+    assert!(!written);
+    assert_eq!(asked.get(), 1);
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    // Not cancelled: written.
+    assert!(image.write_png_unless(&path, &[], &|| false).unwrap());
+    let (w, h, _, _) = read_png(&std::fs::read(&path).unwrap());
+    assert_eq!((w, h), (2, 2));
+
+    // The writability probe is one of the writer's temporary files, removed at once.
+    check_writable(&dir.path().join("new.png")).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let err = check_writable(&dir.path().join("nope/new.png")).unwrap_err();
+    assert!(err.to_string().starts_with("cannot write "), "{err}");
+}
+
+#[test]
+fn temporary_files_of_a_destination_are_found_by_their_exact_name() {
+    assert_eq!(temp_file_pid("out.png", ".out.png.123.0.tmp"), Some(123));
+    assert_eq!(temp_file_pid("out.png", ".out.png.7.42.tmp"), Some(7));
+    for other in [
+        "out.png",
+        ".out.png.tmp",
+        ".out.png.123.tmp",
+        ".out.png.123.0.tmp~",
+        ".out.png.x.0.tmp",
+        ".out.png.1.2.3.tmp",
+        ".out.png.-1.0.tmp",
+        ".out.png..0.tmp",
+        "out.png.123.0.tmp",
+        ".other.png.123.0.tmp",
+        ".out.png.5.0.tmp.png",
+        ".out.png.99999999999.0.tmp",
+    ] {
+        assert_eq!(temp_file_pid("out.png", other), None, "{other}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.png");
+    let touch = |name: &str| std::fs::write(dir.path().join(name), b"").unwrap();
+    touch(".out.png.11.0.tmp");
+    touch(".out.png.12.3.tmp");
+    touch(".out.png.x.0.tmp");
+    touch(".b.png.11.0.tmp");
+    touch("out.png");
+    std::fs::create_dir(dir.path().join(".out.png.13.0.tmp")).unwrap();
+    std::os::unix::fs::symlink(
+        dir.path().join("out.png"),
+        dir.path().join(".out.png.14.0.tmp"),
+    )
+    .unwrap();
+    let found: Vec<(String, u32)> = temp_files(&path)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.path.file_name().unwrap().to_string_lossy().into(), t.pid))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (".out.png.11.0.tmp".to_string(), 11),
+            (".out.png.12.3.tmp".to_string(), 12)
+        ],
+        "regular files of that exact pattern only"
+    );
 }

@@ -5,5 +5,6 @@
 //! `dual_stream_block`, `rope`, `vae_up1_resnet0`, their `*Weights` structs, and consts).
 
 pub mod cli;
+pub mod output;
 pub mod pipeline;
 pub mod specializations;

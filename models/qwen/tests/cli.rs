@@ -407,3 +407,199 @@ fn an_existing_output_survives_failed_runs() {
     let leftovers: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temporary files left behind");
 }
+
+/// Names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_output_is_never_an_input_or_a_special_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_copy(tmp.path(), &["transformer"]);
+    let m = model.to_str().unwrap();
+    let refused = |out: &Path, extra: &[&str], needle: &str| {
+        let o = out.to_str().unwrap();
+        let mut args = vec!["--prompt", "x", "--model", m, "-o", o];
+        args.extend(extra);
+        assert_fails_with(&qwen_run(&args), needle);
+    };
+
+    // A model file (copied, or reached through a symlinked component folder), a hard link
+    // to one, the latents file: refused, left as they were.
+    let config = model.join("transformer/config.json");
+    let before = fs::read(&config).unwrap();
+    refused(&config, &[], "is the same file as");
+    refused(&config, &[], "an input of this run");
+    assert_eq!(fs::read(&config).unwrap(), before);
+    let vae_config = model.join("vae/config.json");
+    let vae_before = fs::read(&vae_config).unwrap();
+    refused(&vae_config, &[], "an input of this run");
+    let hard = tmp.path().join("hard.png");
+    fs::hard_link(model.join("transformer/config.json"), &hard).unwrap();
+    refused(&hard, &[], "transformer/config.json, an input of this run");
+    let latents = tmp.path().join("latents.safetensors");
+    fs::copy(fixture("references/pipeline.safetensors"), &latents).unwrap();
+    let latents_before = fs::read(&latents).unwrap();
+    let l = latents.to_str().unwrap();
+    refused(
+        &latents,
+        &["--latents-file", l, "--latents-key", "96x64.input.latents"],
+        "latents.safetensors, an input of this run",
+    );
+    assert_eq!(fs::read(&latents).unwrap(), latents_before);
+    assert_eq!(fs::read(&config).unwrap(), before);
+    assert_eq!(fs::read(&vae_config).unwrap(), vae_before);
+
+    // A device node and a FIFO (not opened: a FIFO would block).
+    refused(
+        Path::new("/dev/null"),
+        &[],
+        "output /dev/null is a character device, not a regular file",
+    );
+    let fifo = tmp.path().join("fifo.png");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    refused(&fifo, &[], "is a FIFO, not a regular file");
+
+    // A symlink is refused, not followed: the link and its target stay as they were.
+    let target = tmp.path().join("target.png");
+    fs::write(&target, b"old").unwrap();
+    let link = tmp.path().join("link.png");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    refused(&link, &[], "link.png is a symbolic link (not followed");
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read(&target).unwrap(), b"old");
+    let dangling = tmp.path().join("dangling.png");
+    std::os::unix::fs::symlink(tmp.path().join("nowhere.png"), &dangling).unwrap();
+    refused(&dangling, &[], "is a symbolic link");
+    assert!(!tmp.path().join("nowhere.png").exists());
+
+    // Nothing written or left behind by any of these.
+    assert_eq!(
+        names_in(tmp.path()),
+        [
+            "dangling.png",
+            "fifo.png",
+            "hard.png",
+            "latents.safetensors",
+            "link.png",
+            "model",
+            "target.png"
+        ]
+    );
+}
+
+/// Sends `signal` (e.g. "-INT") to process `pid`.
+fn send(signal: &str, pid: u32) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// `qwen-run` with many steps, `signal` sent once the model is loaded: (exit status, stderr).
+fn interrupted_run(out: &Path, signal: &str) -> (Option<i32>, String) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args(["--device", "cpu", "--prompt", "x", "--steps", "2000", "-o"])
+        .arg(out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qwen-run starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("load:") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "no load: line");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200)); // a few steps in
+    send(signal, child.id());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    (status.code(), err)
+}
+
+#[test]
+fn sigint_and_sigterm_stop_between_steps_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("keep.png");
+    fs::write(&out, b"precious").unwrap();
+    for (signal, name, code) in [("-INT", "SIGINT", 130), ("-TERM", "SIGTERM", 143)] {
+        let (status, err) = interrupted_run(&out, signal);
+        assert_eq!(status, Some(code), "{name}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: one line: {err}");
+        assert!(
+            lines[0].starts_with(&format!("error: interrupted by {name} after step ")),
+            "{err}"
+        );
+        assert!(lines[0].ends_with(" of 2000; no image written"), "{err}");
+        assert_eq!(fs::read(&out).unwrap(), b"precious", "{name}");
+        assert_eq!(
+            names_in(tmp.path()),
+            ["keep.png"],
+            "{name}: no temporary file"
+        );
+    }
+}
+
+#[test]
+fn a_run_removes_what_a_killed_run_left_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s.png");
+    // A run killed while writing: SIGKILL it, then put its temporary file where the writer
+    // would have left it (the moment of the write is too short to hit).
+    let mut killed = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args(["--device", "cpu", "--prompt", "x", "--steps", "2000", "-o"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    let leave = |name: String| {
+        let f = fs::File::create(tmp.path().join(&name)).unwrap();
+        f.set_modified(minute_ago).unwrap();
+        name
+    };
+    let stale = leave(format!(".s.png.{}.0.tmp", killed.id()));
+    // Kept: a temporary file of a live process (this one: another writer of s.png), names
+    // that only look alike, another output's temporary file.
+    let live = leave(format!(".s.png.{}.0.tmp", std::process::id()));
+    let alike = leave(format!(".s.png.{}.x.tmp", killed.id()));
+    let other = leave(format!(".t.png.{}.0.tmp", killed.id()));
+
+    let o = out.to_str().unwrap();
+    let run = qwen_run(&["--prompt", "x", "--steps", "1", "-o", o]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "removed {} (left by a killed run)",
+            tmp.path().join(&stale).display()
+        )),
+        "{stdout}"
+    );
+    let mut want = vec![live, alike, other, "s.png".to_string()];
+    want.sort();
+    assert_eq!(names_in(tmp.path()), want);
+}

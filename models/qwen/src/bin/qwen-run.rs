@@ -3,16 +3,20 @@
 //! `qwen-run --prompt "..."` writes a PNG. Without `--model` it runs the tiny demo checkpoint
 //! of the repository (random weights: the image is noise-like, the run shows the whole path).
 //! `--bench-matmul N` instead times a matrix multiply on the chosen device.
+//!
+//! SIGINT and SIGTERM stop a generation between steps (exit status 130 / 143, one `error:`
+//! line, no file written or left behind); a second one ends the process at once.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mlx_rs::{random, Array, Dtype};
 use qwen::cli::{DeviceArg, DtypeArg};
+use qwen::output::{check_output, remove_stale_temp_files};
 use qwen::pipeline::{Event, Options, Pipeline, Request, Resolution};
 use qwen_runtime::device::ChosenDevice;
 use qwen_runtime::Checkpoint;
@@ -67,7 +71,10 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
 
-    /// Output PNG (replaced only when the run succeeds).
+    /// Output PNG (replaced only when the run succeeds). Refused: an input of the run (a
+    /// model file, also through a link), a folder, device node or FIFO, and a symlink (not
+    /// followed: give the path it points to). Temporary files of it left by a killed run
+    /// are removed.
     #[arg(long, short, default_value = "out.png")]
     output: PathBuf,
 
@@ -109,7 +116,87 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<Interrupted>() {
+                Some(i) => ExitCode::from(i.code),
+                None => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// A run stopped by SIGINT or SIGTERM (exit status 128 + the signal's number).
+#[derive(Debug)]
+struct Interrupted {
+    signal: &'static str,
+    code: u8,
+    when: String,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted by {} {}; no image written",
+            self.signal, self.when
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Err([`Interrupted`]) when SIGINT or SIGTERM arrived.
+fn stop_if_signalled(when: impl FnOnce() -> String) -> Result<()> {
+    match signals::received() {
+        Some((signal, code)) => Err(Interrupted {
+            signal,
+            code,
+            when: when(),
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// SIGINT and SIGTERM without a dependency: `signal(2)` from the C library std links anyway.
+/// The first one sets a flag that the run checks between steps; a second one `_exit`s (a
+/// temporary PNG it leaves is removed by the next run).
+mod signals {
+    use std::os::raw::c_int;
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    const SIGINT: c_int = 2; // the same on Linux, macOS and the BSDs
+    const SIGTERM: c_int = 15;
+    static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+    extern "C" {
+        fn signal(signum: c_int, handler: extern "C" fn(c_int)) -> usize;
+        fn _exit(status: c_int) -> !;
+    }
+
+    extern "C" fn on_signal(sig: c_int) {
+        if RECEIVED.swap(sig, Ordering::SeqCst) != 0 {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { _exit(128 + sig) }
+        }
+    }
+
+    /// Installs the handlers (after this, SIGINT and SIGTERM no longer end the process).
+    pub fn install() -> std::io::Result<()> {
+        for sig in [SIGINT, SIGTERM] {
+            // SAFETY: the handler only touches an atomic (or calls _exit).
+            if unsafe { signal(sig, on_signal) } == usize::MAX {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// The signal received, if any, and the exit status for it.
+    pub fn received() -> Option<(&'static str, u8)> {
+        match RECEIVED.load(Ordering::SeqCst) {
+            SIGINT => Some(("SIGINT", 130)),
+            SIGTERM => Some(("SIGTERM", 143)),
+            _ => None,
         }
     }
 }
@@ -124,38 +211,6 @@ fn run(args: &Args) -> Result<()> {
     }
 }
 
-/// Fails early, before any work, when the PNG could not be written: the folder is missing or
-/// not writable, or the path is a folder. An existing file is left alone until the image is
-/// ready (then replaced atomically).
-fn check_output(path: &Path) -> Result<()> {
-    if path.is_dir() {
-        bail!("output {} is a folder, not a file", path.display());
-    }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        bail!(
-            "cannot write {}: folder {} does not exist",
-            path.display(),
-            parent.display()
-        );
-    }
-    let probe = parent.join(format!(".qwen-run-probe-{}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => bail!("cannot write {}: {e}", path.display()),
-    }
-}
-
 fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     let Some(prompt) = args.prompt.clone() else {
         bail!("--prompt is required");
@@ -166,12 +221,19 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
             args.steps
         );
     }
-    check_output(&args.output)?;
+    let started = SystemTime::now();
+    signals::install().context("installing the SIGINT/SIGTERM handlers")?;
     let dtype = args.dtype.unwrap_or_else(|| DtypeArg::default_for(chosen));
     let model = match &args.model {
         Some(m) => m.clone(),
         None => std::fs::canonicalize(DEMO_MODEL).unwrap_or_else(|_| PathBuf::from(DEMO_MODEL)),
     };
+    let mut inputs = vec![model.as_path()];
+    inputs.extend(args.latents_file.as_deref());
+    check_output(&args.output, &inputs)?;
+    for stale in remove_stale_temp_files(&args.output, started) {
+        println!("removed {} (left by a killed run)", stale.display());
+    }
 
     let start = Instant::now();
     let options = Options {
@@ -190,6 +252,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     );
     println!("resolution: {}x{} (W×H)", r.width, r.height);
     println!("load: {:.2} s", start.elapsed().as_secs_f64());
+    stop_if_signalled(|| "while loading".into())?;
 
     let latents = match (&args.latents_file, &args.latents_key) {
         (Some(file), Some(key)) => {
@@ -214,7 +277,17 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     );
     let result = pipeline.generate(&request, &mut |event| match event {
         Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
-        Event::Step { done, .. } => bar.set_position(done as u64),
+        Event::Step { done, total } => {
+            bar.set_position(done as u64);
+            // The pipeline's callback cannot stop its loop: leave from here (no file is
+            // open during the steps).
+            if let Some((signal, code)) = signals::received() {
+                bar.finish_and_clear();
+                let when = format!("after step {done} of {total}");
+                eprintln!("error: {}", Interrupted { signal, code, when });
+                std::process::exit(code.into());
+            }
+        }
     });
     bar.finish_and_clear();
     let generation = result?;
@@ -229,10 +302,14 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
 
     let meta = pipeline.metadata(&request);
     let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    generation
+    stop_if_signalled(|| "before writing".into())?;
+    let written = generation
         .image
-        .write_png(&args.output, &text)
+        .write_png_unless(&args.output, &text, &|| signals::received().is_some())
         .with_context(|| format!("writing {}", args.output.display()))?;
+    if !written {
+        stop_if_signalled(|| "while writing".into())?;
+    }
     println!("wrote {}", args.output.display());
     Ok(())
 }
