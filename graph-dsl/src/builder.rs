@@ -115,6 +115,11 @@ impl GraphBuilder {
     }
 
     /// Rename the node that made `t` (for readable generated code).
+    /// The name of the node that makes `t`.
+    pub fn name_of(&self, t: Tensor) -> &str {
+        &self.g.nodes[t.0.node].name
+    }
+
     pub fn name(&mut self, t: Tensor, name: &str) -> Tensor {
         let n = self.unique(self.key(name));
         self.g.nodes[t.0.node].name = n;

@@ -187,7 +187,9 @@ impl Views<'_> {
         if let Some(s) = self.batch_half.get(&(t, half)) {
             return Ok(*s);
         }
+        let name = format!("{}.half{half}", b.name_of(t));
         let s = b.slice(t, 0, half, half + 1)?;
+        let s = b.name(s, &name);
         self.batch_half.insert((t, half), s);
         Ok(s)
     }
@@ -197,10 +199,12 @@ impl Views<'_> {
             return Ok(*s);
         }
         let (l0, l1) = (self.sy.half_text(0), self.sy.half_text(1));
+        let name = format!("{}.half{half}", b.name_of(t));
         let s = match half {
             0 => b.slice(t, 1, 0, l0)?,
             _ => b.slice(t, 1, l0.clone(), l0.add(&l1))?,
         };
+        let s = b.name(s, &name);
         self.rows.insert((t, half), s);
         Ok(s)
     }
@@ -233,7 +237,9 @@ impl Views<'_> {
             dims[1] = self.sy.half_text(half);
             parts.push(b.broadcast_to(row, dims)?);
         }
+        let name = format!("{}.rows", b.name_of(t));
         let e = b.concat(&parts, 1)?;
+        let e = b.name(e, &name);
         self.expanded.insert(t, e);
         Ok(e)
     }
@@ -242,7 +248,9 @@ impl Views<'_> {
         if let Some(p) = self.packed.get(&h) {
             return Ok(*p);
         }
+        let name = format!("{}.packed", b.name_of(h[0]).trim_end_matches(".half0"));
         let p = b.concat(&h, 1)?;
+        let p = b.name(p, &name);
         self.packed.insert(h, p);
         Ok(p)
     }

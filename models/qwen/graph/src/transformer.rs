@@ -124,6 +124,61 @@ fn rope_inputs(b: &mut GraphBuilder, dh: usize) -> Result<[Tensor; 4]> {
     ])
 }
 
+/// One AdaLN modulation `[B, 1, D]` each: `norm(x)·(1 + scale) + shift` before a
+/// sub-layer, `x + gate·sublayer(..)` after it.
+#[derive(Clone, Copy)]
+struct Mod {
+    shift: Tensor,
+    scale: Tensor,
+    gate: Tensor,
+}
+
+impl Mod {
+    /// `[shift, scale]`, as `norm_modulate` takes them.
+    fn norm(&self) -> [Tensor; 2] {
+        [self.shift, self.scale]
+    }
+}
+
+/// One stream's modulations: for the attention (`msa`) and the MLP.
+struct StreamMods {
+    msa: Mod,
+    mlp: Mod,
+}
+
+/// `{name}.1` of SiLU(temb) `[B, D]` → six `[B, 1, D]` parts in diffusers' order (shift,
+/// scale, gate for the attention, then for the MLP), named `{name}.shift_msa` etc.
+fn modulation(b: &mut GraphBuilder, name: &str, t: Tensor, d: usize) -> Result<StreamMods> {
+    let m = b.linear(&format!("{name}.1"), t, d, 6 * d, true)?; // [B, 6D]
+    let m = b.reshape(m, [b_(), Dim::Const(1), Dim::Const(6 * d)])?; // [B, 1, 6D]
+    let parts = b.chunk(m, 6, 2)?;
+    let names = [
+        "shift_msa",
+        "scale_msa",
+        "gate_msa",
+        "shift_mlp",
+        "scale_mlp",
+        "gate_mlp",
+    ];
+    let p: Vec<Tensor> = parts
+        .into_iter()
+        .zip(names)
+        .map(|(t, n)| b.name(t, &format!("{name}.{n}")))
+        .collect();
+    Ok(StreamMods {
+        msa: Mod {
+            shift: p[0],
+            scale: p[1],
+            gate: p[2],
+        },
+        mlp: Mod {
+            shift: p[3],
+            scale: p[4],
+            gate: p[5],
+        },
+    })
+}
+
 /// One dual-stream block (`QwenImageTransformerBlock`, spec §2.4); weights relative to
 /// `transformer_blocks.{i}`.
 pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
@@ -138,26 +193,21 @@ pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
     let temb = b.input("temb", [b_(), Dim::Const(d)], DType::F32)?;
     let rope = rope_inputs(&mut b, dh)?;
 
-    // modulation: (shift, scale, gate) × 2 per stream from SiLU(temb)
     let t = b.silu(temb)?;
-    let mut mods = vec![];
-    for name in ["img_mod.1", "txt_mod.1"] {
-        let m = b.linear(name, t, d, 6 * d, true)?; // [B, 6D]
-        let m = b.reshape(m, [b_(), Dim::Const(1), Dim::Const(6 * d)])?; // [B, 1, 6D]
-        mods.push(b.chunk(m, 6, 2)?); // 6 × [B, 1, D]
-    }
-    let (im, tm) = (&mods[0], &mods[1]);
+    let im = modulation(&mut b, "img_mod", t, d)?;
+    let tm = modulation(&mut b, "txt_mod", t, d)?;
 
-    let xi = b.norm_modulate(x, im[0], im[1], DIT_EPS)?;
-    let ci = b.norm_modulate(ctx, tm[0], tm[1], DIT_EPS)?;
+    let xi = b.norm_modulate(x, im.msa.shift, im.msa.scale, DIT_EPS)?;
+    let ci = b.norm_modulate(ctx, tm.msa.shift, tm.msa.scale, DIT_EPS)?;
     let (a_img, a_txt) = joint_attention(&mut b, c, xi, ci, rope)?;
 
-    let (x, xm) = b.gate_residual_norm_modulate(x, a_img, im[2], [im[3], im[4]], DIT_EPS)?;
+    let (x, xm) = b.gate_residual_norm_modulate(x, a_img, im.msa.gate, im.mlp.norm(), DIT_EPS)?;
     let xm = mlp(&mut b, "img_mlp", xm, d)?;
-    let x = b.gate_residual(x, xm, im[5])?;
-    let (ctx, cm) = b.gate_residual_norm_modulate(ctx, a_txt, tm[2], [tm[3], tm[4]], DIT_EPS)?;
+    let x = b.gate_residual(x, xm, im.mlp.gate)?;
+    let (ctx, cm) =
+        b.gate_residual_norm_modulate(ctx, a_txt, tm.msa.gate, tm.mlp.norm(), DIT_EPS)?;
     let cm = mlp(&mut b, "txt_mlp", cm, d)?;
-    let ctx = b.gate_residual(ctx, cm, tm[5])?;
+    let ctx = b.gate_residual(ctx, cm, tm.mlp.gate)?;
 
     b.output("hidden_states", x)?;
     b.output("encoder_hidden_states", ctx)?;
