@@ -150,7 +150,64 @@ impl SchedulerConfig {
                 option: (*option).to_owned(),
             });
         }
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(SchedulerError::Invalid {
+                reason: format!("{}: {}", path.display(), problems.join("; ")),
+            });
+        }
         Ok(config)
+    }
+
+    /// Every value out of range, by field: `num_train_timesteps` ≥ 1; `shift` positive and
+    /// finite in f32 (the schedule runs in f32); `base_shift` / `max_shift` finite, and for
+    /// the exponential shift small enough that `e^mu` is a positive finite f32 (|mu| < 87);
+    /// `shift_terminal` in [0, 1); distinct sequence lengths under the dynamic shift. Every
+    /// value is checked, used by this config or not.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut bad = |field: &str, value: String, expected: &str| {
+            problems.push(format!("`{field}` is {value}, expected {expected}"));
+        };
+        if self.num_train_timesteps == 0 {
+            bad("num_train_timesteps", "0".into(), "at least 1");
+        }
+        if !(self.shift > 0.0 && (self.shift as f32).is_finite()) {
+            bad(
+                "shift",
+                format!("{:?}", self.shift),
+                "a positive number (finite in f32)",
+            );
+        }
+        for (field, mu) in [
+            ("base_shift", self.base_shift),
+            ("max_shift", self.max_shift),
+        ] {
+            let ok = match self.time_shift_type {
+                TimeShift::Exponential => mu.abs() < 87.0,
+                TimeShift::Linear => (mu as f32).is_finite(),
+            };
+            if !ok {
+                let expected = match self.time_shift_type {
+                    TimeShift::Exponential => "a number between -87 and 87 (e^mu in f32)",
+                    TimeShift::Linear => "a finite number",
+                };
+                bad(field, format!("{mu:?}"), expected);
+            }
+        }
+        if let Some(t) = self.shift_terminal {
+            if !(0.0..1.0).contains(&t) {
+                bad("shift_terminal", format!("{t:?}"), "a number in [0, 1)");
+            }
+        }
+        if self.use_dynamic_shifting && self.max_image_seq_len == self.base_image_seq_len {
+            bad(
+                "max_image_seq_len",
+                self.max_image_seq_len.to_string(),
+                "a length other than base_image_seq_len (mu is a line through both)",
+            );
+        }
+        problems
     }
 
     /// This config with a static shift instead of the dynamic one (as ComfyUI-style
@@ -219,6 +276,15 @@ impl SchedulerConfig {
             }
         }
 
+        // A line through far-apart points can still carry mu past what f32 holds for a
+        // long image sequence.
+        if let Some(s) = sigmas.iter().find(|s| !(0.0..=1.0).contains(*s)) {
+            return Err(SchedulerError::Invalid {
+                reason: format!(
+                    "the schedule of {steps} steps for {image_seq_len} image tokens has sigma {s}, outside [0, 1]"
+                ),
+            });
+        }
         let scale = self.num_train_timesteps as f32;
         let timesteps = sigmas.iter().map(|&s| s * scale).collect();
         sigmas.push(0.0);

@@ -40,6 +40,8 @@ pub const SPLIT_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     dir: PathBuf,
+    /// The token with the largest id (vocabulary and added tokens), and that id.
+    max: Option<(String, u32)>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -100,6 +102,10 @@ impl Tokenizer {
         for (&id, token) in &added {
             vocab.insert(token.content.clone(), id);
         }
+        let max = vocab
+            .iter()
+            .max_by_key(|&(token, &id)| (id, std::cmp::Reverse(token)))
+            .map(|(token, &id)| (token.clone(), id));
 
         let vocab: Vocab = vocab.into_iter().collect();
         let model = BPE::builder()
@@ -124,7 +130,7 @@ impl Tokenizer {
             added.into_values().partition(|t| t.special);
         inner.add_special_tokens(&special);
         inner.add_tokens(&plain);
-        Ok(Self { inner, dir })
+        Ok(Self { inner, dir, max })
     }
 
     /// Token ids of `text`. Added and special tokens written in the text (`<|im_start|>`)
@@ -159,6 +165,13 @@ impl Tokenizer {
     /// The id of one token (a vocabulary entry or an added token), if it exists.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+
+    /// The token with the largest id, vocabulary and added tokens together, and that id
+    /// (`None` for an empty vocabulary). Every id [`Tokenizer::encode`] gives is at most this;
+    /// a model checks it against its embedding table before running any.
+    pub fn max_id(&self) -> Option<(&str, u32)> {
+        self.max.as_ref().map(|(token, id)| (token.as_str(), *id))
     }
 
     /// Number of distinct tokens, added tokens included.
@@ -328,4 +341,33 @@ fn special_token_names(path: &Path) -> Result<Vec<String>, TokenizerError> {
     let mut names = Vec::new();
     collect(&value, &mut names);
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/tiny-qwen-image/tokenizer")
+    }
+
+    /// The largest id is an added token's; one added past it becomes the new maximum.
+    #[test]
+    fn max_id_covers_added_tokens() {
+        let tok = Tokenizer::from_dir(fixture_dir()).unwrap();
+        assert_eq!(tok.max_id(), Some(("<|file_sep|>", 151_664)));
+
+        let tmp = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(fixture_dir()).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+        }
+        let added = tmp.path().join("added_tokens.json");
+        let text = std::fs::read_to_string(&added).unwrap();
+        let text = text.replacen('{', "{\n  \"<|far|>\": 4294967295,", 1);
+        std::fs::write(&added, text).unwrap();
+        let tok = Tokenizer::from_dir(tmp.path()).unwrap();
+        assert_eq!(tok.max_id(), Some(("<|far|>", u32::MAX)));
+    }
 }

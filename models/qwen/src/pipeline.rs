@@ -3,11 +3,14 @@
 //! [`Pipeline::open`] reads a model folder in the diffusers layout (`model_index.json`,
 //! `tokenizer/`, `text_encoder/`, `transformer/`, `vae/`, `scheduler/`), works out which
 //! config the checkpoint has (from `transformer/config.json`), picks the generated module for
-//! the requested resolution and that config (see [`VARIANTS`]), checks the weights of all
-//! three networks against what that module expects (every problem of every component in one
-//! error), and loads the transformer and the VAE decoder (the text encoder too when all three
-//! fit, see [`encoder_fits`]). [`Pipeline::generate`] then runs the steps of spec §1 in
-//! diffusers' order:
+//! the requested resolution and that config (see [`VARIANTS`]), checks the folder's json
+//! against that module ([`PIPELINE_CLASS`]; every field of the component configs the module
+//! depends on; finite, in-range latent statistics and scheduler values; token ids within the
+//! text encoder's embedding table), checks the weights of all three networks against what
+//! that module expects (every problem of every component in one error), and loads the
+//! transformer and the VAE decoder (the text encoder too when all three fit, see
+//! [`encoder_fits`]). [`Pipeline::generate`] then runs the steps of spec §1 in diffusers'
+//! order:
 //!
 //! 1. each prompt in the Qwen template ([`PROMPT_TEMPLATE`]), tokenized as one string and cut
 //!    at `1024 + 34` tokens; the generated text encoder (the resident one, or loaded here and
@@ -17,7 +20,8 @@
 //!    drawn as `[1, 16, h, w]` and packed to `[1, L_img, 64]`;
 //! 3. the flow-match schedule for `L_img`; per step one transformer evaluation of both CFG
 //!    halves (one call where the module joins them, else two), true CFG with norm rescale,
-//!    the Euler step, and one `eval`;
+//!    the Euler step, and one `eval` that also reduces the latents to one "all finite"
+//!    flag (a NaN or an infinity stops the run, [`PipelineError::NonFinite`]);
 //! 4. unpack to NHWC, de-normalise with `latents_mean` / `latents_std` of `vae/config.json`,
 //!    the generated VAE decoder, clamp to [−1, 1], and 8-bit RGB as diffusers' postprocess.
 //!
@@ -25,9 +29,11 @@
 //! latents ([`Request::latents`]) for bit-comparable runs.
 //!
 //! One file per concern under `pipeline/`: `error` (errors and warnings), `config`
-//! (resolutions, configs, the folder's json), `variant` (the face of a generated module and
-//! the list of them; `variants` implements it), `open`, `prompt` (template, tokenizer, text
-//! encoder), `latents` (packing and noise) and `generate` (denoise, decode, metadata).
+//! (resolutions, configs, the folder's json), `checks` (the folder's json and token ids
+//! against the generated module, before anything is loaded), `variant` (the face of a
+//! generated module and the list of them; `variants` implements it), `open`, `prompt`
+//! (template, tokenizer, text encoder), `latents` (packing and noise) and `generate`
+//! (denoise, decode, metadata).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -36,6 +42,7 @@ use qwen_runtime::__private::mlx_rs::Dtype;
 use qwen_runtime::weights::Checkpoint;
 use qwen_runtime::{SchedulerConfig, Tokenizer};
 
+mod checks;
 mod config;
 mod error;
 mod generate;
@@ -45,6 +52,7 @@ mod prompt;
 mod variant;
 mod variants;
 
+pub use checks::PIPELINE_CLASS;
 pub use config::{detect_config, ModelConfig, Resolution};
 use error::{mlx, Result};
 pub use error::{PipelineError, Warning, SHOWN_PROBLEMS};

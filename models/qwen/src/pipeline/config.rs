@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use super::latents::LATENT_CHANNELS;
 use super::{PipelineError, Result};
@@ -52,14 +53,49 @@ pub enum ModelConfig {
     Tiny,
 }
 
+/// What the real model's generated modules were built for, in the keys of the published
+/// `config.json` files: the values of `qwen_graph::config::real()` (the crate the
+/// `specialize!` macro builds from), which are also diffusers' class defaults for the
+/// transformer and the VAE. `tests` pins them to the generated modules' weight shapes.
+const REAL_CONFIG: &str = r#"{
+  "transformer": {
+    "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
+    "guidance_embeds": false, "axes_dims_rope": [16, 56, 56]
+  },
+  "text_encoder": {
+    "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944,
+    "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0
+  },
+  "vae": { "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2 }
+}"#;
+
+/// The tiny config: the file the `specialize!` macro builds the tiny modules from.
+const TINY_CONFIG: &str = include_str!("../../../../tests/fixtures/tiny_config.json");
+
+/// The transformer fields that tell the configs apart ([`detect_config`]).
+const DETECT: [&str; 4] = [
+    "num_layers",
+    "num_attention_heads",
+    "attention_head_dim",
+    "joint_attention_dim",
+];
+
 impl ModelConfig {
-    /// `(num_layers, num_attention_heads, attention_head_dim, joint_attention_dim)` of
-    /// `transformer/config.json`.
-    fn transformer_shape(self) -> (u64, u64, u64, u64) {
-        match self {
-            ModelConfig::Real => (60, 24, 128, 3584),
-            ModelConfig::Tiny => (2, 2, 32, 32),
-        }
+    /// Every config, in the order they are tried.
+    pub const ALL: [ModelConfig; 2] = [ModelConfig::Real, ModelConfig::Tiny];
+
+    /// What this config's generated modules were built for: `{"transformer": {..},
+    /// "text_encoder": {..}, "vae": {..}}` in the keys of the component `config.json` files.
+    pub fn built_for(self) -> &'static serde_json::Value {
+        static REAL: OnceLock<serde_json::Value> = OnceLock::new();
+        static TINY: OnceLock<serde_json::Value> = OnceLock::new();
+        let (cell, text) = match self {
+            ModelConfig::Real => (&REAL, REAL_CONFIG),
+            ModelConfig::Tiny => (&TINY, TINY_CONFIG),
+        };
+        cell.get_or_init(|| serde_json::from_str(text).expect("the built-in config is json"))
     }
 
     /// The resolution used when none is asked for.
@@ -77,8 +113,9 @@ impl ModelConfig {
     }
 
     fn describe(self) -> String {
-        let (l, h, d, j) = self.transformer_shape();
-        format!("{self}: num_layers {l}, num_attention_heads {h}, attention_head_dim {d}, joint_attention_dim {j}")
+        let t = &self.built_for()["transformer"];
+        let fields: Vec<String> = DETECT.iter().map(|f| format!("{f} {}", t[f])).collect();
+        format!("{self}: {}", fields.join(", "))
     }
 }
 
@@ -97,48 +134,50 @@ pub(super) fn read_json(path: &Path) -> Result<serde_json::Value> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    serde_json::from_str(&text).map_err(|e| PipelineError::Config {
+    serde_json::from_str(&text).map_err(|e| PipelineError::Invalid {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: format!("not valid JSON: {e}"),
     })
 }
 
-/// The checkpoint's config, from `transformer/config.json`.
+/// The checkpoint's config, from `num_layers`, `num_attention_heads`, `attention_head_dim`
+/// and `joint_attention_dim` of `transformer/config.json` (an absent field takes diffusers'
+/// default, the real model's value).
 pub fn detect_config(dir: &Path) -> Result<ModelConfig> {
     let path = dir.join("transformer/config.json");
     let json = read_json(&path)?;
-    let field = |k: &str| json.get(k).and_then(serde_json::Value::as_u64);
-    let found = (
-        field("num_layers"),
-        field("num_attention_heads"),
-        field("attention_head_dim"),
-        field("joint_attention_dim"),
-    );
-    let all = [ModelConfig::Real, ModelConfig::Tiny];
-    all.into_iter()
+    let real = &ModelConfig::Real.built_for()["transformer"];
+    let found: Vec<&serde_json::Value> = DETECT
+        .iter()
+        .map(|f| json.get(f).unwrap_or(&real[f]))
+        .collect();
+    ModelConfig::ALL
+        .into_iter()
         .find(|c| {
-            let (l, h, d, j) = c.transformer_shape();
-            found == (Some(l), Some(h), Some(d), Some(j))
+            let want = &c.built_for()["transformer"];
+            DETECT.iter().zip(&found).all(|(f, v)| want[f] == **v)
         })
         .ok_or_else(|| {
-            let show = |v: Option<u64>| v.map_or_else(|| "missing".to_owned(), |n| n.to_string());
+            let show = |(f, v): (&&str, &&serde_json::Value)| match json.get(f) {
+                Some(_) => format!("{f} {v}"),
+                None => format!("{f} missing (default {v})"),
+            };
             PipelineError::UnknownConfig {
-                path: dir.to_path_buf(),
-                found: format!(
-                    "num_layers {}, num_attention_heads {}, attention_head_dim {}, joint_attention_dim {}",
-                    show(found.0),
-                    show(found.1),
-                    show(found.2),
-                    show(found.3)
-                ),
-                available: all.iter().map(|c| c.describe()).collect(),
+                path,
+                found: DETECT
+                    .iter()
+                    .zip(&found)
+                    .map(show)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                available: ModelConfig::ALL.iter().map(|c| c.describe()).collect(),
             }
         })
 }
 
 /// The `LATENT_CHANNELS` numbers under `key` (the VAE's `latents_mean` / `latents_std`).
 pub(super) fn float_list(json: &serde_json::Value, key: &str, path: &Path) -> Result<Vec<f32>> {
-    let bad = |reason: String| PipelineError::Config {
+    let bad = |reason: String| PipelineError::Invalid {
         path: path.to_path_buf(),
         reason,
     };
@@ -146,8 +185,17 @@ pub(super) fn float_list(json: &serde_json::Value, key: &str, path: &Path) -> Re
         .get(key)
         .and_then(serde_json::Value::as_array)
         .ok_or_else(|| bad(format!("no `{key}` list")))?;
-    let values: Option<Vec<f32>> = list.iter().map(|v| v.as_f64().map(|x| x as f32)).collect();
-    let values = values.ok_or_else(|| bad(format!("`{key}` holds a non-number")))?;
+    let mut values = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        match v.as_f64().map(|x| x as f32) {
+            Some(x) if x.is_finite() => values.push(x),
+            _ => {
+                return Err(bad(format!(
+                    "`{key}[{i}]` is {v}, expected a finite number (in f32)"
+                )))
+            }
+        }
+    }
     if values.len() != LATENT_CHANNELS {
         return Err(bad(format!(
             "`{key}` has {} values, expected {LATENT_CHANNELS}",

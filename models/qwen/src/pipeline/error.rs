@@ -21,10 +21,40 @@ pub enum PipelineError {
     #[error("cannot read {}: {reason}", path.display())]
     Config { path: PathBuf, reason: String },
 
+    /// A json file of the folder that is not what the run needs: not json, another
+    /// pipeline, a value out of range.
+    #[error("invalid {}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+
+    /// The component configs describe other networks than the generated module was built
+    /// for: every differing field of every file, each as `file: field is found, expected`.
     #[error(
-        "the checkpoint in {} has a transformer config ({found}) that matches no generated config; available: {}",
+        "the configs in {} do not fit the generated module {module} ({} problems): {}",
+        path.display(), problems.len(), problems.join("; ")
+    )]
+    ConfigMismatch {
+        path: PathBuf,
+        module: &'static str,
+        problems: Vec<String>,
+    },
+
+    /// A token's id is past the text encoder's embedding table.
+    #[error(
+        "token `{token}` in {} has id {id}, past the text encoder's embedding table of {rows} rows",
+        dir.display()
+    )]
+    TokenId {
+        dir: PathBuf,
+        token: String,
+        id: u32,
+        rows: usize,
+    },
+
+    #[error(
+        "{} describes a transformer ({found}) that matches no generated config; available: {}",
         path.display(), available.join("; ")
     )]
+    /// `path` is the transformer's `config.json`.
     UnknownConfig {
         path: PathBuf,
         found: String,
@@ -77,6 +107,10 @@ pub enum PipelineError {
 
     #[error("initial latents have shape {got:?}, expected {expected:?}")]
     LatentsShape { expected: Vec<i32>, got: Vec<i32> },
+
+    /// The latents held a NaN or an infinity after denoising step `step` (1-based).
+    #[error("the latents are not finite (NaN or infinity) after denoising step {step} of {steps}")]
+    NonFinite { step: usize, steps: usize },
 
     #[error("bad request: {0}")]
     Request(String),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
+use qwen_runtime::__private::mlx_rs::{error::Exception, ops, transforms, Array, Dtype};
 use qwen_runtime::guidance::true_cfg;
 use qwen_runtime::scheduler::euler_step_array;
 use qwen_runtime::RgbImage;
@@ -171,7 +171,20 @@ impl Pipeline {
             };
             x = euler_step_array(&x, &v, schedule.sigmas[i], schedule.sigmas[i + 1])
                 .map_err(mlx("taking the euler step"))?;
-            x.eval().map_err(mlx("running the transformer"))?;
+            // One reduction evaluated with the step, one bool read back: a NaN or an
+            // infinity (bad weights, an overflow in bf16) stops the run here, naming the step,
+            // instead of decoding into a meaningless image.
+            let finite = x
+                .is_finite()
+                .and_then(|f| f.all(None))
+                .map_err(mlx("checking the latents"))?;
+            transforms::eval([&x, &finite]).map_err(mlx("running the transformer"))?;
+            if !finite.item_exact::<bool>() {
+                return Err(PipelineError::NonFinite {
+                    step: i + 1,
+                    steps: schedule.steps(),
+                });
+            }
             on_step(i + 1, schedule.steps());
         }
         x.as_dtype(Dtype::Float32).map_err(mlx("casting"))

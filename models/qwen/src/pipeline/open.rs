@@ -7,7 +7,7 @@ use qwen_runtime::__private::mlx_rs::Dtype;
 use qwen_runtime::weights::{Checkpoint, Extra, TensorSpec};
 use qwen_runtime::{error::Problem, SchedulerConfig, Tokenizer, WeightError};
 
-use super::config::{float_list, read_json};
+use super::checks::{check_configs, check_model_index, check_token_ids, latents_stats};
 use super::{
     detect_config, find_variant, variant_by_name, Pipeline, PipelineError, Resolution, Result,
     Variant, VARIANTS,
@@ -88,6 +88,7 @@ impl Pipeline {
             }
         }
 
+        check_model_index(&dir)?;
         let config = detect_config(&dir)?;
         let resolution = options
             .resolution
@@ -115,6 +116,7 @@ impl Pipeline {
             }
             None => find_variant(resolution, config)?,
         };
+        check_configs(&dir, config, variant.name())?;
 
         // Open and check every component before loading any.
         let open = |component: &'static str, sub: &str| {
@@ -122,11 +124,12 @@ impl Pipeline {
                 .map_err(|error| PipelineError::Weights { component, error })
         };
         let te = open("text_encoder", "text_encoder")?;
+        let te_specs = variant.text_encoder_specs();
         let tr = open("transformer", "transformer")?;
         let vae = open("vae", "vae")?;
         let mut problems = Vec::new();
         for (component, ck, specs) in [
-            ("text_encoder", &te, variant.text_encoder_specs()),
+            ("text_encoder", &te, te_specs.clone()),
             ("transformer", &tr, variant.transformer_specs()),
             ("vae", &vae, variant.vae_specs()),
         ] {
@@ -148,18 +151,10 @@ impl Pipeline {
             });
         }
 
-        let vae_config_path = dir.join("vae/config.json");
-        let vae_config = read_json(&vae_config_path)?;
-        let latents_mean = float_list(&vae_config, "latents_mean", &vae_config_path)?;
-        let latents_std = float_list(&vae_config, "latents_std", &vae_config_path)?;
-        if latents_std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-            return Err(PipelineError::Config {
-                path: vae_config_path,
-                reason: "`latents_std` holds a zero or non-finite value".into(),
-            });
-        }
+        let (latents_mean, latents_std) = latents_stats(&dir)?;
         let scheduler = SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
         let tokenizer = Tokenizer::from_dir(dir.join("tokenizer"))?;
+        check_token_ids(&tokenizer, &te_specs, config)?;
 
         let encoder_resident = encoder_fits(variant, options.dtype);
         std::thread::scope(|scope| {
