@@ -2,10 +2,10 @@
 //! grepped against them. The real values are constants with their source; the tiny test
 //! config is read from `tests/fixtures/tiny_config.json` (the one place it lives).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `transformer/config.json` (the fields the graph uses).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct TransformerConfig {
     pub patch_size: usize,
     pub in_channels: usize,
@@ -15,6 +15,9 @@ pub struct TransformerConfig {
     pub num_attention_heads: usize,
     pub joint_attention_dim: usize,
     pub axes_dims_rope: [usize; 3],
+    /// Qwen-Image has no guidance embedding (diffusers' default, false).
+    #[serde(default)]
+    pub guidance_embeds: bool,
 }
 
 impl TransformerConfig {
@@ -25,7 +28,7 @@ impl TransformerConfig {
 }
 
 /// `text_encoder/config.json` (flat Qwen2.5-VL keys; language model only).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct TextEncoderConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -45,7 +48,7 @@ impl TextEncoderConfig {
 }
 
 /// `vae/config.json`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct VaeConfig {
     pub base_dim: usize,
     pub z_dim: usize,
@@ -74,7 +77,7 @@ impl VaeConfig {
 }
 
 /// All three networks.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Config {
     pub transformer: TransformerConfig,
     pub text_encoder: TextEncoderConfig,
@@ -117,6 +120,7 @@ pub fn real() -> Config {
             num_attention_heads: 24,
             joint_attention_dim: 3584,
             axes_dims_rope: [16, 56, 56],
+            guidance_embeds: false,
         },
         text_encoder: TextEncoderConfig {
             vocab_size: 152064,

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+use qwen_graph::ConfigName;
+
 use super::latents::LATENT_CHANNELS;
 use super::{PipelineError, Result};
 
@@ -53,27 +55,6 @@ pub enum ModelConfig {
     Tiny,
 }
 
-/// What the real model's generated modules were built for, in the keys of the published
-/// `config.json` files: the values of `qwen_graph::config::real()` (the crate the
-/// `specialize!` macro builds from), which are also diffusers' class defaults for the
-/// transformer and the VAE. `tests` pins them to the generated modules' weight shapes.
-const REAL_CONFIG: &str = r#"{
-  "transformer": {
-    "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60,
-    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
-    "guidance_embeds": false, "axes_dims_rope": [16, 56, 56]
-  },
-  "text_encoder": {
-    "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944,
-    "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0
-  },
-  "vae": { "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2 }
-}"#;
-
-/// The tiny config: the file the `specialize!` macro builds the tiny modules from.
-const TINY_CONFIG: &str = include_str!("../../../../tests/fixtures/tiny_config.json");
-
 /// The transformer fields that tell the configs apart ([`detect_config`]).
 const DETECT: [&str; 4] = [
     "num_layers",
@@ -88,14 +69,21 @@ impl ModelConfig {
 
     /// What this config's generated modules were built for: `{"transformer": {..},
     /// "text_encoder": {..}, "vae": {..}}` in the keys of the component `config.json` files.
+    /// The values are `qwen_graph::config`'s, the one place the `specialize!` macro builds
+    /// the modules from (the tiny ones from `tests/fixtures/tiny_config.json`).
     pub fn built_for(self) -> &'static serde_json::Value {
         static REAL: OnceLock<serde_json::Value> = OnceLock::new();
         static TINY: OnceLock<serde_json::Value> = OnceLock::new();
-        let (cell, text) = match self {
-            ModelConfig::Real => (&REAL, REAL_CONFIG),
-            ModelConfig::Tiny => (&TINY, TINY_CONFIG),
+        let (cell, name) = match self {
+            ModelConfig::Real => (&REAL, ConfigName::Real),
+            ModelConfig::Tiny => (&TINY, ConfigName::Tiny),
         };
-        cell.get_or_init(|| serde_json::from_str(text).expect("the built-in config is json"))
+        cell.get_or_init(|| {
+            let config = name
+                .config()
+                .expect("the tiny config file parsed when the modules were built");
+            serde_json::to_value(config).expect("a config is plain data")
+        })
     }
 
     /// The resolution used when none is asked for.
