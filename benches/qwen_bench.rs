@@ -160,7 +160,7 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         dtype: dtype.mlx(),
         module: common.module.clone(),
     };
-    let pipeline = Pipeline::open(&common.model, &options)
+    let pipeline = Pipeline::open(qwen::model_dir::resolve(&common.model)?, &options)
         .with_context(|| format!("opening {}", common.model.display()))?;
     eprintln!(
         "model: {} (module {}, {})",

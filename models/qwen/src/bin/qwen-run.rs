@@ -67,8 +67,11 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
-    /// Model folder in the diffusers layout; default: the tiny demo checkpoint (see below).
-    #[arg(long, value_name = "DIR")]
+    /// Model folder in the diffusers layout (a Hugging Face cache snapshot folder too), or a
+    /// repo id such as Qwen/Qwen-Image found in the local Hugging Face cache ($HF_HOME/hub,
+    /// else ~/.cache/huggingface/hub; the snapshot refs/main names; nothing is downloaded).
+    /// Default: the tiny demo checkpoint (see below).
+    #[arg(long, value_name = "DIR|REPO")]
     model: Option<PathBuf>,
 
     /// Output PNG (replaced only when the run succeeds). Refused: an input of the run (a
@@ -225,7 +228,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     signals::install().context("installing the SIGINT/SIGTERM handlers")?;
     let dtype = args.dtype.unwrap_or_else(|| DtypeArg::default_for(chosen));
     let model = match &args.model {
-        Some(m) => m.clone(),
+        Some(m) => qwen::model_dir::resolve(m)?,
         None => std::fs::canonicalize(DEMO_MODEL).unwrap_or_else(|_| PathBuf::from(DEMO_MODEL)),
     };
     let mut inputs = vec![model.as_path()];
