@@ -193,8 +193,17 @@ pub enum DeviceError {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     // === Files ===
+    #[error("no tokenizer in {}: expected tokenizer.json, or vocab.json and merges.txt", dir.display())]
+    NoTokenizer { dir: PathBuf },
+
     #[error("tokenizer file not found: {}", path.display())]
     NotFound { path: PathBuf },
+
+    #[error("{} is not a regular file (a tokenizer file must be one, or a link to one)", path.display())]
+    NotRegularFile { path: PathBuf },
+
+    #[error("tokenizer file {} is empty: no {what}", path.display())]
+    Empty { path: PathBuf, what: &'static str },
 
     #[error("cannot read {}: {source}", path.display())]
     Io {

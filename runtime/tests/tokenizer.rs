@@ -1,12 +1,16 @@
 //! The tokenizer against `tests/fixtures/references/tokens.safetensors` (transformers'
-//! `Qwen2Tokenizer` on the templated prompts) and `tests/fixtures/tokenizer_check.txt`.
+//! `Qwen2Tokenizer` on the templated prompts) and `tests/fixtures/tokenizer_check.txt`, in
+//! both folder layouts: the fixture's vocab.json + merges.txt, and a tokenizer.json written
+//! here from them (the Qwen2 fast tokenizer's serialized form), which must give the same ids.
 
 mod common;
 
 use std::sync::OnceLock;
 
 use common::{fixture_path, Fixture};
+use qwen_runtime::tokenizer::{Layout, SPLIT_PATTERN};
 use qwen_runtime::{Tokenizer, TokenizerError};
+use serde_json::{json, Value};
 
 /// The Qwen-Image prompt template (spec §1.2); the Qwen pipeline will own it.
 const TEMPLATE: &str = "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n";
@@ -19,6 +23,74 @@ fn tokenizer() -> &'static Tokenizer {
     static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
     TOKENIZER.get_or_init(|| {
         Tokenizer::from_dir(fixture_path("tiny-qwen-image/tokenizer")).expect("tokenizer loads")
+    })
+}
+
+/// The fixture's tokenizer as a folder of the other layout: `tokenizer.json` (written from
+/// vocab.json, merges.txt and tokenizer_config.json's added tokens, in the shape of Qwen2's
+/// published tokenizer.json) and `tokenizer_config.json`, nothing else.
+fn json_layout() -> &'static (tempfile::TempDir, Tokenizer) {
+    static JSON: OnceLock<(tempfile::TempDir, Tokenizer)> = OnceLock::new();
+    JSON.get_or_init(|| {
+        let src = fixture_path("tiny-qwen-image/tokenizer");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer.json"),
+            qwen2_tokenizer_json(&src).to_string(),
+        )
+        .unwrap();
+        let config = "tokenizer_config.json";
+        std::fs::copy(src.join(config), dir.path().join(config)).unwrap();
+        let tok = Tokenizer::from_dir(dir.path()).expect("tokenizer.json loads");
+        (dir, tok)
+    })
+}
+
+/// A tokenizer.json as Qwen2's fast tokenizer serializes itself, from the slow files of `src`.
+fn qwen2_tokenizer_json(src: &std::path::Path) -> Value {
+    let read = |name: &str| std::fs::read_to_string(src.join(name)).unwrap();
+    let vocab: Value = serde_json::from_str(&read("vocab.json")).unwrap();
+    let merges: Vec<Value> = read("merges.txt")
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.is_empty())
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            json!([a, b])
+        })
+        .collect();
+    let config: Value = serde_json::from_str(&read("tokenizer_config.json")).unwrap();
+    let added: Vec<Value> = config["added_tokens_decoder"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, t)| {
+            let mut t = t.clone();
+            t["id"] = json!(id.parse::<u32>().unwrap());
+            t
+        })
+        .collect();
+    let byte_level = json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false
+    });
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": SPLIT_PATTERN},
+             "behavior": "Isolated", "invert": false},
+            byte_level,
+        ]},
+        "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": "", "end_of_word_suffix": "",
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges,
+        },
     })
 }
 
@@ -188,7 +260,7 @@ fn a_small_folder_builds_and_bad_files_are_named() {
 
     let clash = write_folder(&[
         ("vocab.json", vocab),
-        ("merges.txt", ""),
+        ("merges.txt", "a b\n"),
         ("added_tokens.json", r#"{"<|x|>": 2}"#),
     ]);
     let err = Tokenizer::from_dir(clash.path()).unwrap_err();
@@ -199,4 +271,228 @@ fn a_small_folder_builds_and_bad_files_are_named() {
     let err = Tokenizer::from_dir(json.path()).unwrap_err();
     assert!(matches!(err, TokenizerError::Json { .. }), "{err}");
     assert!(err.to_string().starts_with("malformed "), "{err}");
+}
+
+#[test]
+fn tokenizer_json_gives_the_reference_ids_of_every_prompt() {
+    let (files, (_dir, json)) = (tokenizer(), json_layout());
+    assert_eq!(files.layout(), Layout::VocabMerges);
+    assert_eq!(json.layout(), Layout::TokenizerJson);
+    assert_eq!(json.vocab_size(), files.vocab_size());
+    assert_eq!(json.max_id(), files.max_id());
+    assert_eq!(json.token_id("<|endoftext|>"), Some(151_643));
+
+    let tokens = Fixture::reference("tokens.safetensors");
+    let lengths: Vec<Value> = serde_json::from_str(&tokens.metadata()["lengths"]).unwrap();
+    let prompts = prompts(&tokens);
+    assert_eq!(prompts.len(), 10);
+    for (i, prompt) in prompts.iter().enumerate() {
+        let text = templated(prompt);
+        let ids = json.encode(&text).unwrap();
+        assert_eq!(ids, files.encode(&text).unwrap(), "prompt {i}: {prompt:?}");
+        let n = lengths[i]["templated_untruncated"].as_u64().unwrap() as usize;
+        assert_eq!(ids.len(), n, "prompt {i}");
+        let truncated = &ids[..n.min(MAX_LENGTH)];
+        let (_, want) = tokens.i64(&format!("prompt.{i}.input_ids"));
+        assert_eq!(truncated, to_u32(&want), "prompt {i}: {prompt:?}");
+        assert_eq!(json.decode(&ids).unwrap(), text, "prompt {i}");
+    }
+    // The over-long prompt: not truncated by the tokenizer either way.
+    assert_eq!(json.encode(&templated(&prompts[9])).unwrap().len(), 4129);
+    let (_, system) = tokens.i64("template.system_ids");
+    let prefix_text = &TEMPLATE[..TEMPLATE.find("{}").unwrap()];
+    assert_eq!(json.encode(prefix_text).unwrap(), to_u32(&system));
+    for text in [
+        "<|im_start|>",
+        "<|image_pad|>",
+        "<|file_sep|>",
+        "caf\u{65}\u{301}",
+        "",
+    ] {
+        assert_eq!(
+            json.encode(text).unwrap(),
+            files.encode(text).unwrap(),
+            "{text:?}"
+        );
+    }
+}
+
+/// The runtime's own tokenizer, serialized, loads back as the same tokenizer; a
+/// tokenizer.json asking for truncation and padding gets neither.
+#[test]
+fn serialized_tokenizer_round_trips_without_truncation_or_padding() {
+    let files = tokenizer();
+    let mut value: Value = serde_json::from_str(&files.to_json().unwrap()).unwrap();
+    value["truncation"] = json!({
+        "direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0
+    });
+    value["padding"] = json!({
+        "strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
+        "pad_id": 151643, "pad_type_id": 0, "pad_token": "<|endoftext|>"
+    });
+    let dir = write_folder(&[("tokenizer.json", &value.to_string())]);
+    let back = Tokenizer::from_dir(dir.path()).unwrap();
+    assert_eq!(back.layout(), Layout::TokenizerJson);
+    let tokens = Fixture::reference("tokens.safetensors");
+    for prompt in prompts(&tokens) {
+        let text = templated(&prompt);
+        assert_eq!(back.encode(&text).unwrap(), files.encode(&text).unwrap());
+    }
+}
+
+#[test]
+fn tokenizer_json_wins_over_vocab_and_merges() {
+    let vocab = r#"{"a": 0, "b": 1, "ab": 2, "Ġ": 3}"#;
+    let slow = write_folder(&[("vocab.json", vocab), ("merges.txt", "a b\n")]);
+    let mut value: Value =
+        serde_json::from_str(&Tokenizer::from_dir(slow.path()).unwrap().to_json().unwrap())
+            .unwrap();
+    // The same model with "ab" at id 7: the ids show which file was read.
+    value["model"]["vocab"] = json!({"a": 0, "b": 1, "ab": 7, "Ġ": 3});
+    let both = write_folder(&[
+        ("vocab.json", vocab),
+        ("merges.txt", "a b\n"),
+        ("tokenizer.json", &value.to_string()),
+    ]);
+    let tok = Tokenizer::from_dir(both.path()).unwrap();
+    assert_eq!(tok.layout(), Layout::TokenizerJson);
+    assert_eq!(tok.encode("ab ab").unwrap(), [7, 3, 7]);
+    assert_eq!(tok.max_id(), Some(("ab", 7)));
+
+    // A broken tokenizer.json is an error, not a fall back to the other files.
+    let broken = write_folder(&[
+        ("vocab.json", vocab),
+        ("merges.txt", "a b\n"),
+        ("tokenizer.json", "{"),
+    ]);
+    let err = Tokenizer::from_dir(broken.path()).unwrap_err();
+    assert!(matches!(err, TokenizerError::Json { .. }), "{err}");
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}
+
+/// A folder's files: (name, text).
+type Files<'a> = &'a [(&'a str, &'a str)];
+
+/// Each bad folder: its files, what the error must name, how the error starts.
+#[test]
+fn empty_or_malformed_files_are_one_error_naming_the_file() {
+    let vocab = r#"{"a": 0, "b": 1, "ab": 2, "Ġ": 3}"#;
+    let good_json =
+        Tokenizer::from_dir(write_folder(&[("vocab.json", vocab), ("merges.txt", "a b\n")]).path())
+            .unwrap()
+            .to_json()
+            .unwrap();
+    let mut no_merges: Value = serde_json::from_str(&good_json).unwrap();
+    no_merges["model"]["merges"] = json!([]);
+    let no_merges = no_merges.to_string();
+    let mut no_vocab: Value = serde_json::from_str(&good_json).unwrap();
+    no_vocab["model"] = json!({"type": "WordLevel", "vocab": {}, "unk_token": "<unk>"});
+    no_vocab["added_tokens"] = json!([]);
+    let mut wrong_added: Value = serde_json::from_str(&good_json).unwrap();
+    wrong_added["added_tokens"] = json!([{"id": 4, "content": "<|x|>", "single_word": false,
+        "lstrip": false, "rstrip": false, "normalized": false, "special": true}]);
+    let wrong_added = wrong_added.to_string();
+    let no_vocab = no_vocab.to_string();
+    let config = r#"{"added_tokens_decoder": {"5": {"content": "<|x|>", "special": true}}}"#;
+
+    let cases: &[(Files, &str, &str)] = &[
+        (
+            &[("vocab.json", vocab), ("merges.txt", "")],
+            "merges.txt",
+            "tokenizer file ",
+        ),
+        (
+            &[("vocab.json", vocab), ("merges.txt", "#version: 0.2\n\n")],
+            "merges.txt",
+            "tokenizer file ",
+        ),
+        (
+            &[("vocab.json", ""), ("merges.txt", "a b\n")],
+            "vocab.json",
+            "tokenizer file ",
+        ),
+        (
+            &[("vocab.json", "{}"), ("merges.txt", "a b\n")],
+            "vocab.json",
+            "tokenizer file ",
+        ),
+        (
+            &[("vocab.json", "[1]"), ("merges.txt", "a b\n")],
+            "vocab.json",
+            "malformed ",
+        ),
+        (
+            &[("vocab.json", vocab), ("merges.txt", "a\n")],
+            "merges.txt",
+            "malformed ",
+        ),
+        (
+            &[("vocab.json", vocab)],
+            "merges.txt",
+            "tokenizer file not found",
+        ),
+        (
+            &[("tokenizer.json", "")],
+            "tokenizer.json",
+            "tokenizer file ",
+        ),
+        (
+            &[("tokenizer.json", "{\"model\": ")],
+            "tokenizer.json",
+            "malformed ",
+        ),
+        (&[("tokenizer.json", "{}")], "tokenizer.json", "malformed "),
+        (&[("tokenizer.json", "[]")], "tokenizer.json", "malformed "),
+        (
+            &[("tokenizer.json", &no_merges)],
+            "tokenizer.json",
+            "tokenizer file ",
+        ),
+        (
+            &[("tokenizer.json", &no_vocab)],
+            "tokenizer.json",
+            "tokenizer file ",
+        ),
+        (
+            &[
+                ("tokenizer.json", &wrong_added),
+                ("tokenizer_config.json", config),
+            ],
+            "tokenizer.json",
+            "bad added token",
+        ),
+        (
+            &[
+                ("tokenizer.json", &good_json),
+                ("tokenizer_config.json", ""),
+            ],
+            "tokenizer_config.json",
+            "tokenizer file ",
+        ),
+        (&[("README.md", "hi")], "no tokenizer in", "no tokenizer in"),
+    ];
+    for (files, file, start) in cases {
+        let dir = write_folder(files);
+        let err = Tokenizer::from_dir(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        let names: Vec<&str> = files.iter().map(|f| f.0).collect();
+        assert!(msg.starts_with(start), "{names:?}: {msg}");
+        assert!(msg.contains(file), "{names:?}: {msg}");
+        assert_eq!(msg.lines().count(), 1, "{names:?}: {msg}");
+    }
+
+    // A FIFO is refused, not opened (opening one would block).
+    let dir = write_folder(&[("merges.txt", "a b\n")]);
+    let fifo = dir.path().join("vocab.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = Tokenizer::from_dir(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, TokenizerError::NotRegularFile { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("vocab.json"), "{err}");
 }
