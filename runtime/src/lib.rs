@@ -4,8 +4,8 @@
 //! - [`weights`]: memory-map safetensors checkpoints (single file or sharded with a
 //!   `*.safetensors.index.json`), check them against what a model expects, and hand out
 //!   tensors as MLX arrays.
-//! - [`tokenizer`]: byte-level BPE tokenizer from a published `tokenizer/` folder (no
-//!   `tokenizer.json` needed).
+//! - [`tokenizer`]: byte-level BPE tokenizer from a published `tokenizer/` folder: vocab.json
+//!   + merges.txt, or tokenizer.json alone (through the tokenizers crate).
 //! - [`scheduler`]: flow-matching Euler sigma schedules (dynamic / static shift, terminal
 //!   stretch) from `scheduler_config.json`, and the Euler step.
 //! - [`guidance`]: true classifier-free guidance with per-token norm rescaling.
@@ -14,8 +14,8 @@
 //!   written atomically.
 //! - [`error`]: the error types, which name the file and the tensor.
 //!
-//! Budget: this crate knows nothing about Qwen or the graph DSL and stays small (well
-//! under ~1,000 lines). Model knowledge lives in `models/qwen`.
+//! This crate knows nothing about Qwen or the graph DSL; model knowledge lives in
+//! `models/qwen`.
 
 pub mod device;
 pub mod error;
