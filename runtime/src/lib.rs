@@ -12,6 +12,7 @@
 //! - [`kernels`]: custom CUDA kernels through MLX, where the loaded libmlx has CUDA.
 //! - [`image`]: decoded tensors to 8-bit RGB as diffusers does, PNG with text metadata,
 //!   written atomically.
+//! - [`files`]: only regular files are opened (a FIFO would block).
 //! - [`error`]: the error types, which name the file and the tensor.
 //!
 //! This crate knows nothing about Qwen or the graph DSL; model knowledge lives in
@@ -19,6 +20,7 @@
 
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod guidance;
 pub mod image;
 pub mod kernels;

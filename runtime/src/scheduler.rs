@@ -121,7 +121,7 @@ impl SchedulerConfig {
     /// Reads a `scheduler_config.json`; rejects options the runtime does not implement.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, SchedulerError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| {
+        let text = crate::files::read_regular(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 SchedulerError::NotFound {
                     path: path.to_path_buf(),

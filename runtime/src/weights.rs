@@ -427,39 +427,13 @@ fn regular_file(path: &Path) -> Result<(), WeightError> {
 }
 
 fn is_regular(path: &Path, file_type: FileType) -> Result<(), WeightError> {
-    if file_type.is_file() {
-        return Ok(());
+    match crate::files::not_regular(file_type) {
+        None => Ok(()),
+        Some(kind) => Err(WeightError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        }),
     }
-    let kind = if file_type.is_dir() {
-        "a folder"
-    } else {
-        special_kind(file_type)
-    };
-    Err(WeightError::NotRegularFile {
-        path: path.to_path_buf(),
-        kind,
-    })
-}
-
-#[cfg(unix)]
-fn special_kind(file_type: FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if file_type.is_fifo() {
-        "a named pipe (fifo)"
-    } else if file_type.is_char_device() {
-        "a character device"
-    } else if file_type.is_block_device() {
-        "a block device"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else {
-        "a special file"
-    }
-}
-
-#[cfg(not(unix))]
-fn special_kind(_: FileType) -> &'static str {
-    "a special file"
 }
 
 impl Shard {

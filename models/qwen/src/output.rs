@@ -32,7 +32,11 @@ pub enum OutputError {
     #[error("output {} is a {kind}, not a regular file", path.display())]
     NotRegular { path: PathBuf, kind: &'static str },
 
-    #[error("output {} is the same file as {}, an input of this run", path.display(), input.display())]
+    #[error("output {}{}", path.display(), if path == input {
+        " is an input of this run".to_string()
+    } else {
+        format!(" is the same file as {}, an input of this run", input.display())
+    })]
     Input { path: PathBuf, input: PathBuf },
 
     #[error("cannot write {}: folder {} does not exist", path.display(), folder.display())]

@@ -72,23 +72,18 @@ cases! {
         => ["token `<|far|>`", "has id 4294967295", "embedding table"];
 
     // -- a FIFO in place of a config or weight file: refused, never blocks --
-    #[ignore = "does not block, but the error says `no model_index.json` (Pipeline::open checks is_file())"]
     fifo_as_model_index_json:
         |m, _| { fifo(m, "model_index.json"); None }
         => ["model_index.json", "not a regular file"];
-    #[ignore = "blocks in open: pipeline::config::read_json has no regular-file check"]
     fifo_as_transformer_config:
         |m, _| { fifo(m, "transformer/config.json"); None }
         => ["transformer/config.json", "not a regular file"];
-    #[ignore = "blocks in open: pipeline::config::read_json has no regular-file check"]
     fifo_as_text_encoder_config:
         |m, _| { fifo(m, "text_encoder/config.json"); None }
         => ["text_encoder/config.json", "not a regular file"];
-    #[ignore = "blocks in open: pipeline::config::read_json has no regular-file check"]
     fifo_as_vae_config:
         |m, _| { fifo(m, "vae/config.json"); None }
         => ["vae/config.json", "not a regular file"];
-    #[ignore = "blocks in open: SchedulerConfig::from_file has no regular-file check"]
     fifo_as_scheduler_config:
         |m, _| { fifo(m, "scheduler/scheduler_config.json"); None }
         => ["scheduler_config.json", "not a regular file"];

@@ -118,7 +118,7 @@ impl fmt::Display for ModelConfig {
 
 /// A json file of the model folder.
 pub(super) fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Config {
+    let text = qwen_runtime::files::read_regular(path).map_err(|e| PipelineError::Config {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;

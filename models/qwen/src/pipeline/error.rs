@@ -29,8 +29,8 @@ pub enum PipelineError {
     /// The component configs describe other networks than the generated module was built
     /// for: every differing field of every file, each as `file: field is found, expected`.
     #[error(
-        "the configs in {} do not fit the generated module {module} ({} problems): {}",
-        path.display(), problems.len(), problems.join("; ")
+        "the configs in {} do not fit the generated module {module} ({}): {}",
+        path.display(), Count(problems.len(), "problem"), problems.join("; ")
     )]
     ConfigMismatch {
         path: PathBuf,
@@ -81,8 +81,8 @@ pub enum PipelineError {
     /// The weights differ from what the module expects: every problem of every component
     /// (the message shows the first [`SHOWN_PROBLEMS`] on one line).
     #[error(
-        "the checkpoint in {} does not fit the generated module {module} ({} problems): {}",
-        path.display(), problems.len(), Listed(problems)
+        "the checkpoint in {} does not fit the generated module {module} ({}): {}",
+        path.display(), Count(problems.len(), "problem"), Listed(problems)
     )]
     Mismatch {
         path: PathBuf,
@@ -121,6 +121,16 @@ pub enum PipelineError {
         what: &'static str,
         source: Exception,
     },
+}
+
+/// `1 problem`, `2 problems`.
+struct Count(usize, &'static str);
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.0 == 1 { "" } else { "s" };
+        write!(f, "{} {}{s}", self.0, self.1)
+    }
 }
 
 /// Problems shown in a [`PipelineError::Mismatch`] message.

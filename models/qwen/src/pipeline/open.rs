@@ -67,7 +67,8 @@ impl Pipeline {
         if !dir.exists() {
             return Err(PipelineError::ModelNotFound { path: dir });
         }
-        if !dir.join("model_index.json").is_file() {
+        // present (of any kind: a FIFO is refused by name when it is read, not opened)
+        if std::fs::symlink_metadata(dir.join("model_index.json")).is_err() {
             return Err(PipelineError::NotAModel {
                 path: dir,
                 reason: "no model_index.json".into(),
