@@ -8,6 +8,8 @@
 //! fixture's settings and initial latents (hidden `--latents-file/--latents-key`: MLX's seeded
 //! noise cannot equal torch's) writes the reference PNG's pixels.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -96,23 +98,8 @@ fn rewrite(path: &Path, edit: impl Fn(&str, Vec<usize>, &[u8]) -> Option<(Vec<us
 }
 
 fn png_pixels(path: &Path) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!(info.color_type, png::ColorType::Rgb);
-    assert_eq!(info.bit_depth, png::BitDepth::Eight);
-    buf.truncate(info.buffer_size());
-    let meta = reader.info();
-    let mut text: Vec<(String, String)> = meta
-        .uncompressed_latin1_text
-        .iter()
-        .map(|t| (t.keyword.clone(), t.text.clone()))
-        .collect();
-    for t in &meta.utf8_text {
-        text.push((t.keyword.clone(), t.get_text().unwrap()));
-    }
-    (info.width, info.height, buf, text)
+    let p = common::read_png(path);
+    (p.width, p.height, p.pixels, p.text)
 }
 
 /// The fixture's settings at `res` with its initial latents, into `out`.

@@ -5,6 +5,8 @@
 //! Every run is the real binary on the CPU with the same prompt, seed, steps and `--dtype f32`,
 //! compared with the run on the fixture itself.
 
+mod common;
+
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -61,25 +63,13 @@ fn generate(model: &str, out: &Path, env: &[(&str, Option<&Path>)]) -> (String, 
     (String::from_utf8_lossy(&run.stdout).into_owned(), png(out))
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct Image {
-    width: u32,
-    height: u32,
-    pixels: Vec<u8>,
-}
+type Image = common::Png;
 
+/// The PNG's size and pixels (its text chunks name the model path, which differs).
 fn png(path: &Path) -> Image {
-    let decoder = png::Decoder::new(std::io::BufReader::new(fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!(info.color_type, png::ColorType::Rgb);
-    assert_eq!(info.bit_depth, png::BitDepth::Eight);
-    buf.truncate(info.buffer_size());
     Image {
-        width: info.width,
-        height: info.height,
-        pixels: buf,
+        text: vec![],
+        ..common::read_png(path)
     }
 }
 
