@@ -69,7 +69,7 @@ cases! {
         => ["token `<|far|>`", "has id 152064", "embedding table of 152064 rows"];
     added_token_id_u32_max:
         |m, _| { added_token(m, u32::MAX); None }
-        => ["token `<|far|>`", "has id 4294967295", "embedding table"];
+        => ["`<|far|>` has id 4294967295", "past the largest token id"];
 
     // -- a FIFO in place of a config or weight file: refused, never blocks --
     fifo_as_model_index_json:

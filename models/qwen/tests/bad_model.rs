@@ -296,7 +296,7 @@ fn token_ids_must_fit_the_embedding_table() {
     let tmp = tempfile::tempdir().unwrap();
     let model = model_copy(tmp.path());
     let rel = "tokenizer/added_tokens.json";
-    for id in [152_064u32, u32::MAX] {
+    for id in [152_064u32, i32::MAX as u32 - 1] {
         edit_text(&model, rel, "{", &format!("{{\n  \"<|far|>\": {id},"));
         let err = open_error(&model);
         assert!(matches!(err, PipelineError::TokenId { .. }), "{err}");
@@ -307,6 +307,22 @@ fn token_ids_must_fit_the_embedding_table() {
             fs::read(fixture("tiny-qwen-image").join(rel)).unwrap()
         });
     }
+    // an id no tokenizer may hold (the tokenizers crate overflowed on u32::MAX) is refused
+    // when the tokenizer is read
+    edit_text(
+        &model,
+        rel,
+        "{",
+        &format!("{{\n  \"<|far|>\": {},", u32::MAX),
+    );
+    let err = open_error(&model).to_string();
+    assert!(
+        err.contains("`<|far|>` has id 4294967295, past the largest token id"),
+        "{err}"
+    );
+    edit_bytes(&model, rel, |_| {
+        fs::read(fixture("tiny-qwen-image").join(rel)).unwrap()
+    });
     edit_text(&model, rel, "{", "{\n  \"<|far|>\": 152064,");
     let png = tmp.path().join("x.png");
     assert_fails_with(

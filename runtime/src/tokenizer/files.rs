@@ -148,6 +148,20 @@ struct TokenizerConfig {
     added_tokens_decoder: BTreeMap<String, AddedTokenEntry>,
 }
 
+/// The largest token id a tokenizer may hold: ids reach MLX as `i32`, and the tokenizers
+/// crate computes the next free id as the largest plus one.
+const MAX_TOKEN_ID: u32 = i32::MAX as u32 - 1;
+
+fn check_id(path: &Path, content: &str, id: u32) -> Result<(), TokenizerError> {
+    if id > MAX_TOKEN_ID {
+        return Err(TokenizerError::AddedToken {
+            path: path.to_path_buf(),
+            reason: format!("`{content}` has id {id}, past the largest token id ({MAX_TOKEN_ID})"),
+        });
+    }
+    Ok(())
+}
+
 /// Added tokens by id, from `tokenizer_config.json` (with their flags) and
 /// `added_tokens.json` (special when `special_tokens_map.json` names them). All optional.
 pub(super) fn read_added_tokens(dir: &Path) -> Result<BTreeMap<u32, AddedToken>, TokenizerError> {
@@ -161,6 +175,7 @@ pub(super) fn read_added_tokens(dir: &Path) -> Result<BTreeMap<u32, AddedToken>,
                 path: config_path.clone(),
                 reason: format!("id {id:?} of `{}` is not a number", e.content),
             })?;
+            check_id(&config_path, &e.content, id)?;
             let token = AddedToken::from(e.content, e.special)
                 .lstrip(e.lstrip)
                 .rstrip(e.rstrip)
@@ -175,6 +190,7 @@ pub(super) fn read_added_tokens(dir: &Path) -> Result<BTreeMap<u32, AddedToken>,
         let special = special_token_names(&dir.join("special_tokens_map.json"))?;
         let map: BTreeMap<String, u32> = parse_json(&map_path)?;
         for (content, id) in map {
+            check_id(&map_path, &content, id)?;
             match added.get(&id) {
                 Some(known) if known.content != content => {
                     return Err(TokenizerError::AddedToken {

@@ -20,6 +20,10 @@ struct Shape {
 struct ModelShape {
     /// Only a BPE model has merges.
     merges: Option<Vec<IgnoredAny>>,
+    /// Word-piece style affixes: byte-level BPE has none (the tokenizers crate slices merges
+    /// by their length and panics when one is longer than a merge's half).
+    continuing_subword_prefix: Option<String>,
+    end_of_word_suffix: Option<String>,
 }
 
 /// `path` (`dir`'s tokenizer.json) as `tokenizers::Tokenizer::from_file` reads it: the file's
@@ -32,20 +36,51 @@ pub(super) fn load(dir: &Path, path: &Path) -> Result<tokenizers::Tokenizer, Tok
         source,
     };
     let text = read_text(path)?;
+    // Valid JSON first: the tokenizers crate panics on some syntax errors inside nested
+    // objects (its decoder helper `expect`s) instead of returning them.
+    serde_json::from_str::<IgnoredAny>(&text).map_err(json)?;
     // A BPE without merges encodes every byte as its own token: a meaningless prompt. (A
     // file this look cannot read is left to the full parse below, whose error says more.)
-    let shape = serde_json::from_str::<Shape>(&text).ok();
-    if shape
-        .and_then(|s| s.model)
-        .and_then(|m| m.merges)
-        .is_some_and(|m| m.is_empty())
-    {
-        return Err(TokenizerError::Empty {
-            path: path.to_path_buf(),
-            what: "merges",
-        });
+    let model = serde_json::from_str::<Shape>(&text)
+        .ok()
+        .and_then(|s| s.model);
+    if let Some(model) = &model {
+        if model.merges.as_ref().is_some_and(|m| m.is_empty()) {
+            return Err(TokenizerError::Empty {
+                path: path.to_path_buf(),
+                what: "merges",
+            });
+        }
+        let affixes = [
+            (
+                "continuing_subword_prefix",
+                &model.continuing_subword_prefix,
+            ),
+            ("end_of_word_suffix", &model.end_of_word_suffix),
+        ];
+        for (field, value) in affixes {
+            if value.as_ref().is_some_and(|v| !v.is_empty()) {
+                return Err(TokenizerError::Build {
+                    dir: dir.to_path_buf(),
+                    message: format!(
+                        "{}: `model.{field}` is set; a byte-level BPE has none",
+                        path.display()
+                    ),
+                });
+            }
+        }
     }
-    let mut inner: tokenizers::Tokenizer = serde_json::from_str(&text).map_err(json)?;
+    // The crate still panics on some structures it does not expect: an error, not a crash.
+    let parsed = std::panic::catch_unwind(|| serde_json::from_str::<tokenizers::Tokenizer>(&text));
+    let mut inner = match parsed {
+        Ok(result) => result.map_err(json)?,
+        Err(_) => {
+            return Err(TokenizerError::Build {
+                dir: dir.to_path_buf(),
+                message: format!("the tokenizers crate failed on {}", path.display()),
+            })
+        }
+    };
     inner
         .with_truncation(None)
         .map_err(|e| TokenizerError::Build {
