@@ -73,6 +73,10 @@ struct Common {
     /// Force a generated module by name (e.g. res96x64_tiny).
     #[arg(long)]
     module: Option<String>,
+
+    /// GPU memory the pipeline may use, in GB (as `qwen-run --memory-limit`).
+    #[arg(long, value_name = "GB")]
+    memory_limit: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +163,7 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         resolution: common.res,
         dtype: dtype.mlx(),
         module: common.module.clone(),
+        memory_limit: common.memory_limit.map(|gb| (gb * 1e9) as usize),
     };
     let pipeline = Pipeline::open(qwen::model_dir::resolve(&common.model)?, &options)
         .with_context(|| format!("opening {}", common.model.display()))?;
@@ -262,6 +267,10 @@ fn warm(args: &WarmArgs) -> Result<()> {
             ("steps", args.steps.into()),
             ("cfg", f64::from(c.cfg).into()),
             ("dtype", args.dtype.name().into()),
+            (
+                "memory_limit_gb",
+                c.memory_limit.map(|g| round(g, 2)).into(),
+            ),
         ],
     )?;
     rows.push(

@@ -751,6 +751,21 @@ impl GraphBuilder {
         carry: usize,
         inputs: &[Tensor],
     ) -> Result<Vec<Tensor>> {
+        self.scan(block, prefix, count, [carry, 0], inputs)
+    }
+
+    /// Call a block `count` times with weights under `prefix.{i}` ([`Op::Repeat`]): of the
+    /// inputs, the first `carry` are carried through, the next `sliced` (`[count, ..]`)
+    /// give call `i` their row `i`, the rest go to every call; the outputs are the carried
+    /// values, then every other block output stacked over the calls (`[count, ..]`).
+    pub fn scan(
+        &mut self,
+        block: &Graph,
+        prefix: &str,
+        count: usize,
+        [carry, sliced]: [usize; 2],
+        inputs: &[Tensor],
+    ) -> Result<Vec<Tensor>> {
         self.register(block)?;
         let prefix = self.key(prefix);
         self.node_named(
@@ -765,6 +780,7 @@ impl GraphBuilder {
                 prefix,
                 count,
                 carry,
+                sliced,
             },
             inputs,
         )

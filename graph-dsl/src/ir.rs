@@ -323,14 +323,18 @@ pub enum Op {
         block: String,
         prefix: String,
     },
-    /// Call block `block` `count` times with weights under `prefix.{i}`; the first `carry`
-    /// inputs are replaced by the outputs after each call (which must match them); the
-    /// rest are passed unchanged to every call.
+    /// Call block `block` `count` times with weights under `prefix.{i}` (a scan over the
+    /// layers). Inputs: the first `carry` are replaced by the first `carry` outputs after
+    /// each call (which must match them); the next `sliced` have a leading `[count]` axis
+    /// and call `i` gets row `i` of each; the rest are passed unchanged to every call.
+    /// Outputs: the carried values after the last call, then each other output of the
+    /// block stacked over the calls, `[count, ..]`.
     Repeat {
         block: String,
         prefix: String,
         count: usize,
         carry: usize,
+        sliced: usize,
     },
 
     /// Per-token RoPE tables before folding: outputs img cos, img sin `[L_img, Σd/2]`,

@@ -585,6 +585,7 @@ fn options() -> Options {
         resolution: Some("96x64".parse().unwrap()),
         dtype: Dtype::Float32,
         module: None,
+        memory_limit: None,
     }
 }
 

@@ -154,9 +154,15 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                         v.extend(#bt::specs(&__key(prefix, &format!("{}.{}", #prefix, i))));
                     }
                 });
+                // each layer evaluated as it is loaded: what its weight transforms read
+                // (the parts of a joined projection) is freed before the next layer's
                 loads.push(quote! {
                     #f: (0..#c)
-                        .map(|i| #bt::load_with(get, &__key(prefix, &format!("{}.{}", #prefix, i)), dtype))
+                        .map(|i| {
+                            let l = #bt::load_with(get, &__key(prefix, &format!("{}.{}", #prefix, i)), dtype)?;
+                            mlx::transforms::eval(&l.arrays())?;
+                            Ok(l)
+                        })
                         .collect::<Result<Vec<_>, LoadError>>()?
                 });
                 counts.push(quote!(#c * #bt::COUNT));

@@ -18,9 +18,39 @@ pub(super) fn infer(cx: &Cx) -> Result<Vec<TensorTy>> {
                         block: block.clone(),
                     })?;
             cx.arity(b.inputs.len())?;
+            let (count, carry, sliced) = match cx.op {
+                Op::Repeat {
+                    count,
+                    carry,
+                    sliced,
+                    ..
+                } => (*count, *carry, *sliced),
+                _ => (1, 0, 0),
+            };
+            if carry + sliced > b.inputs.len() {
+                return Err(cx.attr("carried and sliced inputs exceed the block's inputs"));
+            }
             let mut map: BTreeMap<String, Dim> = BTreeMap::new();
-            for (decl, actual) in b.inputs.iter().zip(cx.inputs) {
-                let (want, got) = (&decl.ty.shape, &actual.shape);
+            for (j, (decl, actual)) in b.inputs.iter().zip(cx.inputs).enumerate() {
+                let want = &decl.ty.shape;
+                // a sliced input is `[count, ..]`; each call sees one row
+                let row;
+                let got = if (carry..carry + sliced).contains(&j) {
+                    if actual.shape.0.first() != Some(&Dim::Const(count)) {
+                        return Err(cx.mismatch(
+                            want,
+                            &actual.shape,
+                            format!(
+                                "sliced input `{}` needs a leading axis of {count} (one row per call)",
+                                decl.name
+                            ),
+                        ));
+                    }
+                    row = Shape(actual.shape.0[1..].to_vec());
+                    &row
+                } else {
+                    &actual.shape
+                };
                 if want.rank() != got.rank() {
                     return Err(cx.mismatch(
                         want,
@@ -54,22 +84,28 @@ pub(super) fn infer(cx: &Cx) -> Result<Vec<TensorTy>> {
                     }
                 }
             }
+            let is_repeat = matches!(cx.op, Op::Repeat { .. });
             let outs: Vec<TensorTy> = b
                 .outputs
                 .iter()
-                .map(|(_, v)| {
+                .enumerate()
+                .map(|(j, (_, v))| {
                     let t = b.ty(*v);
-                    ty(
-                        Shape(t.shape.0.iter().map(|d| subst(d, &map)).collect()),
-                        t.dtype,
-                    )
+                    let dims = t.shape.0.iter().map(|d| subst(d, &map));
+                    // a repeat's outputs past the carried ones are stacked over the calls
+                    let dims = if is_repeat && j >= carry {
+                        std::iter::once(Dim::Const(count)).chain(dims).collect()
+                    } else {
+                        dims.collect()
+                    };
+                    ty(Shape(dims), t.dtype)
                 })
                 .collect();
-            if let Op::Repeat { carry, .. } = cx.op {
-                if *carry > outs.len() {
+            if is_repeat {
+                if carry > outs.len() {
                     return Err(cx.attr("carry exceeds the block's outputs"));
                 }
-                for (i, o) in outs.iter().take(*carry).enumerate() {
+                for (i, o) in outs.iter().take(carry).enumerate() {
                     if o.shape != cx.inputs[i].shape {
                         return Err(cx.mismatch(
                             &cx.inputs[i].shape,

@@ -291,7 +291,7 @@ fn split_halves(g: &Graph, sy: &CfgSymbols) -> Result<Graph> {
                     return Err(err(&node.name, format!("unknown block {block}")));
                 }
                 let mut ins = vec![];
-                let mut carry_new = 0;
+                let (mut carry_new, mut sliced_new) = (0, 0);
                 for (j, v) in node.inputs.iter().enumerate() {
                     let n = match &map[v] {
                         M::One(t) | M::Packed(t) => {
@@ -303,9 +303,11 @@ fn split_halves(g: &Graph, sy: &CfgSymbols) -> Result<Graph> {
                             2
                         }
                     };
-                    if let Op::Repeat { carry, .. } = node.op {
+                    if let Op::Repeat { carry, sliced, .. } = node.op {
                         if j < carry {
                             carry_new += n;
+                        } else if j < carry + sliced {
+                            sliced_new += n;
                         }
                     }
                 }
@@ -320,6 +322,7 @@ fn split_halves(g: &Graph, sy: &CfgSymbols) -> Result<Graph> {
                         prefix: prefix.clone(),
                         count: *count,
                         carry: carry_new,
+                        sliced: sliced_new,
                     },
                     other => other.clone(),
                 };

@@ -8,20 +8,21 @@
 //! depends on; finite, in-range latent statistics and scheduler values; token ids within the
 //! text encoder's embedding table), checks the weights of all three networks against what
 //! that module expects (every problem of every component in one error), and loads the
-//! transformer and the VAE decoder (the text encoder too when all three fit, see
-//! [`encoder_fits`]). [`Pipeline::generate`] then runs the steps of spec §1 in diffusers'
-//! order:
+//! VAE decoder, and the other networks too when everything fits the memory budget (which
+//! networks stay loaded is one rule, in [`memory`]). [`Pipeline::generate`] then runs the
+//! steps of spec §1 in diffusers' order, each stage loading its network if it is not loaded:
 //!
 //! 1. each prompt in the Qwen template ([`PROMPT_TEMPLATE`]), tokenized as one string and cut
-//!    at `1024 + 34` tokens; the generated text encoder (the resident one, or loaded here and
-//!    dropped before the loop); the first 34 rows dropped; the rest cut to
-//!    `max_sequence_length` (512);
+//!    at `1024 + 34` tokens; the generated text encoder; the first 34 rows dropped; the rest
+//!    cut to `max_sequence_length` (512);
 //! 2. initial latents: the given ones, or standard normal noise from an MLX key of the seed,
 //!    drawn as `[1, 16, h, w]` and packed to `[1, L_img, 64]`;
-//! 3. the flow-match schedule for `L_img`; per step one transformer evaluation of both CFG
-//!    halves (one call where the module joins them, else two), true CFG with norm rescale,
-//!    the Euler step, and one `eval` that also reduces the latents to one "all finite"
-//!    flag (a NaN or an infinity stops the run, [`PipelineError::NonFinite`]);
+//! 3. the flow-match schedule for `L_img`; the generated timestep modulation of all its
+//!    timesteps at once (kept for the next generation with the same schedule); per step one
+//!    transformer evaluation of both CFG halves (one call where the module joins them, else
+//!    two) with that step's modulation, true CFG with norm rescale, the Euler step, and one
+//!    `eval` that also reduces the latents to one "all finite" flag (a NaN or an infinity
+//!    stops the run, [`PipelineError::NonFinite`]);
 //! 4. unpack to NHWC, de-normalise with `latents_mean` / `latents_std` of `vae/config.json`,
 //!    the generated VAE decoder, clamp to [−1, 1], and 8-bit RGB as diffusers' postprocess.
 //!
@@ -31,7 +32,8 @@
 //! One file per concern under `pipeline/`: `error` (errors and warnings), `config`
 //! (resolutions, configs, the folder's json), `checks` (the folder's json and token ids
 //! against the generated module, before anything is loaded), `variant` (the face of a
-//! generated module and the list of them; `variants` implements it), `open`, `prompt`
+//! generated module and the list of them; `variants` implements it), `open`, `memory`
+//! (what stays loaded), `prompt`
 //! (template, tokenizer, text encoder), `latents` (packing and noise) and `generate`
 //! (denoise, decode, metadata).
 
@@ -47,6 +49,7 @@ mod config;
 mod error;
 mod generate;
 mod latents;
+pub mod memory;
 mod open;
 mod prompt;
 mod variant;
@@ -58,18 +61,19 @@ use error::{mlx, Result};
 pub use error::{PipelineError, Warning, SHOWN_PROBLEMS};
 pub use generate::{Event, Generation, Request, Timings};
 pub use latents::{pack, unpack_nhwc};
-pub use open::{encoder_fits, Options};
+pub use memory::Network;
+pub use open::Options;
 pub use prompt::{
     format_prompt, Embeddings, MAX_SEQUENCE_LENGTH, PROMPT_TEMPLATE, TEMPLATE_DROP,
     TOKENIZER_MAX_LENGTH,
 };
 pub use variant::{
-    find_variant, variant_by_name, Decoder, Denoiser, Step, TextEncoder, Variant, VARIANTS,
+    find_variant, variant_by_name, Decoder, Denoiser, ModulationTable, Modulator, Step,
+    TextEncoder, Variant, VARIANTS,
 };
 
-/// An opened model: checked, transformer and VAE loaded. The text encoder stays loaded when
-/// all three networks fit in the memory MLX may use ([`Pipeline::text_encoder_resident`]);
-/// otherwise it is loaded for each generation and dropped before the denoise loop.
+/// An opened model: checked, the VAE loaded, the other networks loaded as [`memory`]'s rule
+/// says (all of them at open when everything fits the budget).
 pub struct Pipeline {
     dir: PathBuf,
     variant: &'static dyn Variant,
@@ -78,11 +82,19 @@ pub struct Pipeline {
     scheduler: SchedulerConfig,
     latents_mean: Vec<f32>,
     latents_std: Vec<f32>,
-    text_encoder: Checkpoint,
-    /// The loaded text encoder when it stays loaded.
-    resident_encoder: Option<Box<dyn TextEncoder>>,
-    transformer: Box<dyn Denoiser>,
+    /// Where the networks that come and go are loaded from.
+    checkpoints: Checkpoints,
+    loaded: memory::LoadedCell,
+    sizes: memory::Sizes,
+    /// Bytes the networks and their work may take.
+    budget: usize,
     vae: Box<dyn Decoder>,
+}
+
+/// The opened (memory-mapped, checked) checkpoints networks are loaded from.
+struct Checkpoints {
+    text_encoder: Checkpoint,
+    transformer: Checkpoint,
 }
 
 impl fmt::Debug for Pipeline {
@@ -96,11 +108,6 @@ impl fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// Whether the text encoder stays loaded between generations (see [`encoder_fits`]).
-    pub fn text_encoder_resident(&self) -> bool {
-        self.resident_encoder.is_some()
-    }
-
     /// The generated module in use.
     pub fn variant(&self) -> &'static dyn Variant {
         self.variant

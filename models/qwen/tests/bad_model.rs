@@ -61,6 +61,7 @@ fn open_error(model: &Path) -> PipelineError {
         resolution: None,
         dtype: Dtype::Float32,
         module: None,
+        memory_limit: None,
     };
     Pipeline::open(model, &options).expect_err("the folder must be refused")
 }
@@ -197,6 +198,7 @@ fn equivalent_configs_are_accepted() {
         resolution: None,
         dtype: Dtype::Float32,
         module: None,
+        memory_limit: None,
     };
     Pipeline::open(&model, &options).unwrap();
 }

@@ -18,6 +18,7 @@ fn bf16(a: &Array) -> Array {
 fn tiny_transformer_in_bf16() {
     let ck = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
     let w = tiny::TransformerWeights::load(&ck, "", Dtype::Bfloat16).unwrap();
+    let m = tiny::TimestepModulationWeights::load(&ck, "", Dtype::Bfloat16).unwrap();
     let r = Checkpoint::open(fixture("references/transformer.safetensors")).unwrap();
     let get = |k: &str| r.array(&format!("96x64.{k}")).unwrap();
     let x = ops::split_at_indices(get("input.hidden_states"), &[1], 0)
@@ -29,8 +30,22 @@ fn tiny_transformer_in_bf16() {
     let t = ops::split_at_indices(get("input.timestep"), &[1], 0)
         .unwrap()
         .swap_remove(0);
+    let (mi, mt, mo) = tiny::timestep_modulation(&m, &t).unwrap();
+    assert_eq!(mi.dtype(), Dtype::Bfloat16); // the timestep (f32) is cast like the weights
     let (ic, is, tc, ts) = tiny::rope(9).unwrap();
-    let y = tiny::transformer(&w, &bf16(&x), &bf16(&ctx), &t, &ic, &is, &tc, &ts).unwrap();
+    let y = tiny::transformer(
+        &w,
+        &bf16(&x),
+        &bf16(&ctx),
+        &mi,
+        &mt,
+        &mo,
+        &ic,
+        &is,
+        &tc,
+        &ts,
+    )
+    .unwrap();
     assert_eq!(y.dtype(), Dtype::Bfloat16);
     let e = rel_err(
         &y.as_dtype(Dtype::Float32).unwrap(),

@@ -158,11 +158,12 @@ fn res1024_transformer_cfg_step() -> Result<(), Exception> {
 
 /// The inputs of one true-CFG step at 1024²: the latents for both halves, the texts of 27
 /// and 6 tokens packed into one sequence (as `pipeline/variants.rs` passes them), the
-/// timestep, the RoPE tables.
+/// step's modulation (random, of the size `timestep_modulation` gives), the RoPE tables.
 struct CfgStep {
     x: Array,
     texts: Array,
-    t: Array,
+    /// img, txt `[60, 2, 6·3072]`, out `[2, 2·3072]`
+    modulation: [Array; 3],
     /// img cos, img sin, txt cos (27, 6), txt sin (27, 6)
     rope: [Array; 6],
 }
@@ -174,16 +175,22 @@ impl CfgStep {
         let x = normal(&[2, real::IMG_TOKENS as i32, 64], 1.0).as_dtype(dtype)?;
         let (c0, c1) = (normal(&[1, 27, 3584], 1.0), normal(&[1, 6, 3584], 1.0));
         let texts = ops::concatenate(&[c0, c1], 1)?.as_dtype(dtype)?;
-        let t = Array::from_slice(&[0.5f32, 0.5], &[2]);
+        let layers = real::NUM_LAYERS as i32;
+        let modulation = [
+            normal(&[layers, 2, 6 * 3072], 0.5).as_dtype(dtype)?,
+            normal(&[layers, 2, 6 * 3072], 0.5).as_dtype(dtype)?,
+            normal(&[2, 2 * 3072], 0.5).as_dtype(dtype)?,
+        ];
         let step = CfgStep {
             x,
             texts,
-            t,
+            modulation,
             rope: [ic, is, tc0, tc1, ts0, ts1],
         };
         eval(
-            [&step.x, &step.texts, &step.t]
+            [&step.x, &step.texts]
                 .into_iter()
+                .chain(&step.modulation)
                 .chain(&step.rope),
         )?;
         Ok(step)
@@ -192,7 +199,21 @@ impl CfgStep {
     /// The velocity of both halves `[2, L_img, 64]`.
     fn run(&self, w: &real::TransformerWeights) -> Result<Array, Exception> {
         let [ic, is, tc0, tc1, ts0, ts1] = &self.rope;
-        real::transformer(w, &self.x, &self.texts, &self.t, ic, is, tc0, tc1, ts0, ts1)
+        let [mi, mt, mo] = &self.modulation;
+        real::transformer(
+            w,
+            &self.x,
+            &self.texts,
+            mi,
+            mt,
+            mo,
+            ic,
+            is,
+            tc0,
+            tc1,
+            ts0,
+            ts1,
+        )
     }
 }
 

@@ -6,10 +6,19 @@ mod common;
 
 use common::{fixture, rel_err};
 use qwen::specializations::res96x64_tiny as tiny;
-use qwen_runtime::__private::mlx_rs::{ops, Dtype};
+use qwen_runtime::__private::mlx_rs::{ops, Array, Dtype};
 use qwen_runtime::{Checkpoint, Extra};
 
 const TOL: f32 = 1e-4;
+
+/// The block's modulation from the fixture's `temb` `[B, D]`: the generated
+/// `block_modulation` (the body of `timestep_modulation`'s scan) of SiLU(temb), with the
+/// block's `img_mod.1` / `txt_mod.1` weights.
+fn block_modulation(ck: &Checkpoint, temb: &Array) -> (Array, Array) {
+    let w = tiny::BlockModulationWeights::load(ck, "transformer_blocks.0", Dtype::Float32).unwrap();
+    let silu = ops::multiply(temb, ops::sigmoid(temb).unwrap()).unwrap();
+    tiny::block_modulation(&w, &silu).unwrap()
+}
 
 #[test]
 fn dual_stream_block_matches_diffusers() {
@@ -20,7 +29,7 @@ fn dual_stream_block_matches_diffusers() {
     let w = tiny::DualStreamBlockWeights::load(&ck, prefix, Dtype::Float32).unwrap();
     let x = ck.array("input.hidden_states").unwrap();
     let ctx = ck.array("input.encoder_hidden_states").unwrap();
-    let temb = ck.array("input.temb").unwrap();
+    let (img_mod, txt_mod) = block_modulation(&ck, &ck.array("input.temb").unwrap());
     let l_txt = ctx.shape()[1];
     assert_eq!(x.shape(), &[2, tiny::IMG_TOKENS as i32, 64]);
 
@@ -37,9 +46,10 @@ fn dual_stream_block_matches_diffusers() {
         assert!(e <= 1e-6, "{name}: rel err {e:.3e}");
     }
 
-    let (y, c) =
-        tiny::dual_stream_block(&w, &x, &ctx, &temb, &img_cos, &img_sin, &txt_cos, &txt_sin)
-            .unwrap();
+    let (y, c) = tiny::dual_stream_block(
+        &w, &x, &ctx, &img_mod, &txt_mod, &img_cos, &img_sin, &txt_cos, &txt_sin,
+    )
+    .unwrap();
     let ey = rel_err(&y, &ck.array("output.hidden_states").unwrap());
     let ec = rel_err(&c, &ck.array("output.encoder_hidden_states").unwrap());
     println!("dual_stream_block: image stream rel err {ey:.3e}, text stream rel err {ec:.3e}");
@@ -81,13 +91,13 @@ fn compiled_dual_stream_block_matches_eager() {
         tiny::DualStreamBlockWeights::load(&ck, "transformer_blocks.0", Dtype::Float32).unwrap();
     let x = ck.array("input.hidden_states").unwrap();
     let ctx = ck.array("input.encoder_hidden_states").unwrap();
-    let temb = ck.array("input.temb").unwrap();
+    let (mi, mt) = block_modulation(&ck, &ck.array("input.temb").unwrap());
     let (ic, is, tc, ts) = tiny::rope(ctx.shape()[1]).unwrap();
-    let (y, c) = tiny::dual_stream_block(&w, &x, &ctx, &temb, &ic, &is, &tc, &ts).unwrap();
+    let (y, c) = tiny::dual_stream_block(&w, &x, &ctx, &mi, &mt, &ic, &is, &tc, &ts).unwrap();
 
     let mut args = w.arrays();
     assert_eq!(args.len(), tiny::DualStreamBlockWeights::COUNT);
-    args.extend([x, ctx, temb, ic, is, tc, ts]);
+    args.extend([x, ctx, mi, mt, ic, is, tc, ts]);
     let mut block = compile(tiny::dual_stream_block_flat, None);
     let out = block(&args).unwrap();
     let out2 = block(&args).unwrap(); // second call reuses the compiled graph

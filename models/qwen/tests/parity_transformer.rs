@@ -26,9 +26,24 @@ fn take(a: &Array, i: i32, len: Option<i32>) -> Array {
     }
 }
 
-fn run(w: &tiny::TransformerWeights, x: &Array, ctx: &Array, t: &Array) -> Array {
+/// The tiny transformer's two parts: its timestep modulation and the rest.
+fn load(ck: &Checkpoint) -> (tiny::TimestepModulationWeights, tiny::TransformerWeights) {
+    (
+        tiny::TimestepModulationWeights::load(ck, "", Dtype::Float32).unwrap(),
+        tiny::TransformerWeights::load(ck, "", Dtype::Float32).unwrap(),
+    )
+}
+
+/// Sample by sample: timesteps `[B]` give the modulation `[layers, B, ..]` of the batch.
+fn run(
+    (m, w): &(tiny::TimestepModulationWeights, tiny::TransformerWeights),
+    x: &Array,
+    ctx: &Array,
+    t: &Array,
+) -> Array {
+    let (mi, mt, mo) = tiny::timestep_modulation(m, t).unwrap();
     let (ic, is, tc, ts) = tiny::rope(ctx.shape()[1]).unwrap();
-    tiny::transformer(w, x, ctx, t, &ic, &is, &tc, &ts).unwrap()
+    tiny::transformer(w, x, ctx, &mi, &mt, &mo, &ic, &is, &tc, &ts).unwrap()
 }
 
 /// The 96×64 transformer reference (diffusers, batch 2 with a masked second text) and its
@@ -48,9 +63,11 @@ fn at(r: &Checkpoint, k: &str) -> Array {
 #[test]
 fn tiny_transformer_matches_diffusers_without_masks() {
     let ck = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
-    let specs = tiny::TransformerWeights::specs("");
+    // the two parts read every tensor of the checkpoint, once
+    let mut specs = tiny::TimestepModulationWeights::specs("");
+    specs.extend(tiny::TransformerWeights::specs(""));
     ck.check(&specs, Extra::Report).unwrap();
-    let w = tiny::TransformerWeights::load(&ck, "", Dtype::Float32).unwrap();
+    let w = load(&ck);
 
     let (r, [x, ctx, t]) = reference();
     let valid = [9, 5];
@@ -83,13 +100,17 @@ fn split_halves_module_matches_the_masked_batch_in_one_call() {
     use qwen::specializations::res96x64_tiny_split as split;
 
     let ck = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
+    let m = split::TimestepModulationWeights::load(&ck, "", Dtype::Float32).unwrap();
     let w = split::TransformerWeights::load(&ck, "", Dtype::Float32).unwrap();
     let (r, [x, ctx, t]) = reference();
+    // both samples' timesteps: the modulation of each half, [layers, 2, ..]
+    let (mi, mt, mo) = split::timestep_modulation(&m, &t).unwrap();
     let (c0, c1) = (take(&ctx, 0, Some(9)), take(&ctx, 1, Some(5)));
     let (ic, is, tc0, ts0) = split::rope(9).unwrap();
     let (_, _, tc1, ts1) = split::rope(5).unwrap();
     let c = ops::concatenate(&[&c0, &c1], 1).unwrap();
-    let y = split::transformer(&w, &x, &c, &t, &ic, &is, &tc0, &tc1, &ts0, &ts1).unwrap();
+    let y =
+        split::transformer(&w, &x, &c, &mi, &mt, &mo, &ic, &is, &tc0, &tc1, &ts0, &ts1).unwrap();
     let e = rel_err(&y, &at(&r, "output.sample"));
     println!(
         "transformer 96x64, cfg = split (text lengths 9 and 5, one call, no mask): rel err {e:.3e}"

@@ -60,6 +60,7 @@ fn open(res: &str, module: Option<&str>) -> Pipeline {
         resolution: Some(res.parse::<Resolution>().unwrap()),
         dtype: Dtype::Float32,
         module: module.map(str::to_owned),
+        memory_limit: None,
     };
     Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap()
 }
@@ -252,6 +253,7 @@ fn bf16_pipeline_is_close_to_the_f32_reference() {
         resolution: Some("64x64".parse().unwrap()),
         dtype: Dtype::Bfloat16,
         module: None,
+        memory_limit: None,
     };
     let pipeline = Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap();
     let request = r.request("64x64");

@@ -31,12 +31,14 @@ fn real_block_runs_at_1024() {
     let (l_img, l_txt) = (real::IMG_TOKENS as i32, 12);
     let x = random::normal::<f32>(&[2, l_img, 3072][..], None, None, None).unwrap();
     let ctx = random::normal::<f32>(&[1, l_txt, 3072][..], None, None, None).unwrap();
-    let temb = random::normal::<f32>(&[2, 3072][..], None, None, None).unwrap();
+    let mods = [0, 1].map(|_| random::normal::<f32>(&[2, 6 * 3072][..], None, 0.5, None).unwrap());
     let (ic, is, tc, ts) = real::rope(l_txt).unwrap();
     let t0 = std::time::Instant::now();
     let ctx2 = ops::concatenate(&[&ctx, &ctx], 1).unwrap();
-    let (y, c) =
-        real::dual_stream_block(&w, &x, &ctx2, &temb, &ic, &is, &tc, &tc, &ts, &ts).unwrap();
+    let (y, c) = real::dual_stream_block(
+        &w, &x, &ctx2, &mods[0], &mods[1], &ic, &is, &tc, &tc, &ts, &ts,
+    )
+    .unwrap();
     for a in [&y, &c] {
         a.eval().unwrap();
     }

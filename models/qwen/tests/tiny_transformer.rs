@@ -70,33 +70,44 @@ fn random(shape: &[i32], seed: u64) -> Array {
 #[test]
 fn tiny_transformer_runs_its_block_loop() {
     let specs = tiny::TransformerWeights::specs("");
-    assert_eq!(specs.len(), 32 * tiny::NUM_LAYERS + 13); // + img_in, txt_norm, txt_in, time embed, norm_out, proj_out
+    assert_eq!(specs.len(), 28 * tiny::NUM_LAYERS + 7); // + img_in, txt_norm, txt_in, proj_out
     assert!(specs
         .iter()
         .any(|s| s.name == "transformer_blocks.1.attn.to_add_out.bias"));
-    let file = write_checkpoint(&specs, &[]);
+    // the timestep-only part: time embedding, each block's img_mod.1 / txt_mod.1, norm_out
+    let mod_specs = tiny::TimestepModulationWeights::specs("");
+    assert_eq!(mod_specs.len(), 4 * tiny::NUM_LAYERS + 6);
+    assert!(mod_specs
+        .iter()
+        .any(|s| s.name == "transformer_blocks.1.txt_mod.1.weight"));
+    let all: Vec<_> = specs.iter().chain(&mod_specs).cloned().collect();
+    let file = write_checkpoint(&all, &[]);
     let ck = Checkpoint::open(file.path()).unwrap();
-    ck.check(&specs, Extra::Report).unwrap();
+    ck.check(&all, Extra::Report).unwrap();
     let w = tiny::TransformerWeights::load(&ck, "", Dtype::Float32).unwrap();
     assert_eq!(w.transformer_blocks.len(), tiny::NUM_LAYERS);
+    let m = tiny::TimestepModulationWeights::load(&ck, "", Dtype::Float32).unwrap();
 
     let (b, l_txt) = (2, 5);
     let l_img = tiny::IMG_TOKENS as i32;
     let x = random(&[b, l_img, 64], 1);
     let ctx = random(&[b, l_txt, 32], 2);
     let t = Array::from_slice(&[0.9f32, 0.3], &[2]);
+    let (mi, mt, mo) = tiny::timestep_modulation(&m, &t).unwrap();
+    assert_eq!(mi.shape(), &[tiny::NUM_LAYERS as i32, 2, 6 * 64]);
+    assert_eq!(mo.shape(), &[2, 2 * 64]);
     let (ic, is, tc, ts) = tiny::rope(l_txt).unwrap();
-    let v = tiny::transformer(&w, &x, &ctx, &t, &ic, &is, &tc, &ts).unwrap();
+    let v = tiny::transformer(&w, &x, &ctx, &mi, &mt, &mo, &ic, &is, &tc, &ts).unwrap();
     assert_eq!(v.shape(), &[b, l_img, 64]);
     let bad = ops::logical_or(ops::is_nan(&v).unwrap(), ops::is_inf(&v).unwrap()).unwrap();
     let any_bad = ops::any(&bad, None).unwrap();
     assert!(!any_bad.item_exact::<bool>(), "non-finite velocity");
     // deterministic, and the text length really is a run-time choice
-    let v2 = tiny::transformer(&w, &x, &ctx, &t, &ic, &is, &tc, &ts).unwrap();
+    let v2 = tiny::transformer(&w, &x, &ctx, &mi, &mt, &mo, &ic, &is, &tc, &ts).unwrap();
     assert_eq!(common::rel_err(&v2, &v), 0.0);
     let ctx9 = random(&[b, 9, 32], 3);
     let (ic, is, tc, ts) = tiny::rope(9).unwrap();
-    let v9 = tiny::transformer(&w, &x, &ctx9, &t, &ic, &is, &tc, &ts).unwrap();
+    let v9 = tiny::transformer(&w, &x, &ctx9, &mi, &mt, &mo, &ic, &is, &tc, &ts).unwrap();
     assert_eq!(v9.shape(), &[b, l_img, 64]);
 }
 

@@ -159,8 +159,8 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
     })
 }
 
-/// Build what every resolution of `config` shares: the text encoder, the VAE residual
-/// block bodies (their spatial size is symbolic), and `vae_up1_resnet0` (that block as
+/// Build what every resolution of `config` shares: the text encoder, the transformer's
+/// timestep modulation (made once per schedule), the VAE residual block bodies (their spatial size is symbolic), and `vae_up1_resnet0` (that block as
 /// a stand-alone component, for the block parity test).
 pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
     let cfg = config.config()?;
@@ -171,6 +171,7 @@ pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
     let (cin, cout) = cfg.vae.up_block_io(1);
     let mut graphs = vec![
         text_encoder::text_encoder(&cfg.text_encoder)?,
+        transformer::timestep_modulation(&cfg.transformer)?,
         vae::residual_block("vae_up1_resnet0", cin, cout)?,
     ];
     for (ci, co) in vae::decoder_resblocks(&cfg.vae) {
@@ -182,7 +183,7 @@ pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Built {
         title: format!(
-            "the resolution-independent parts (text encoder, VAE residual blocks), config = {}",
+            "the resolution-independent parts (text encoder, timestep modulation, VAE residual blocks), config = {}",
             config_name(config)
         ),
         consts: vec![],
@@ -209,11 +210,13 @@ mod tests {
         let t = &b.graphs[1];
         assert_eq!(t.inputs[0].ty.shape.to_string(), "[B, 24, 64]");
         let block = &t.blocks["dual_stream_block"];
-        // 4 mod + 8 attn (fused qkv and out, per stream, weight and bias) + 4 norms + 8 mlp
-        assert_eq!(block.weights.len(), 24);
+        // 8 attn (fused qkv and out, per stream, weight and bias) + 4 norms + 8 mlp; the
+        // modulation linears are the timestep_modulation graph's
+        assert_eq!(block.weights.len(), 20);
         // the checkpoint tensors read: the fused ones' parts (to_q, to_k, to_v, ...) count
         let stored: usize = block.weights.iter().map(|w| w.stored().len()).sum();
-        assert_eq!(stored, 32); // 4 mod + 16 attn linears + 4 norms + 8 mlp
+        assert_eq!(stored, 28); // 16 attn linears + 4 norms + 8 mlp
+        assert!(!block.weights.iter().any(|w| w.reads("img_mod.1.weight")));
         assert!(block
             .weights
             .iter()
@@ -229,10 +232,25 @@ mod tests {
         assert_eq!(vae.count_op("conv2d"), 3);
         assert_eq!(vae.inputs[0].ty.shape.to_string(), "[B, hf, wf, 32]");
         let names: Vec<&str> = s.graphs.iter().map(|g| g.name.as_str()).collect();
+        let m = &s.graphs[1];
+        // every block's modulation for T timesteps, stacked over the layers
+        let out = |i: usize| m.ty(m.outputs[i].1).shape.to_string();
+        assert_eq!(
+            (out(0), out(1), out(2)),
+            (
+                "[2, T, 384]".into(),
+                "[2, T, 384]".into(),
+                "[T, 128]".into()
+            )
+        );
+        let mb = &m.blocks["block_modulation"];
+        assert!(mb.weights.iter().any(|w| w.reads("img_mod.1.weight")));
+        assert!(m.weights.iter().any(|w| w.reads("norm_out.linear.weight")));
         assert_eq!(
             names,
             [
                 "text_encoder",
+                "timestep_modulation",
                 "vae_up1_resnet0",
                 "vae_resblock_16_16",
                 "vae_resblock_32_32",
@@ -308,13 +326,15 @@ mod tests {
             "[1, L_txt0+L_txt1, 64]"
         );
         // its linears run once for both halves; the joint heads once per half
-        assert_eq!(block.count_op("linear"), 10); // 2 modulation + (qkv, out, up, down) per stream
+        assert_eq!(block.count_op("linear"), 8); // (qkv, out, up, down) per stream
         assert_eq!(block.count_op("joint_qkv_heads"), 2);
         let t = &b.graphs[1];
         let outs: Vec<&str> = t.outputs.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(outs, ["velocity"]);
-        assert_eq!(t.inputs.len(), 9); // x, packed text, timestep, img cos/sin, txt cos ×2, txt sin ×2
-                                       // the VAE keeps a free batch
+        // x, packed text, img/txt/out modulation, img cos/sin, txt cos ×2, txt sin ×2
+        assert_eq!(t.inputs.len(), 11);
+        assert_eq!(t.inputs[2].ty.shape.to_string(), "[2, 2, 384]"); // [layers, B, 6D]
+                                                                     // the VAE keeps a free batch
         assert_eq!(b.graphs[2].inputs[0].ty.shape.to_string(), "[B, 8, 12, 16]");
     }
 

@@ -14,6 +14,12 @@ pub const BATCH: &str = "B";
 pub const TEXT: &str = "L_txt";
 /// The first text RoPE position, bound per resolution (`image_bindings`).
 pub const TXT_ROPE_OFFSET: &str = "txt_rope_offset";
+/// The timestep-count symbol of [`timestep_modulation`] (run time: a schedule's steps).
+pub const TIMESTEPS: &str = "T";
+/// The modulation values [`timestep_modulation`] makes and [`transformer`] takes.
+pub const IMG_MOD: &str = "img_mod";
+pub const TXT_MOD: &str = "txt_mod";
+pub const OUT_MOD: &str = "out_mod";
 
 fn b_() -> Dim {
     Dim::sym(BATCH)
@@ -23,6 +29,9 @@ fn l_img() -> Dim {
 }
 fn l_txt() -> Dim {
     Dim::sym(TEXT)
+}
+fn t_() -> Dim {
+    Dim::sym(TIMESTEPS)
 }
 
 /// `net.2(GELU_tanh(net.0.proj(y)))` (diffusers `FeedForward`, "gelu-approximate").
@@ -146,10 +155,10 @@ struct StreamMods {
     mlp: Mod,
 }
 
-/// `{name}.1` of SiLU(temb) `[B, D]` → six `[B, 1, D]` parts in diffusers' order (shift,
-/// scale, gate for the attention, then for the MLP), named `{name}.shift_msa` etc.
-fn modulation(b: &mut GraphBuilder, name: &str, t: Tensor, d: usize) -> Result<StreamMods> {
-    let m = b.linear(&format!("{name}.1"), t, d, 6 * d, true)?; // [B, 6D]
+/// One stream's `{name}.1(SiLU(temb))` `[B, 6D]` (made per schedule by
+/// [`timestep_modulation`]) → six `[B, 1, D]` parts in diffusers' order (shift, scale, gate
+/// for the attention, then for the MLP), named `{name}.shift_msa` etc.
+fn modulation(b: &mut GraphBuilder, name: &str, m: Tensor, d: usize) -> Result<StreamMods> {
     let m = b.reshape(m, [b_(), Dim::Const(1), Dim::Const(6 * d)])?; // [B, 1, 6D]
     let parts = b.chunk(m, 6, 2)?;
     let names = [
@@ -180,7 +189,8 @@ fn modulation(b: &mut GraphBuilder, name: &str, t: Tensor, d: usize) -> Result<S
 }
 
 /// One dual-stream block (`QwenImageTransformerBlock`, spec §2.4); weights relative to
-/// `transformer_blocks.{i}`.
+/// `transformer_blocks.{i}`. Its modulation comes in made (`img_mod`, `txt_mod`
+/// `[B, 6D]`: [`block_modulation`] of this block for the step's timestep).
 pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
     let mut b = GraphBuilder::new("dual_stream_block");
@@ -190,12 +200,12 @@ pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
         [b_(), l_txt(), Dim::Const(d)],
         DType::F32,
     )?;
-    let temb = b.input("temb", [b_(), Dim::Const(d)], DType::F32)?;
+    let img_mod = b.input(IMG_MOD, [b_(), Dim::Const(6 * d)], DType::F32)?;
+    let txt_mod = b.input(TXT_MOD, [b_(), Dim::Const(6 * d)], DType::F32)?;
     let rope = rope_inputs(&mut b, dh)?;
 
-    let t = b.silu(temb)?;
-    let im = modulation(&mut b, "img_mod", t, d)?;
-    let tm = modulation(&mut b, "txt_mod", t, d)?;
+    let im = modulation(&mut b, "img_mod", img_mod, d)?;
+    let tm = modulation(&mut b, "txt_mod", txt_mod, d)?;
 
     let xi = b.norm_modulate(x, im.msa.shift, im.msa.scale, DIT_EPS)?;
     let ci = b.norm_modulate(ctx, tm.msa.shift, tm.msa.scale, DIT_EPS)?;
@@ -236,9 +246,79 @@ pub fn rope(c: &TransformerConfig) -> Result<Graph> {
     Ok(b.finish())
 }
 
-/// The whole transformer (spec §2.3): `img_in`, `txt_norm`/`txt_in`, the timestep
-/// embedding, `num_layers` blocks in a loop, `norm_out`, `proj_out`.
-// hidden_states: [B, L_img, 64]   encoder_hidden_states: [B, L_txt, 3584]   timestep: [B] (≈σ)
+/// The timestep-only part of one block (a body of [`timestep_modulation`]'s scan):
+/// `img_mod.1` and `txt_mod.1` of SiLU(temb) `[T, D]` → `[T, 6D]` each.
+pub fn block_modulation(c: &TransformerConfig) -> Result<Graph> {
+    let d = c.inner_dim();
+    let mut b = GraphBuilder::new("block_modulation");
+    let t = b.input("silu_temb", [t_(), Dim::Const(d)], DType::F32)?;
+    let img = b.scope("img_mod", |b| b.linear("1", t, d, 6 * d, true))?;
+    let txt = b.scope("txt_mod", |b| b.linear("1", t, d, 6 * d, true))?;
+    b.output(IMG_MOD, img)?;
+    b.output(TXT_MOD, txt)?;
+    Ok(b.finish())
+}
+
+/// Everything the transformer computes from the timestep alone (spec §2.3: the timestep
+/// embedding, every block's `img_mod`/`txt_mod` and `norm_out.linear`), for all `T`
+/// timesteps of a schedule at once: it depends on no image, so it runs once per schedule
+/// and its 6.8 B parameters need not stay beside the denoiser.
+// timestep: [T] (≈σ) -> img_mod, txt_mod [num_layers, T, 6D], out_mod [T, 2D]
+pub fn timestep_modulation(c: &TransformerConfig) -> Result<Graph> {
+    let d = c.inner_dim();
+    let block = block_modulation(c)?;
+    let mut b = GraphBuilder::new("timestep_modulation");
+    let ts = b.input("timestep", [t_()], DType::F32)?;
+
+    // timestep: sinusoid of 1000·t, [cos, sin], f_k = exp(−ln(10000)·k/128)
+    let half = TIMESTEP_CHANNELS / 2;
+    // f32 arithmetic in diffusers' order (get_timestep_embedding): exp(−ln(10000)·k/128),
+    // then (t·f)·1000
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| (-(10000f32.ln()) * k as f32 / half as f32).exp())
+        .collect();
+    let temb = b.scope("time_text_embed", |b| {
+        let f = b.const_tensor("timestep_freqs", &[1, half], freqs)?;
+        let t = b.reshape(ts, [t_(), Dim::Const(1)])?; // [T, 1]
+        let a = b.mul(t, f)?; // [T, 128]
+        let a = b.mul_scalar(a, 1000.0)?;
+        let (cs, sn) = (
+            b.unary(graph_dsl::Unary::Cos, a)?,
+            b.unary(graph_dsl::Unary::Sin, a)?,
+        );
+        let emb = b.concat(&[cs, sn], 1)?; // [T, 256], f32
+        b.scope("timestep_embedder", |b| {
+            // to the model dtype (the weights'), as diffusers casts to the hidden states'
+            let (w1, b1) = b.scope("linear_1", |b| {
+                Ok((
+                    b.weight("weight", &[d, TIMESTEP_CHANNELS])?,
+                    b.weight("bias", &[d])?,
+                ))
+            })?;
+            let emb = b.cast_like(emb, w1)?;
+            let h = b.node_named(
+                "linear_1",
+                graph_dsl::Op::Linear { bias: true },
+                &[emb, w1, b1],
+            )?[0];
+            let h = b.silu(h)?;
+            b.linear("linear_2", h, d, d, true) // [T, D]
+        })
+    })?;
+    let t = b.silu(temb)?;
+    let mods = b.scan(&block, "transformer_blocks", c.num_layers, [0, 0], &[t])?;
+    b.output(IMG_MOD, mods[0])?; // [num_layers, T, 6D]
+    b.output(TXT_MOD, mods[1])?;
+    // norm_out (AdaLayerNormContinuous) of the same SiLU(temb): [T, 2D], scale then shift
+    let e = b.linear("norm_out.linear", t, d, 2 * d, true)?;
+    b.output(OUT_MOD, e)?;
+    Ok(b.finish())
+}
+
+/// The whole transformer (spec §2.3) past the timestep: `img_in`, `txt_norm`/`txt_in`,
+/// `num_layers` blocks in a loop (each given its modulation row), `norm_out`, `proj_out`.
+// hidden_states: [B, L_img, 64]   encoder_hidden_states: [B, L_txt, 3584]
+// img_mod, txt_mod: [num_layers, B, 6D]   out_mod: [B, 2D]   (timestep_modulation's, one step)
 // -> [B, L_img, 64] velocity, packed
 pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
@@ -254,47 +334,24 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
         [b_(), l_txt(), Dim::Const(c.joint_attention_dim)],
         DType::F32,
     )?;
-    let ts = b.input("timestep", [b_()], DType::F32)?;
+    let layers = Dim::Const(c.num_layers);
+    let mod_shape = [layers, b_(), Dim::Const(6 * d)];
+    let img_mod = b.input(IMG_MOD, mod_shape.clone(), DType::F32)?;
+    let txt_mod = b.input(TXT_MOD, mod_shape, DType::F32)?;
+    let out_mod = b.input(OUT_MOD, [b_(), Dim::Const(2 * d)], DType::F32)?;
     let rope = rope_inputs(&mut b, dh)?;
 
     let x = b.linear("img_in", x, c.in_channels, d, true)?; // [B, L_img, D]
     let ctx = b.rms_norm("txt_norm", ctx, c.joint_attention_dim, DIT_EPS)?;
     let ctx = b.linear("txt_in", ctx, c.joint_attention_dim, d, true)?; // [B, L_txt, D]
 
-    // timestep: sinusoid of 1000·t, [cos, sin], f_k = exp(−ln(10000)·k/128)
-    let half = TIMESTEP_CHANNELS / 2;
-    // f32 arithmetic in diffusers' order (get_timestep_embedding): exp(−ln(10000)·k/128),
-    // then (t·f)·1000
-    let freqs: Vec<f32> = (0..half)
-        .map(|k| (-(10000f32.ln()) * k as f32 / half as f32).exp())
-        .collect();
-    let temb = b.scope("time_text_embed", |b| {
-        let f = b.const_tensor("timestep_freqs", &[1, half], freqs)?;
-        let t = b.reshape(ts, [b_(), Dim::Const(1)])?; // [B, 1]
-        let a = b.mul(t, f)?; // [B, 128]
-        let a = b.mul_scalar(a, 1000.0)?;
-        let (cs, sn) = (
-            b.unary(graph_dsl::Unary::Cos, a)?,
-            b.unary(graph_dsl::Unary::Sin, a)?,
-        );
-        let emb = b.concat(&[cs, sn], 1)?; // [B, 256], f32
-        let emb = b.cast_like(emb, x)?; // to the model dtype, as diffusers does
-        b.scope("timestep_embedder", |b| {
-            let h = b.linear("linear_1", emb, TIMESTEP_CHANNELS, d, true)?;
-            let h = b.silu(h)?;
-            b.linear("linear_2", h, d, d, true) // [B, D]
-        })
-    })?;
-
-    let mut ins = vec![x, ctx, temb];
+    let mut ins = vec![x, ctx, img_mod, txt_mod];
     ins.extend(rope);
-    let out = b.repeat(&block, "transformer_blocks", c.num_layers, 2, &ins)?;
+    let out = b.scan(&block, "transformer_blocks", c.num_layers, [2, 2], &ins)?;
     let x = out[0];
 
     // norm_out (AdaLayerNormContinuous): scale first, then shift
-    let t = b.silu(temb)?;
-    let e = b.linear("norm_out.linear", t, d, 2 * d, true)?; // [B, 2D]
-    let e = b.reshape(e, [b_(), Dim::Const(1), Dim::Const(2 * d)])?;
+    let e = b.reshape(out_mod, [b_(), Dim::Const(1), Dim::Const(2 * d)])?;
     let parts = b.chunk(e, 2, 2)?;
     let x = b.norm_modulate(x, parts[1], parts[0], DIT_EPS)?;
     let p = c.patch_size * c.patch_size * c.out_channels;

@@ -91,6 +91,12 @@ struct Args {
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
 
+    /// GPU memory the run may use, in GB (10^9 bytes), e.g. 24 for a 24 GB card: networks
+    /// that do not fit beside each other are loaded for their stage and freed after it.
+    /// Default: MLX's limit (95 % of the GPU's memory).
+    #[arg(long, value_name = "GB")]
+    memory_limit: Option<f64>,
+
     /// Instead of generating: time an N×N by N×N matrix multiply on the chosen device.
     #[arg(long, value_name = "N")]
     bench_matmul: Option<usize>,
@@ -243,6 +249,18 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         resolution: args.res,
         dtype: dtype.mlx(),
         module: args.module.clone(),
+        memory_limit: args
+            .memory_limit
+            .map(|gb| {
+                if gb.is_finite() && gb > 0.0 {
+                    Ok((gb * 1e9) as usize)
+                } else {
+                    Err(anyhow::anyhow!(
+                        "--memory-limit {gb}: give a positive number of GB"
+                    ))
+                }
+            })
+            .transpose()?,
     };
     let pipeline = Pipeline::open(&model, &options)?;
     let r = pipeline.resolution();

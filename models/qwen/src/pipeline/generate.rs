@@ -9,7 +9,7 @@ use qwen_runtime::scheduler::euler_step_array;
 use qwen_runtime::RgbImage;
 
 use super::latents::{unpack_nhwc, LATENT_CHANNELS};
-use super::{mlx, Embeddings, Pipeline, PipelineError, Result, Warning};
+use super::{mlx, Embeddings, Network, Pipeline, PipelineError, Result, Warning};
 
 /// One generation.
 #[derive(Debug, Clone)]
@@ -147,23 +147,27 @@ impl Pipeline {
     ) -> Result<Array> {
         self.check_latents(&latents)?;
         let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
+        // diffusers passes `t / 1000` with t = sigma · 1000. Kept in f32 for every run dtype
+        // (the generated modulation takes an f32 timestep and casts its embedding); a bf16
+        // diffusers run rounds t and t/1000 to bf16 (spacing 4 near t = 1000), which moved
+        // the bf16 result 4× further from the f32 reference when tried.
+        let timesteps: Vec<f32> = schedule.timesteps.iter().map(|t| t / 1000.0).collect();
+        let table = self.modulation_table(&timesteps)?;
+        self.ensure(Network::Denoiser)?;
+        let loaded = self.loaded.borrow();
+        let denoiser = loaded.denoiser.as_deref().expect("ensured");
         let cast = |a: &Array| a.as_dtype(self.dtype).map_err(mlx("casting"));
-        let bound = self
-            .transformer
+        let bound = denoiser
             .bind(
                 cast(&emb.prompt)?,
                 emb.negative.as_ref().map(cast).transpose()?,
+                &table,
             )
             .map_err(mlx("building the rope tables"))?;
         let mut x = cast(&latents)?;
         for i in 0..schedule.steps() {
-            // diffusers passes `t / 1000` with t = sigma · 1000. Kept in f32 for every run
-            // dtype (the generated transformer takes an f32 timestep and casts its embedding);
-            // a bf16 diffusers run rounds t and t/1000 to bf16 (spacing 4 near t = 1000),
-            // which moved the bf16 result 4× further from the f32 reference when tried.
-            let t = Array::from_slice(&[schedule.timesteps[i] / 1000.0], &[1]);
             let (cond, uncond) = bound
-                .velocity(&x, &t)
+                .velocity(&x, i)
                 .map_err(mlx("running the transformer"))?;
             let v = match uncond {
                 Some(u) => true_cfg(&cond, &u, cfg_scale).map_err(mlx("combining cfg"))?,

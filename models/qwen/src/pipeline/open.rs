@@ -1,16 +1,18 @@
-//! Opening a model folder: [`Options`], [`Pipeline::open`], and the rule for keeping the
-//! text encoder loaded ([`encoder_fits`]).
+//! Opening a model folder: [`Options`] and [`Pipeline::open`].
 
 use std::path::Path;
 
 use qwen_runtime::__private::mlx_rs::Dtype;
-use qwen_runtime::weights::{Checkpoint, Extra, TensorSpec};
+use qwen_runtime::weights::{Checkpoint, Extra};
 use qwen_runtime::{error::Problem, SchedulerConfig, Tokenizer, WeightError};
 
+use qwen_runtime::__private::mlx_rs::memory as mlx_memory;
+
 use super::checks::{check_configs, check_model_index, check_token_ids, latents_stats};
+use super::memory::{load_at_open, Sizes};
 use super::{
-    detect_config, find_variant, variant_by_name, Pipeline, PipelineError, Resolution, Result,
-    Variant, VARIANTS,
+    detect_config, find_variant, variant_by_name, Checkpoints, Network, Pipeline, PipelineError,
+    Resolution, Result, VARIANTS,
 };
 
 /// How to open a model folder.
@@ -22,6 +24,9 @@ pub struct Options {
     pub dtype: Dtype,
     /// Force a generated module by name (it must fit the checkpoint's config).
     pub module: Option<String>,
+    /// Bytes the networks may take (see [`super::memory`]); `None`: MLX's memory limit. When
+    /// set, MLX's own limit is set to it too, so that freed buffers are given back.
+    pub memory_limit: Option<usize>,
 }
 
 impl Default for Options {
@@ -30,33 +35,9 @@ impl Default for Options {
             resolution: None,
             dtype: Dtype::Float32,
             module: None,
+            memory_limit: None,
         }
     }
-}
-
-/// Bytes of a set of tensors once loaded in `dtype` (floating tensors take the run dtype).
-fn loaded_bytes(specs: &[TensorSpec], dtype: Dtype) -> usize {
-    let per = match dtype {
-        Dtype::Float32 => 4,
-        _ => 2,
-    };
-    specs
-        .iter()
-        .map(|s| s.shape.iter().product::<usize>() * per)
-        .sum()
-}
-
-/// The one rule for keeping the text encoder loaded: the three networks' weights plus a
-/// working margin of a quarter of the transformer's (activations of a step, MLX's buffers)
-/// fit in the memory MLX may use (`mlx_get_memory_limit`: on a GPU about the device's
-/// memory; on a Mac the recommended working set). Otherwise the encoder is loaded for each
-/// generation and freed before denoising, as on a 24 GB card.
-pub fn encoder_fits(variant: &dyn Variant, dtype: Dtype) -> bool {
-    let te = loaded_bytes(&variant.text_encoder_specs(), dtype);
-    let tr = loaded_bytes(&variant.transformer_specs(), dtype);
-    let vae = loaded_bytes(&variant.vae_specs(), dtype);
-    let limit = qwen_runtime::__private::mlx_rs::memory::memory_limit().unwrap_or(0);
-    te + tr + vae + tr / 4 <= limit
 }
 
 impl Pipeline {
@@ -129,9 +110,11 @@ impl Pipeline {
         let tr = open("transformer", "transformer")?;
         let vae = open("vae", "vae")?;
         let mut problems = Vec::new();
+        let mut tr_specs = variant.modulation_specs();
+        tr_specs.extend(variant.transformer_specs());
         for (component, ck, specs) in [
             ("text_encoder", &te, te_specs.clone()),
-            ("transformer", &tr, variant.transformer_specs()),
+            ("transformer", &tr, tr_specs),
             ("vae", &vae, variant.vae_specs()),
         ] {
             // The text encoder checkpoint also holds the vision tower and the LM head; the VAE
@@ -157,24 +140,27 @@ impl Pipeline {
         let tokenizer = Tokenizer::from_dir(dir.join("tokenizer"))?;
         check_token_ids(&tokenizer, &te_specs, config)?;
 
-        let encoder_resident = encoder_fits(variant, options.dtype);
+        let budget = match options.memory_limit {
+            Some(limit) => {
+                mlx_memory::set_memory_limit(limit)
+                    .map_err(super::mlx("setting the memory limit"))?;
+                limit
+            }
+            None => mlx_memory::memory_limit().unwrap_or(0),
+        };
+        let sizes = Sizes::of(variant, options.dtype);
+        let all = load_at_open(&sizes, budget);
         std::thread::scope(|scope| {
-            let mut cks = vec![&tr, &vae];
-            if encoder_resident {
-                cks.push(&te);
+            let mut cks = vec![&vae];
+            if all {
+                cks.extend([&tr, &te]);
             }
             for ck in cks {
                 scope.spawn(|| ck.prefetch());
             }
         });
-        let transformer = variant.load_transformer(&tr, options.dtype)?;
         let vae_decoder = variant.load_vae(&vae, options.dtype)?;
-        let resident_encoder = if encoder_resident {
-            Some(variant.load_text_encoder(&te, options.dtype)?)
-        } else {
-            None
-        };
-        Ok(Self {
+        let pipeline = Self {
             dir,
             variant,
             dtype: options.dtype,
@@ -182,10 +168,20 @@ impl Pipeline {
             scheduler,
             latents_mean,
             latents_std,
-            text_encoder: te,
-            resident_encoder,
-            transformer,
+            checkpoints: Checkpoints {
+                text_encoder: te,
+                transformer: tr,
+            },
+            loaded: Default::default(),
+            sizes,
+            budget,
             vae: vae_decoder,
-        })
+        };
+        if all {
+            for n in [Network::Denoiser, Network::Modulation, Network::TextEncoder] {
+                pipeline.ensure(n)?;
+            }
+        }
+        Ok(pipeline)
     }
 }

@@ -2,7 +2,7 @@
 
 use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array};
 
-use super::{mlx, Pipeline, PipelineError, Result, TextEncoder, Warning};
+use super::{mlx, Network, Pipeline, PipelineError, Result, TextEncoder, Warning};
 
 /// The prompt template of Qwen-Image (spec §1.2); `{}` is the user prompt. The system text
 /// must match the published one byte for byte.
@@ -45,23 +45,16 @@ impl Pipeline {
     }
 
     /// Prompt embeddings as `encode_prompt` makes them (spec §1.2), with the warnings.
-    /// Uses the resident text encoder, or loads it and drops it before returning.
+    /// Loads the text encoder if it is not loaded (see [`super::memory`]).
     pub fn encode(
         &self,
         prompt: &str,
         negative: Option<&str>,
         warnings: &mut Vec<Warning>,
     ) -> Result<Embeddings> {
-        let loaded;
-        let encoder: &dyn TextEncoder = match &self.resident_encoder {
-            Some(e) => e.as_ref(),
-            None => {
-                loaded = self
-                    .variant
-                    .load_text_encoder(&self.text_encoder, self.dtype)?;
-                loaded.as_ref()
-            }
-        };
+        self.ensure(Network::TextEncoder)?;
+        let loaded = self.loaded.borrow();
+        let encoder: &dyn TextEncoder = loaded.encoder.as_deref().expect("ensured");
         let mut one = |which: &'static str, text: &str| -> Result<Array> {
             if text.trim().is_empty() && which == "prompt" {
                 warnings.push(Warning::EmptyPrompt { which });

@@ -1,8 +1,8 @@
 //! The face every generated module is run through ([`Variant`], the loaded networks behind
-//! [`TextEncoder`], [`Denoiser`], [`Step`] and [`Decoder`]) and the list of them
-//! ([`VARIANTS`]); the implementations are made in `variants.rs`.
+//! [`TextEncoder`], [`Modulator`], [`Denoiser`], [`Step`] and [`Decoder`]) and the list of
+//! them ([`VARIANTS`]); the implementations are made in `variants.rs`.
 
-use qwen_runtime::__private::mlx_rs::{error::Exception, Array, Dtype};
+use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
 use qwen_runtime::weights::{Checkpoint, TensorSpec};
 
 use super::{variants, ModelConfig, PipelineError, Resolution, Result};
@@ -16,9 +16,15 @@ pub trait Variant: Sync {
     /// Whether the transformer runs both CFG halves in one call (`cfg = split`).
     fn joint_cfg(&self) -> bool;
     fn text_encoder_specs(&self) -> Vec<TensorSpec>;
+    /// The transformer's timestep-only part (`time_text_embed`, every block's `img_mod.1` /
+    /// `txt_mod.1`, `norm_out.linear`).
+    fn modulation_specs(&self) -> Vec<TensorSpec>;
+    /// The rest of the transformer (what every step reads).
     fn transformer_specs(&self) -> Vec<TensorSpec>;
     fn vae_specs(&self) -> Vec<TensorSpec>;
     fn load_text_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn TextEncoder>>;
+    /// Loads the timestep modulation from the transformer's checkpoint.
+    fn load_modulation(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Modulator>>;
     fn load_transformer(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Denoiser>>;
     fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>>;
 }
@@ -28,22 +34,63 @@ pub trait TextEncoder {
     fn encode(&self, ids: &Array) -> Result<Array, Exception>;
 }
 
+/// The loaded timestep modulation: a schedule's timesteps → the modulation of every step.
+pub trait Modulator {
+    /// For timesteps `[T]` (f32, t/1000): every block's and `norm_out`'s modulation.
+    fn table(&self, timesteps: &Array) -> Result<ModulationTable, Exception>;
+}
+
+/// Every step's modulation (the generated `timestep_modulation`'s outputs, evaluated):
+/// `img`, `txt` `[num_layers, T, 6·D]`, `out` `[T, 2·D]`.
+#[derive(Debug, Clone)]
+pub struct ModulationTable {
+    pub img: Array,
+    pub txt: Array,
+    pub out: Array,
+}
+
+impl ModulationTable {
+    /// Step `i`'s rows for a batch of `batch` (both CFG halves share the step's timestep):
+    /// `img`, `txt` `[num_layers, batch, 6·D]`, `out` `[batch, 2·D]`.
+    pub fn step(&self, i: usize, batch: i32) -> Result<[Array; 3], Exception> {
+        let i = i as i32;
+        let pick = |a: &Array, axis: i32| -> Result<Array, Exception> {
+            let row = a
+                .take_axis(Array::from_int(i), axis)?
+                .expand_dims_axes(&[axis])?;
+            let mut shape = row.shape().to_vec();
+            shape[axis as usize] = batch;
+            if batch == 1 {
+                Ok(row)
+            } else {
+                ops::broadcast_to(&row, &shape)
+            }
+        };
+        Ok([
+            pick(&self.img, 1)?,
+            pick(&self.txt, 1)?,
+            pick(&self.out, 0)?,
+        ])
+    }
+}
+
 /// A loaded transformer.
 pub trait Denoiser {
-    /// Binds the prompt embeddings (and the negative ones for CFG): builds the RoPE tables of
-    /// their lengths once, for every step.
+    /// Binds the prompt embeddings (and the negative ones for CFG) and the schedule's
+    /// modulation: builds the RoPE tables of the texts' lengths once, for every step.
     fn bind<'a>(
         &'a self,
         cond: Array,
         uncond: Option<Array>,
+        modulation: &'a ModulationTable,
     ) -> Result<Box<dyn Step + 'a>, Exception>;
 }
 
-/// A transformer bound to its texts.
+/// A transformer bound to its texts and schedule.
 pub trait Step {
-    /// Velocities for latents `[1, L, 64]` at timestep `t` (`[1]`, t/1000): the conditional
-    /// one and, when bound with a negative prompt, the unconditional one.
-    fn velocity(&self, latents: &Array, t: &Array) -> Result<(Array, Option<Array>), Exception>;
+    /// Velocities for latents `[1, L, 64]` at step `i` of the schedule: the conditional one
+    /// and, when bound with a negative prompt, the unconditional one.
+    fn velocity(&self, latents: &Array, i: usize) -> Result<(Array, Option<Array>), Exception>;
 }
 
 /// A loaded VAE decoder: NHWC latents `[1, h, w, 16]` (de-normalised) → `[1, H, W, 3]`.

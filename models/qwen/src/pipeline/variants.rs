@@ -11,7 +11,8 @@ use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
 use qwen_runtime::weights::{Checkpoint, TensorSpec};
 
 use super::{
-    Decoder, Denoiser, ModelConfig, PipelineError, Resolution, Result, Step, TextEncoder, Variant,
+    Decoder, Denoiser, ModelConfig, ModulationTable, Modulator, PipelineError, Resolution, Result,
+    Step, TextEncoder, Variant,
 };
 
 fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineError {
@@ -78,6 +79,15 @@ macro_rules! variant {
                 }
             }
 
+            struct Md(m::TimestepModulationWeights);
+            impl Modulator for Md {
+                fn table(&self, timesteps: &Array) -> Result<ModulationTable, Exception> {
+                    let (img, txt, out) = m::timestep_modulation(&self.0, timesteps)?;
+                    qwen_runtime::__private::mlx_rs::transforms::eval([&img, &txt, &out])?;
+                    Ok(ModulationTable { img, txt, out })
+                }
+            }
+
             struct Vae(m::VaeDecoderWeights);
             impl Decoder for Vae {
                 fn decode(&self, z: &Array) -> Result<Array, Exception> {
@@ -106,6 +116,9 @@ macro_rules! variant {
                 fn text_encoder_specs(&self) -> Vec<TensorSpec> {
                     m::TextEncoderWeights::specs("")
                 }
+                fn modulation_specs(&self) -> Vec<TensorSpec> {
+                    m::TimestepModulationWeights::specs("")
+                }
                 fn transformer_specs(&self) -> Vec<TensorSpec> {
                     m::TransformerWeights::specs("")
                 }
@@ -119,6 +132,14 @@ macro_rules! variant {
                 ) -> Result<Box<dyn TextEncoder>> {
                     let w = loaded("text_encoder", || m::TextEncoderWeights::load(ck, "", dtype), m::TextEncoderWeights::arrays)?;
                     Ok(Box::new(Te(w)))
+                }
+                fn load_modulation(
+                    &self,
+                    ck: &Checkpoint,
+                    dtype: Dtype,
+                ) -> Result<Box<dyn Modulator>> {
+                    let w = loaded("transformer", || m::TimestepModulationWeights::load(ck, "", dtype), m::TimestepModulationWeights::arrays)?;
+                    Ok(Box::new(Md(w)))
                 }
                 fn load_transformer(
                     &self,
@@ -144,6 +165,7 @@ macro_rules! one_text {
 
         struct Bound<'a> {
             w: &'a $m::TransformerWeights,
+            modulation: &'a ModulationTable,
             img: (Array, Array),
             cond: (Array, Array, Array),
             uncond: Option<(Array, Array, Array)>,
@@ -154,6 +176,7 @@ macro_rules! one_text {
                 &'a self,
                 cond: Array,
                 uncond: Option<Array>,
+                modulation: &'a ModulationTable,
             ) -> Result<Box<dyn Step + 'a>, Exception> {
                 let (ic, is, tc, ts) = $m::rope(cond.shape()[1])?;
                 let uncond = match uncond {
@@ -165,6 +188,7 @@ macro_rules! one_text {
                 };
                 Ok(Box::new(Bound {
                     w: &self.0,
+                    modulation,
                     img: (ic, is),
                     cond: (cond, tc, ts),
                     uncond,
@@ -173,10 +197,11 @@ macro_rules! one_text {
         }
 
         impl Step for Bound<'_> {
-            fn velocity(&self, x: &Array, t: &Array) -> Result<(Array, Option<Array>), Exception> {
+            fn velocity(&self, x: &Array, i: usize) -> Result<(Array, Option<Array>), Exception> {
                 let (ic, is) = &self.img;
+                let [mi, mt, mo] = self.modulation.step(i, 1)?;
                 let call = |(c, tc, ts): &(Array, Array, Array)| {
-                    $m::transformer(self.w, x, c, t, ic, is, tc, ts)
+                    $m::transformer(self.w, x, c, &mi, &mt, &mo, ic, is, tc, ts)
                 };
                 let cond = call(&self.cond)?;
                 let uncond = self.uncond.as_ref().map(call).transpose()?;
@@ -194,6 +219,7 @@ macro_rules! joint {
 
         struct Bound<'a> {
             w: &'a $m::TransformerWeights,
+            modulation: &'a ModulationTable,
             /// img cos, img sin, txt cos (cond, uncond), txt sin (cond, uncond)
             ropes: [Array; 6],
             /// both texts' rows, cond then uncond: `[1, L_cond + L_uncond, hidden]`
@@ -206,6 +232,7 @@ macro_rules! joint {
                 &'a self,
                 cond: Array,
                 uncond: Option<Array>,
+                modulation: &'a ModulationTable,
             ) -> Result<Box<dyn Step + 'a>, Exception> {
                 // Without a negative prompt the second half repeats the first (the module
                 // always runs two halves) and is thrown away.
@@ -215,6 +242,7 @@ macro_rules! joint {
                 let (_, _, tc1, ts1) = $m::rope(uncond.shape()[1])?;
                 Ok(Box::new(Bound {
                     w: &self.0,
+                    modulation,
                     ropes: [ic, is, tc0, tc1, ts0, ts1],
                     texts: ops::concatenate(&[cond, uncond], 1)?,
                     guided,
@@ -223,11 +251,24 @@ macro_rules! joint {
         }
 
         impl Step for Bound<'_> {
-            fn velocity(&self, x: &Array, t: &Array) -> Result<(Array, Option<Array>), Exception> {
+            fn velocity(&self, x: &Array, i: usize) -> Result<(Array, Option<Array>), Exception> {
                 let [ic, is, tc0, tc1, ts0, ts1] = &self.ropes;
                 let x2 = ops::concatenate(&[x, x], 0)?;
-                let t2 = ops::concatenate(&[t, t], 0)?;
-                let y = $m::transformer(self.w, &x2, &self.texts, &t2, ic, is, tc0, tc1, ts0, ts1)?;
+                let [mi, mt, mo] = self.modulation.step(i, 2)?;
+                let y = $m::transformer(
+                    self.w,
+                    &x2,
+                    &self.texts,
+                    &mi,
+                    &mt,
+                    &mo,
+                    ic,
+                    is,
+                    tc0,
+                    tc1,
+                    ts0,
+                    ts1,
+                )?;
                 let mut halves = ops::split_at_indices(&y, &[1], 0)?.into_iter();
                 let cond = halves
                     .next()

@@ -1,0 +1,309 @@
+//! What stays loaded: the one rule that decides, from the memory MLX may use, which networks
+//! are kept between stages and generations, and the loading and freeing it implies.
+//!
+//! Four networks: the text encoder, the timestep modulation (the transformer's
+//! timestep-only 6.8 B parameters, used once per schedule), the denoiser (the rest of the
+//! transformer, used every step) and the VAE decoder (small, always loaded). The rule:
+//!
+//! - a stage loads the network it needs if it is not loaded;
+//! - before that, while the loaded networks, the one to load and the stage's working memory
+//!   ([`Sizes::work`]) would exceed the budget, loaded networks the stage does not need are
+//!   freed: first the modulation, then the text encoder, then the denoiser;
+//! - nothing is freed that fits. So on a card that holds everything (an H200: ~140 GB)
+//!   everything is loaded once, at open; on a 24–32 GB card each stage holds only its own
+//!   network: encode (text encoder), modulation table (modulation), denoise + decode
+//!   (denoiser); a card in between keeps what fits.
+//!
+//! The modulation of a schedule is kept (`[num_layers, T, 6·D]` twice, 0.2 GB for 50 steps
+//! at 1024²), so generations with the same steps and size do not need the modulation
+//! network again.
+//!
+//! The budget is `Options::memory_limit`, else MLX's memory limit (`mlx_get_memory_limit`:
+//! 95 % of the device memory with CUDA, the recommended working set on a Mac).
+
+use std::cell::RefCell;
+
+use qwen_runtime::__private::mlx_rs::{memory, Array, Dtype};
+use qwen_runtime::weights::TensorSpec;
+
+use super::{
+    mlx, Denoiser, ModulationTable, Modulator, Pipeline, Resolution, Result, TextEncoder, Variant,
+};
+
+const GIB: usize = 1 << 30;
+
+/// The networks that can come and go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    TextEncoder,
+    Modulation,
+    Denoiser,
+}
+
+/// Freed first to last when room is needed.
+const EVICTION_ORDER: [Network; 3] = [Network::Modulation, Network::TextEncoder, Network::Denoiser];
+
+/// Bytes of each network's weights once loaded, and the working memory of each stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    pub text_encoder: usize,
+    pub modulation: usize,
+    pub denoiser: usize,
+    pub vae: usize,
+    /// Activations of a denoising step (both CFG halves) and of the VAE decode at this
+    /// resolution, whichever is larger, plus the kept modulation table.
+    pub denoise_work: usize,
+    /// Activations of the text encoder for a long prompt.
+    pub encode_work: usize,
+}
+
+/// Bytes of a set of tensors once loaded in `dtype` (floating tensors take the run dtype).
+pub fn loaded_bytes(specs: &[TensorSpec], dtype: Dtype) -> usize {
+    let per = match dtype {
+        Dtype::Float32 => 4,
+        _ => 2,
+    };
+    specs
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>() * per)
+        .sum()
+}
+
+impl Sizes {
+    /// The sizes for a generated module in `dtype`. The working memory is an upper estimate
+    /// from measurements on an H200 (bf16, 1024²: a step's activations ~1.5 GB, the VAE
+    /// decode's ~2.5 GB), scaled with the pixels and the dtype's width.
+    pub fn of(variant: &dyn Variant, dtype: Dtype) -> Self {
+        let width = if dtype == Dtype::Float32 { 2 } else { 1 };
+        let Resolution {
+            width: w,
+            height: h,
+        } = variant.resolution();
+        let megapixels = (w * h) as f64 / (1024.0 * 1024.0);
+        let work = |gib_per_megapixel: f64, floor: f64| {
+            ((gib_per_megapixel * megapixels).max(floor) * GIB as f64) as usize * width
+        };
+        Self {
+            text_encoder: loaded_bytes(&variant.text_encoder_specs(), dtype),
+            modulation: loaded_bytes(&variant.modulation_specs(), dtype),
+            denoiser: loaded_bytes(&variant.transformer_specs(), dtype),
+            vae: loaded_bytes(&variant.vae_specs(), dtype),
+            denoise_work: work(3.0, 0.25),
+            encode_work: work(0.0, 1.0),
+        }
+    }
+
+    fn weights(&self, n: Network) -> usize {
+        match n {
+            Network::TextEncoder => self.text_encoder,
+            Network::Modulation => self.modulation,
+            Network::Denoiser => self.denoiser,
+        }
+    }
+
+    fn work(&self, n: Network) -> usize {
+        match n {
+            Network::TextEncoder => self.encode_work,
+            Network::Modulation => 0,
+            Network::Denoiser => self.denoise_work,
+        }
+    }
+
+    /// Everything loaded at once, with the larger stage's working memory.
+    pub fn all(&self) -> usize {
+        self.text_encoder
+            + self.modulation
+            + self.denoiser
+            + self.vae
+            + self.denoise_work.max(self.encode_work)
+    }
+}
+
+/// The loaded networks (each `None` until a stage needs it, or after it was freed) and the
+/// last schedule's modulation.
+#[derive(Default)]
+pub(super) struct Loaded {
+    pub(super) encoder: Option<Box<dyn TextEncoder>>,
+    pub(super) modulation: Option<Box<dyn Modulator>>,
+    pub(super) denoiser: Option<Box<dyn Denoiser>>,
+    /// (the timesteps' bits, their table)
+    pub(super) table: Option<(Vec<u32>, ModulationTable)>,
+}
+
+impl Loaded {
+    fn has(&self, n: Network) -> bool {
+        match n {
+            Network::TextEncoder => self.encoder.is_some(),
+            Network::Modulation => self.modulation.is_some(),
+            Network::Denoiser => self.denoiser.is_some(),
+        }
+    }
+
+    fn free(&mut self, n: Network) {
+        match n {
+            Network::TextEncoder => self.encoder = None,
+            Network::Modulation => self.modulation = None,
+            Network::Denoiser => self.denoiser = None,
+        }
+    }
+
+    fn loaded(&self) -> Vec<Network> {
+        EVICTION_ORDER
+            .into_iter()
+            .filter(|n| self.has(*n))
+            .collect()
+    }
+}
+
+/// What to free, in order, before loading `need` beside the `loaded` networks (and the VAE)
+/// within `budget` bytes: the rule of the module doc.
+pub fn to_free(sizes: &Sizes, loaded: &[Network], need: Network, budget: usize) -> Vec<Network> {
+    let want = sizes.weights(need) + sizes.work(need);
+    let mut held: Vec<Network> = loaded.to_vec();
+    let mut freed = vec![];
+    for n in EVICTION_ORDER {
+        let bytes = sizes.vae + held.iter().map(|h| sizes.weights(*h)).sum::<usize>();
+        if bytes + want <= budget {
+            break;
+        }
+        if n != need && held.contains(&n) {
+            held.retain(|h| *h != n);
+            freed.push(n);
+        }
+    }
+    freed
+}
+
+/// The networks [`Pipeline::open`] loads: all of them when everything fits the budget,
+/// else none (each stage loads its own).
+pub fn load_at_open(sizes: &Sizes, budget: usize) -> bool {
+    sizes.all() <= budget
+}
+
+impl Pipeline {
+    /// The memory the rule works with (bytes).
+    pub fn memory_budget(&self) -> usize {
+        self.budget
+    }
+
+    /// The sizes the rule works with.
+    pub fn memory_sizes(&self) -> Sizes {
+        self.sizes
+    }
+
+    /// Whether a network is loaded now.
+    pub fn is_loaded(&self, n: Network) -> bool {
+        self.loaded.borrow().has(n)
+    }
+
+    /// Frees what `need` does not leave room for (see the module doc), then loads `need`
+    /// if it is not loaded.
+    pub(super) fn ensure(&self, need: Network) -> Result<()> {
+        let mut l = self.loaded.borrow_mut();
+        if l.has(need) {
+            return Ok(());
+        }
+        let free = to_free(&self.sizes, &l.loaded(), need, self.budget);
+        for n in &free {
+            l.free(*n);
+        }
+        if !free.is_empty() {
+            // give the freed buffers back (MLX keeps them cached otherwise)
+            memory::clear_cache().map_err(mlx("freeing memory"))?;
+        }
+        match need {
+            Network::TextEncoder => {
+                l.encoder = Some(
+                    self.variant
+                        .load_text_encoder(&self.checkpoints.text_encoder, self.dtype)?,
+                )
+            }
+            Network::Modulation => {
+                l.modulation = Some(
+                    self.variant
+                        .load_modulation(&self.checkpoints.transformer, self.dtype)?,
+                )
+            }
+            Network::Denoiser => {
+                l.denoiser = Some(
+                    self.variant
+                        .load_transformer(&self.checkpoints.transformer, self.dtype)?,
+                )
+            }
+        }
+        Ok(())
+    }
+
+    /// The modulation of a schedule's timesteps (`t/1000`), kept for the next generation.
+    pub(super) fn modulation_table(&self, timesteps: &[f32]) -> Result<ModulationTable> {
+        let key: Vec<u32> = timesteps.iter().map(|t| t.to_bits()).collect();
+        if let Some((k, t)) = &self.loaded.borrow().table {
+            if *k == key {
+                return Ok(t.clone());
+            }
+        }
+        self.loaded.borrow_mut().table = None;
+        self.ensure(Network::Modulation)?;
+        let l = self.loaded.borrow();
+        let m = l.modulation.as_ref().expect("ensured");
+        let t = Array::from_slice(timesteps, &[timesteps.len() as i32]);
+        let table = m
+            .table(&t)
+            .map_err(mlx("running the timestep modulation"))?;
+        drop(l);
+        self.loaded.borrow_mut().table = Some((key, table.clone()));
+        Ok(table)
+    }
+}
+
+/// The loaded state of a pipeline.
+pub(super) type LoadedCell = RefCell<Loaded>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes() -> Sizes {
+        // bf16 1024²-like, in GiB
+        Sizes {
+            text_encoder: 15 * GIB,
+            modulation: 13 * GIB,
+            denoiser: 27 * GIB,
+            vae: GIB / 4,
+            denoise_work: 3 * GIB,
+            encode_work: GIB,
+        }
+    }
+
+    fn frees(loaded: &[Network], need: Network, budget_gib: usize) -> Vec<Network> {
+        to_free(&sizes(), loaded, need, budget_gib * GIB)
+    }
+
+    #[test]
+    fn frees_only_what_does_not_fit_in_order() {
+        use Network::*;
+        // an H200: nothing to free
+        assert!(load_at_open(&sizes(), 133 * GIB));
+        assert!(frees(&[TextEncoder, Modulation], Denoiser, 133).is_empty());
+        // 30 GiB: the encoder and the modulation fit together, the denoiser alone
+        assert!(!load_at_open(&sizes(), 30 * GIB));
+        assert!(frees(&[TextEncoder], Modulation, 30).is_empty());
+        assert_eq!(
+            frees(&[TextEncoder, Modulation], Denoiser, 30),
+            [Modulation, TextEncoder]
+        );
+        assert_eq!(frees(&[Denoiser], TextEncoder, 30), [Denoiser]);
+        // 24 GiB: one network at a time
+        assert_eq!(frees(&[TextEncoder], Modulation, 24), [TextEncoder]);
+        // 48 GB: the encoder and the denoiser stay together; the modulation goes first
+        assert!(frees(&[TextEncoder], Denoiser, 48).is_empty());
+        assert_eq!(
+            frees(&[Denoiser, Modulation], TextEncoder, 48),
+            [Modulation]
+        );
+        assert_eq!(
+            frees(&[Denoiser, TextEncoder], Modulation, 48),
+            [TextEncoder]
+        );
+    }
+}
