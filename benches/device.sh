@@ -51,7 +51,7 @@ BG_GPU=${BG_GPU:-1}
 DEVICE=${DEVICE:-gpu}
 CALL_LIMIT=${CALL_LIMIT:-570}
 BG_STEPS=${BG_STEPS:-qwen-dump-f32 diffusers-dump-f32 qwen-dump-bf16 diffusers-dump-bf16 compare compile}
-BG_KNOWN="qwen-dump-f32 qwen-dump-bf16 diffusers-dump-f32 diffusers-dump-bf16 compare compile"
+BG_KNOWN="qwen-dump-f32 qwen-dump-bf16 qwen-dump-q8 qwen-dump-q4 diffusers-dump-f32 diffusers-dump-bf16 compare compile"
 export CUDA_DEVICE_ORDER=PCI_BUS_ID PYTHONUNBUFFERED=1 # CUDA's GPU numbers = nvidia-smi's
 export T0=${T0:-$(date +%s)}                               # this call's start (phases are child processes)
 mkdir -p "$QA" "$OUT"
@@ -222,20 +222,40 @@ dump_done() {
     return 1
 }
 
-qwen_dump() { # DTYPE
+qwen_dump() { # DTYPE [BITS]: bf16 with BITS is `--quantize BITS`, dump qwen-qBITS
     mlx_env
     need_model
     need_latents
     need_bin qwen-bench
-    dump_done "qwen-$1" && return 0
+    local name=qwen-$1 q=()
+    [ -z "${2:-}" ] || { name=qwen-q$2; q=(--quantize "$2"); }
+    dump_done "$name" && return 0
     local tf=()
     [ "$1" != f32 ] || tf=(MLX_ENABLE_TF32=0) # MLX's f32 matmuls use TF32 on CUDA otherwise (torch's do not)
-    say "qwen-dump-$1: GPU $CUDA_VISIBLE_DEVICES, $DUMP_STEPS steps from the initial latents ${tf[*]}"
-    env "${tf[@]}" "$QA/bin/qwen-bench" dump \
+    say "$name: GPU $CUDA_VISIBLE_DEVICES, $DUMP_STEPS steps from the initial latents ${tf[*]} ${q[*]}"
+    env "${tf[@]}" "$QA/bin/qwen-bench" dump "${q[@]}" \
         --model "$QA/model" --res "$RES" --latents "$QA/latents.safetensors" --steps-list "$DUMP_STEPS" --cfg "$CFG" \
-        --prompt "$PROMPT" --negative "$NEG" --device "$DEVICE" --dtype "$1" --out "$QA/qwen-$1.tmp.safetensors" 2>&1 |
-        tee "$QA/qwen-dump-$1.log"
-    mv "$QA/qwen-$1.tmp.safetensors" "$QA/qwen-$1.safetensors"
+        --prompt "$PROMPT" --negative "$NEG" --device "$DEVICE" --dtype "$1" --out "$QA/$name.tmp.safetensors" 2>&1 |
+        tee "$QA/$name.log"
+    mv "$QA/$name.tmp.safetensors" "$QA/$name.safetensors"
+}
+
+# One image each in a fresh process under a memory limit (`--memory-limit`: networks loaded
+# by the stage that needs them): bf16 within MEM_BF16 GB, q8 and q4 within MEM_Q GB; the
+# image rows' peak_gb is MLX's peak from before the encode to the PNG.
+phase_qwen_memory() {
+    mlx_env
+    need_model
+    need_bin qwen-bench
+    local q
+    for q in bf16 8 4; do
+        local args=(--memory-limit "${MEM_Q:-24}" --quantize "$q")
+        [ "$q" != bf16 ] || args=(--memory-limit "${MEM_BF16:-30}")
+        say "qwen-memory: GPU $CUDA_VISIBLE_DEVICES, $RES, ${args[*]}, $STEPS steps, one image"
+        "$QA/bin/qwen-bench" warm "${args[@]}" --model "$QA/model" --res "$RES" --dtype bf16 --steps "$STEPS" \
+            --cfg "$CFG" --prompt "$PROMPT" --negative "$NEG" --images 1 --warmup 0 --gpu "$(gpu_name)" \
+            --device "$DEVICE" --out "$RESULTS" 2> >(tee -a "$QA/qwen-memory.log" >&2) || say "qwen-memory: $q failed"
+    done
 }
 
 diffusers_dump() { # DTYPE
@@ -298,7 +318,8 @@ phase_compare() {
         return 0
     fi
     gpu=$(gpu_name)
-    for pair in "qwen-f32:qwen-aot:f32" "qwen-bf16:qwen-aot:bf16" "diffusers-bf16:diffusers-eager:bf16"; do
+    for pair in "qwen-f32:qwen-aot:f32" "qwen-bf16:qwen-aot:bf16" "qwen-q8:qwen-aot:bf16" "qwen-q4:qwen-aot:bf16" \
+        "diffusers-bf16:diffusers-eager:bf16"; do
         IFS=: read -r name system dtype <<<"$pair"
         if [ ! -s "$QA/$name.safetensors" ]; then
             say "compare: no $name dump ($QA/$name.safetensors), $name vs diffusers-f32 skipped"
@@ -563,6 +584,9 @@ run_phase() { # NAME [ARG]
     qwen-cold) phase_qwen_cold ;;
     qwen-dump-f32) qwen_dump f32 ;;
     qwen-dump-bf16) qwen_dump bf16 ;;
+    qwen-dump-q8) qwen_dump bf16 8 ;;
+    qwen-dump-q4) qwen_dump bf16 4 ;;
+    qwen-memory) phase_qwen_memory ;;
     diffusers-timing) phase_diffusers_timing ;;
     diffusers-dump-f32) diffusers_dump f32 ;;
     diffusers-dump-bf16) diffusers_dump bf16 ;;
@@ -607,7 +631,8 @@ while [ $# -gt 0 ]; do
             shift
         else todo+=("bg-wait:420"); fi
         ;;
-    setup | bg-start | bg-status | qwen-warm | qwen-cold | qwen-dump-f32 | qwen-dump-bf16 | diffusers-timing | \
+    setup | bg-start | bg-status | qwen-warm | qwen-cold | qwen-memory | qwen-dump-f32 | qwen-dump-bf16 | \
+        qwen-dump-q8 | qwen-dump-q4 | diffusers-timing | \
         diffusers-dump-f32 | diffusers-dump-bf16 | compile | compare | table) todo+=("$1") ;;
     *) die "unknown phase $1 (setup bg-start bg-wait [S] bg-status qwen-warm qwen-cold diffusers-timing compare table plan; $BG_KNOWN; groups qwen qwen-dump diffusers diffusers-dump)" ;;
     esac

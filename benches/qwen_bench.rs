@@ -77,6 +77,14 @@ struct Common {
     /// GPU memory the pipeline may use, in GB (as `qwen-run --memory-limit`).
     #[arg(long, value_name = "GB")]
     memory_limit: Option<f64>,
+
+    /// Quantize the transformer's linear layers to 8 or 4 bits (as `qwen-run --quantize`).
+    #[arg(long, value_name = "BITS")]
+    quantize: Option<qwen::quantize::Quantization>,
+
+    /// Bits per layer kind (as `qwen-run --quantize-layers`).
+    #[arg(long, value_name = "KIND=BITS,…", requires = "quantize")]
+    quantize_layers: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +172,7 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         dtype: dtype.mlx(),
         module: common.module.clone(),
         memory_limit: common.memory_limit.map(|gb| (gb * 1e9) as usize),
+        quantize: quantization(common)?,
     };
     let pipeline = Pipeline::open(qwen::model_dir::resolve(&common.model)?, &options)
         .with_context(|| format!("opening {}", common.model.display()))?;
@@ -174,6 +183,18 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         dtype.name()
     );
     Ok(pipeline)
+}
+
+/// `--quantize` with `--quantize-layers` applied.
+fn quantization(c: &Common) -> Result<Option<qwen::quantize::Quantization>> {
+    Ok(match (&c.quantize, &c.quantize_layers) {
+        (Some(q), Some(o)) => Some(
+            q.clone()
+                .with_overrides(o)
+                .map_err(|e| anyhow::anyhow!("--quantize-layers: {e}"))?,
+        ),
+        (q, _) => q.clone(),
+    })
 }
 
 /// MLX's peak memory since the last reset, in GB.
@@ -271,6 +292,7 @@ fn warm(args: &WarmArgs) -> Result<()> {
                 "memory_limit_gb",
                 c.memory_limit.map(|g| round(g, 2)).into(),
             ),
+            ("quantize", quantization(c)?.map(|q| q.describe()).into()),
         ],
     )?;
     rows.push(

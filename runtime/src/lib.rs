@@ -10,6 +10,8 @@
 //!   stretch) from `scheduler_config.json`, and the Euler step.
 //! - [`guidance`]: true classifier-free guidance with per-token norm rescaling.
 //! - [`kernels`]: custom CUDA kernels through MLX, where the loaded libmlx has CUDA.
+//! - [`quant`]: affine quantization of linear layers' weights, and the linear that runs
+//!   dense or quantized weights.
 //! - [`image`]: decoded tensors to 8-bit RGB as diffusers does, PNG with text metadata,
 //!   written atomically.
 //! - [`files`]: only regular files are opened (a FIFO would block).
@@ -24,6 +26,7 @@ pub mod files;
 pub mod guidance;
 pub mod image;
 pub mod kernels;
+pub mod quant;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;

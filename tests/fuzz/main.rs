@@ -586,6 +586,7 @@ fn options() -> Options {
         dtype: Dtype::Float32,
         module: None,
         memory_limit: None,
+        quantize: None,
     }
 }
 

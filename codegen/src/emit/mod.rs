@@ -367,6 +367,10 @@ fn emit_compiled(g: &Graph) -> TokenStream {
     quote! {
         #[doc = #doc]
         pub fn #compiled(w: &#ty, #(#params: &Array),*) -> Result<#ret, Exception> {
+            // the flat twin sees arrays only, not which weights are quantized
+            if w.quantized() {
+                return #name(w, #(#params),*);
+            }
             type Traced = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
             thread_local! {
                 static TRACED: ::std::cell::RefCell<Traced> =
@@ -579,6 +583,7 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
             use ::qwen_runtime::weights::{Checkpoint, Dtype as WeightDtype, TensorSpec};
             use ::qwen_runtime::WeightError;
             use ::qwen_runtime::kernels as __kernels;
+            use ::qwen_runtime::quant::{quantize as __quantize, Quantized};
 
             #(#consts)*
 

@@ -5,7 +5,7 @@
 
 use graph_dsl::{DType, Graph, Op, WeightXform};
 use proc_macro2::{Literal, TokenStream};
-use quote::quote;
+use quote::{format_ident, quote};
 
 use super::{lit_i32, weights_ty};
 use crate::error::{CodegenError, Result};
@@ -17,6 +17,19 @@ pub(crate) fn has_weights(g: &Graph) -> bool {
         || g.nodes
             .iter()
             .any(|n| matches!(n.op, Op::Call { .. } | Op::Repeat { .. }))
+}
+
+/// The weights read as the weight of a linear layer (input 1 of `Linear`): the ones that
+/// can be quantized.
+fn linear_weights(g: &Graph) -> std::collections::BTreeSet<usize> {
+    g.nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Linear { .. }))
+        .filter_map(|n| match g.nodes[n.inputs.get(1)?.node].op {
+            Op::Weight(i) => Some(i),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The field of a weight key.
@@ -62,7 +75,11 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
     let mut counts = vec![];
     let mut to_flat = vec![];
     let mut from_flat = vec![];
-    for w in &g.weights {
+    // quantizable: the weights of linear layers (and whether any field can be quantized)
+    let mut quantized = vec![];
+    let linear = linear_weights(g);
+    let mut names = vec![];
+    for (wi, w) in g.weights.iter().enumerate() {
         let f = ident(&field_name(&w.key));
         let key = &w.key;
         let loaded = w.loaded_shape().ok_or_else(|| CodegenError::BadWeight {
@@ -85,6 +102,18 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
             #[doc = #doc]
             pub #f: Array
         });
+        names.push(f.clone());
+        let q = linear.contains(&wi).then(|| format_ident!("{}_q", f));
+        if let Some(fq) = &q {
+            let doc = format!(" `{key}` quantized (then `{f}` holds the packed values), or `None`");
+            fields.push(quote! {
+                #[doc = #doc]
+                pub #fq: Option<Quantized>
+            });
+            names.push(fq.clone());
+            quantized.push(quote!(self.#fq.is_some()));
+            from_flat.push(quote!(#fq: None));
+        }
         let dt = dtype(w.dtype);
         let mut gets = vec![];
         for p in w.stored() {
@@ -105,18 +134,24 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
         } else {
             quote!(ops::concatenate(&[#(#gets),*], 0)?)
         };
-        if w.xforms.is_empty() {
-            loads.push(quote!(#f: #get));
+        let value = if w.xforms.is_empty() {
+            get
         } else {
             let xs = w.xforms.iter().map(xform);
-            loads.push(quote! {
-                #f: {
+            quote! {
+                {
                     let a = #get;
                     #(#xs)*
                     a
                 }
-            });
-        }
+            }
+        };
+        loads.push(match &q {
+            Some(fq) => {
+                quote!(let (#f, #fq) = __quantize(#value, plan.spec(&__key(prefix, #key)))?;)
+            }
+            None => quote!(let #f = #value;),
+        });
     }
     for n in &g.nodes {
         match &n.op {
@@ -129,7 +164,11 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                     pub #f: #bt
                 });
                 specs.push(quote!(v.extend(#bt::specs(&__key(prefix, #prefix)));));
-                loads.push(quote!(#f: #bt::load_with(get, &__key(prefix, #prefix), dtype)?));
+                loads.push(
+                    quote!(let #f = #bt::load_from(get, plan, &__key(prefix, #prefix), dtype)?;),
+                );
+                names.push(f.clone());
+                quantized.push(quote!(self.#f.quantized()));
                 counts.push(quote!(#bt::COUNT));
                 to_flat.push(quote!(v.extend(self.#f.arrays());));
                 from_flat
@@ -157,14 +196,16 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                 // each layer evaluated as it is loaded: what its weight transforms read
                 // (the parts of a joined projection) is freed before the next layer's
                 loads.push(quote! {
-                    #f: (0..#c)
+                    let #f = (0..#c)
                         .map(|i| {
-                            let l = #bt::load_with(get, &__key(prefix, &format!("{}.{}", #prefix, i)), dtype)?;
+                            let l = #bt::load_from(get, plan, &__key(prefix, &format!("{}.{}", #prefix, i)), dtype)?;
                             mlx::transforms::eval(&l.arrays())?;
                             Ok(l)
                         })
-                        .collect::<Result<Vec<_>, LoadError>>()?
+                        .collect::<Result<Vec<_>, LoadError>>()?;
                 });
+                names.push(f.clone());
+                quantized.push(quote!(self.#f.iter().any(|l| l.quantized())));
                 counts.push(quote!(#c * #bt::COUNT));
                 to_flat.push(quote!(for l in &self.#f { v.extend(l.arrays()); }));
                 from_flat.push(quote! {
@@ -228,9 +269,26 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                 prefix: &str,
                 dtype: Dtype,
             ) -> Result<Self, LoadError> {
-                Ok(Self {
-                    #(#loads),*
-                })
+                Self::load_from(get, &::qwen_runtime::quant::Dense, prefix, dtype)
+            }
+
+            /// As `load_with`, each linear layer's weight quantized as `plan` says for its
+            /// full key (repeated layers one at a time, so the dense weights of one layer
+            /// at most are held beside the quantized ones).
+            #[allow(unused_variables)]
+            pub fn load_from(
+                get: &mut dyn FnMut(&str) -> Result<Array, LoadError>,
+                plan: &dyn ::qwen_runtime::quant::Plan,
+                prefix: &str,
+                dtype: Dtype,
+            ) -> Result<Self, LoadError> {
+                #(#loads)*
+                Ok(Self { #(#names),* })
+            }
+
+            /// Whether any linear layer here (or in a block) is quantized.
+            pub fn quantized(&self) -> bool {
+                false #(|| #quantized)*
             }
         }
     })

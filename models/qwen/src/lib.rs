@@ -8,4 +8,5 @@ pub mod cli;
 pub mod model_dir;
 pub mod output;
 pub mod pipeline;
+pub mod quantize;
 pub mod specializations;

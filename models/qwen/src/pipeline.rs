@@ -88,6 +88,8 @@ pub struct Pipeline {
     sizes: memory::Sizes,
     /// Bytes the networks and their work may take.
     budget: usize,
+    /// Which linear layers are quantized at load.
+    quantize: Option<crate::quantize::Quantization>,
     vae: Box<dyn Decoder>,
 }
 

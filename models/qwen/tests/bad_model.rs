@@ -62,6 +62,7 @@ fn open_error(model: &Path) -> PipelineError {
         dtype: Dtype::Float32,
         module: None,
         memory_limit: None,
+        quantize: None,
     };
     Pipeline::open(model, &options).expect_err("the folder must be refused")
 }
@@ -199,6 +200,7 @@ fn equivalent_configs_are_accepted() {
         dtype: Dtype::Float32,
         module: None,
         memory_limit: None,
+        quantize: None,
     };
     Pipeline::open(&model, &options).unwrap();
 }

@@ -61,6 +61,7 @@ fn open(res: &str, module: Option<&str>) -> Pipeline {
         dtype: Dtype::Float32,
         module: module.map(str::to_owned),
         memory_limit: None,
+        quantize: None,
     };
     Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap()
 }
@@ -254,6 +255,7 @@ fn bf16_pipeline_is_close_to_the_f32_reference() {
         dtype: Dtype::Bfloat16,
         module: None,
         memory_limit: None,
+        quantize: None,
     };
     let pipeline = Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap();
     let request = r.request("64x64");

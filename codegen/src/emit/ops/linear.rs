@@ -2,9 +2,10 @@
 
 use graph_dsl::Op;
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{format_ident, quote};
 
 use super::{out, NodeCx};
+use crate::emit::weights::field_name;
 use crate::emit::FnCx;
 use crate::error::Result;
 
@@ -14,12 +15,20 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
         Op::Linear { bias } => {
             let (x, w) = (n.a(0), n.a(1));
             let o = out(cx, k, 0, name);
-            // one call each: `b + x @ w^T` through addmm, the transpose a view
-            if *bias {
+            let b = if *bias {
                 let b = n.a(2);
-                quote!(let #o = ops::addmm(#b, #x, #w.t(), None, None)?;)
+                quote!(Some(#b))
             } else {
-                quote!(let #o = ops::matmul(#x, #w.t())?;)
+                quote!(None)
+            };
+            // a weight of this graph may be quantized at load (its `_q` field); one call:
+            // `b + x @ w^T` through addmm (the transpose a view), or MLX's quantized matmul
+            match &n.g.nodes[n.node.inputs[1].node].op {
+                Op::Weight(i) => {
+                    let fq = format_ident!("{}_q", field_name(&n.g.weights[*i].key));
+                    quote!(let #o = ::qwen_runtime::quant::linear(#x, #w, w.#fq.as_ref(), #b)?;)
+                }
+                _ => quote!(let #o = ::qwen_runtime::quant::linear(#x, #w, None, #b)?;),
             }
         }
         Op::MatMul => {

@@ -97,6 +97,16 @@ struct Args {
     #[arg(long, value_name = "GB")]
     memory_limit: Option<f64>,
 
+    /// Quantize the transformer's linear layers at load to 8 or 4 bits (MLX affine, groups of
+    /// 64); the text encoder and the first and last layers stay in the compute dtype.
+    #[arg(long, value_name = "BITS")]
+    quantize: Option<qwen::quantize::Quantization>,
+
+    /// With --quantize: bits per layer kind, `kind=bits,…` (bits 4, 8 or 16 = unquantized;
+    /// kinds attn, img_mlp, txt_mlp, modulation, io, text_encoder), e.g. img_mlp=16.
+    #[arg(long, value_name = "KIND=BITS,…", requires = "quantize")]
+    quantize_layers: Option<String>,
+
     /// Instead of generating: time an N×N by N×N matrix multiply on the chosen device.
     #[arg(long, value_name = "N")]
     bench_matmul: Option<usize>,
@@ -261,6 +271,14 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
                 }
             })
             .transpose()?,
+        quantize: match (&args.quantize, &args.quantize_layers) {
+            (Some(q), Some(o)) => Some(
+                q.clone()
+                    .with_overrides(o)
+                    .map_err(|e| anyhow::anyhow!("--quantize-layers: {e}"))?,
+            ),
+            (q, _) => q.clone(),
+        },
     };
     let pipeline = Pipeline::open(&model, &options)?;
     let r = pipeline.resolution();
@@ -320,6 +338,10 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         t.denoise / args.steps as f64,
         t.decode
     );
+    // MLX's largest memory in use in this process (weights, activations; not its cache)
+    if let Ok(peak) = mlx_rs::memory::peak_memory() {
+        println!("peak memory: {:.2} GB", peak as f64 / 1e9);
+    }
 
     let meta = pipeline.metadata(&request);
     let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

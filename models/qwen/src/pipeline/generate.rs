@@ -235,6 +235,9 @@ impl Pipeline {
         m.insert("height", r.height.to_string());
         m.insert("module", self.variant.name().to_owned());
         m.insert("dtype", format!("{:?}", self.dtype));
+        if let Some(q) = &self.quantize {
+            m.insert("quantize", q.describe());
+        }
         m.insert("model", self.dir.display().to_string());
         m.insert(
             "software",

@@ -24,7 +24,10 @@
 use std::cell::RefCell;
 
 use qwen_runtime::__private::mlx_rs::{memory, Array, Dtype};
+use qwen_runtime::quant::{Dense, Plan};
 use qwen_runtime::weights::TensorSpec;
+
+use crate::quantize::{Quantization, Uniform};
 
 use super::{
     mlx, Denoiser, ModulationTable, Modulator, Pipeline, Resolution, Result, TextEncoder, Variant,
@@ -57,15 +60,24 @@ pub struct Sizes {
     pub encode_work: usize,
 }
 
-/// Bytes of a set of tensors once loaded in `dtype` (floating tensors take the run dtype).
-pub fn loaded_bytes(specs: &[TensorSpec], dtype: Dtype) -> usize {
+/// Bytes of a set of tensors once loaded in `dtype` (floating tensors take the run dtype;
+/// the matrices `plan` quantizes: `bits` per value, plus a scale and a bias per group).
+pub fn loaded_bytes(specs: &[TensorSpec], dtype: Dtype, plan: &dyn Plan) -> usize {
     let per = match dtype {
         Dtype::Float32 => 4,
         _ => 2,
     };
     specs
         .iter()
-        .map(|s| s.shape.iter().product::<usize>() * per)
+        .map(|s| {
+            let n = s.shape.iter().product::<usize>();
+            match plan.spec(&s.name) {
+                Some(q) if s.shape.len() == 2 => {
+                    n * q.bits as usize / 8 + 2 * per * n / q.group_size as usize
+                }
+                _ => n * per,
+            }
+        })
         .sum()
 }
 
@@ -73,7 +85,7 @@ impl Sizes {
     /// The sizes for a generated module in `dtype`. The working memory is an upper estimate
     /// from measurements on an H200 (bf16, 1024²: a step's activations ~1.5 GB, the VAE
     /// decode's ~2.5 GB), scaled with the pixels and the dtype's width.
-    pub fn of(variant: &dyn Variant, dtype: Dtype) -> Self {
+    pub fn of(variant: &dyn Variant, dtype: Dtype, quantize: Option<&Quantization>) -> Self {
         let width = if dtype == Dtype::Float32 { 2 } else { 1 };
         let Resolution {
             width: w,
@@ -83,11 +95,12 @@ impl Sizes {
         let work = |gib_per_megapixel: f64, floor: f64| {
             ((gib_per_megapixel * megapixels).max(floor) * GIB as f64) as usize * width
         };
+        let (te, tr) = plans(quantize);
         Self {
-            text_encoder: loaded_bytes(&variant.text_encoder_specs(), dtype),
-            modulation: loaded_bytes(&variant.modulation_specs(), dtype),
-            denoiser: loaded_bytes(&variant.transformer_specs(), dtype),
-            vae: loaded_bytes(&variant.vae_specs(), dtype),
+            text_encoder: loaded_bytes(&variant.text_encoder_specs(), dtype, &te),
+            modulation: loaded_bytes(&variant.modulation_specs(), dtype, tr.as_ref()),
+            denoiser: loaded_bytes(&variant.transformer_specs(), dtype, tr.as_ref()),
+            vae: loaded_bytes(&variant.vae_specs(), dtype, &Dense),
             denoise_work: work(3.0, 0.25),
             encode_work: work(0.0, 1.0),
         }
@@ -116,6 +129,14 @@ impl Sizes {
             + self.denoiser
             + self.vae
             + self.denoise_work.max(self.encode_work)
+    }
+}
+
+/// The plans of the text encoder and the transformer (both dense without `--quantize`).
+fn plans(q: Option<&Quantization>) -> (Uniform, Box<dyn Plan + '_>) {
+    match q {
+        Some(q) => (q.text_encoder(), Box::new(q.transformer())),
+        None => (Uniform(None), Box::new(Dense)),
     }
 }
 
@@ -211,24 +232,18 @@ impl Pipeline {
             // give the freed buffers back (MLX keeps them cached otherwise)
             memory::clear_cache().map_err(mlx("freeing memory"))?;
         }
+        let (te, tr) = plans(self.quantize.as_ref());
+        let (v, d) = (self.variant, self.dtype);
+        let cks = &self.checkpoints;
         match need {
             Network::TextEncoder => {
-                l.encoder = Some(
-                    self.variant
-                        .load_text_encoder(&self.checkpoints.text_encoder, self.dtype)?,
-                )
+                l.encoder = Some(v.load_text_encoder(&cks.text_encoder, d, &te)?)
             }
             Network::Modulation => {
-                l.modulation = Some(
-                    self.variant
-                        .load_modulation(&self.checkpoints.transformer, self.dtype)?,
-                )
+                l.modulation = Some(v.load_modulation(&cks.transformer, d, tr.as_ref())?)
             }
             Network::Denoiser => {
-                l.denoiser = Some(
-                    self.variant
-                        .load_transformer(&self.checkpoints.transformer, self.dtype)?,
-                )
+                l.denoiser = Some(v.load_transformer(&cks.transformer, d, tr.as_ref())?)
             }
         }
         Ok(())

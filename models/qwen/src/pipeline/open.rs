@@ -14,6 +14,7 @@ use super::{
     detect_config, find_variant, variant_by_name, Checkpoints, Network, Pipeline, PipelineError,
     Resolution, Result, VARIANTS,
 };
+use crate::quantize::Quantization;
 
 /// How to open a model folder.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct Options {
     /// Bytes the networks may take (see [`super::memory`]); `None`: MLX's memory limit. When
     /// set, MLX's own limit is set to it too, so that freed buffers are given back.
     pub memory_limit: Option<usize>,
+    /// Quantize linear layers at load (`--quantize`); `None`: every weight in `dtype`.
+    pub quantize: Option<Quantization>,
 }
 
 impl Default for Options {
@@ -36,6 +39,7 @@ impl Default for Options {
             dtype: Dtype::Float32,
             module: None,
             memory_limit: None,
+            quantize: None,
         }
     }
 }
@@ -148,7 +152,7 @@ impl Pipeline {
             }
             None => mlx_memory::memory_limit().unwrap_or(0),
         };
-        let sizes = Sizes::of(variant, options.dtype);
+        let sizes = Sizes::of(variant, options.dtype, options.quantize.as_ref());
         let all = load_at_open(&sizes, budget);
         std::thread::scope(|scope| {
             let mut cks = vec![&vae];
@@ -175,6 +179,7 @@ impl Pipeline {
             loaded: Default::default(),
             sizes,
             budget,
+            quantize: options.quantize.clone(),
             vae: vae_decoder,
         };
         if all {

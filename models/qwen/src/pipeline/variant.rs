@@ -3,6 +3,7 @@
 //! them ([`VARIANTS`]); the implementations are made in `variants.rs`.
 
 use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
+use qwen_runtime::quant::Plan;
 use qwen_runtime::weights::{Checkpoint, TensorSpec};
 
 use super::{variants, ModelConfig, PipelineError, Resolution, Result};
@@ -22,10 +23,26 @@ pub trait Variant: Sync {
     /// The rest of the transformer (what every step reads).
     fn transformer_specs(&self) -> Vec<TensorSpec>;
     fn vae_specs(&self) -> Vec<TensorSpec>;
-    fn load_text_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn TextEncoder>>;
+    /// Loaders: the checkpoint, the compute dtype, which linear layers to quantize.
+    fn load_text_encoder(
+        &self,
+        ck: &Checkpoint,
+        dtype: Dtype,
+        plan: &dyn Plan,
+    ) -> Result<Box<dyn TextEncoder>>;
     /// Loads the timestep modulation from the transformer's checkpoint.
-    fn load_modulation(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Modulator>>;
-    fn load_transformer(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Denoiser>>;
+    fn load_modulation(
+        &self,
+        ck: &Checkpoint,
+        dtype: Dtype,
+        plan: &dyn Plan,
+    ) -> Result<Box<dyn Modulator>>;
+    fn load_transformer(
+        &self,
+        ck: &Checkpoint,
+        dtype: Dtype,
+        plan: &dyn Plan,
+    ) -> Result<Box<dyn Denoiser>>;
     fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>>;
 }
 

@@ -8,6 +8,7 @@
 //! with `cfg = split` takes both CFG texts in one call, the others one text per call.
 
 use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
+use qwen_runtime::quant::Plan;
 use qwen_runtime::weights::{Checkpoint, TensorSpec};
 
 use super::{
@@ -129,24 +130,27 @@ macro_rules! variant {
                     &self,
                     ck: &Checkpoint,
                     dtype: Dtype,
+                    plan: &dyn Plan,
                 ) -> Result<Box<dyn TextEncoder>> {
-                    let w = loaded("text_encoder", || m::TextEncoderWeights::load(ck, "", dtype), m::TextEncoderWeights::arrays)?;
+                    let w = loaded("text_encoder", || m::TextEncoderWeights::load_from(&mut |k| Ok(ck.array(k)?), plan, "", dtype), m::TextEncoderWeights::arrays)?;
                     Ok(Box::new(Te(w)))
                 }
                 fn load_modulation(
                     &self,
                     ck: &Checkpoint,
                     dtype: Dtype,
+                    plan: &dyn Plan,
                 ) -> Result<Box<dyn Modulator>> {
-                    let w = loaded("transformer", || m::TimestepModulationWeights::load(ck, "", dtype), m::TimestepModulationWeights::arrays)?;
+                    let w = loaded("transformer", || m::TimestepModulationWeights::load_from(&mut |k| Ok(ck.array(k)?), plan, "", dtype), m::TimestepModulationWeights::arrays)?;
                     Ok(Box::new(Md(w)))
                 }
                 fn load_transformer(
                     &self,
                     ck: &Checkpoint,
                     dtype: Dtype,
+                    plan: &dyn Plan,
                 ) -> Result<Box<dyn Denoiser>> {
-                    let w = loaded("transformer", || m::TransformerWeights::load(ck, "", dtype), m::TransformerWeights::arrays)?;
+                    let w = loaded("transformer", || m::TransformerWeights::load_from(&mut |k| Ok(ck.array(k)?), plan, "", dtype), m::TransformerWeights::arrays)?;
                     Ok(Box::new(Tr(w)))
                 }
                 fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>> {
