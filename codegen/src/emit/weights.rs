@@ -316,96 +316,121 @@ mod tests {
         b.output("y", y).unwrap();
         let code = format(emit_struct(&b.finish()).unwrap()).unwrap();
         assert_snapshot!(code, @r#"
-        /// Weights of `t`; keys are relative to the prefix given to `load`.
-        pub struct TWeights {
-            /// `attn.to_qk.weight` [12, 8], concatenated on axis 0 from `attn.to_q.weight` [8, 8], `attn.to_k.weight` [4, 8]
-            pub attn_to_qk_weight: Array,
-            /// `attn.to_qk.bias` [12], concatenated on axis 0 from `attn.to_q.bias` [8], `attn.to_k.bias` [4]
-            pub attn_to_qk_bias: Array,
-        }
-        impl TWeights {
-            /// Every tensor `load` reads, with its stored shape and dtype.
-            pub fn specs(prefix: &str) -> Vec<TensorSpec> {
-                let mut v = Vec::new();
-                v.push(
-                    TensorSpec::new(
-                        __key(prefix, "attn.to_q.weight"),
-                        vec![8, 8],
-                        WeightDtype::BF16,
-                    ),
-                );
-                v.push(
-                    TensorSpec::new(
-                        __key(prefix, "attn.to_k.weight"),
-                        vec![4, 8],
-                        WeightDtype::BF16,
-                    ),
-                );
-                v.push(
-                    TensorSpec::new(__key(prefix, "attn.to_q.bias"), vec![8], WeightDtype::BF16),
-                );
-                v.push(
-                    TensorSpec::new(__key(prefix, "attn.to_k.bias"), vec![4], WeightDtype::BF16),
-                );
-                v
+            /// Weights of `t`; keys are relative to the prefix given to `load`.
+            pub struct TWeights {
+                /// `attn.to_qk.weight` [12, 8], concatenated on axis 0 from `attn.to_q.weight` [8, 8], `attn.to_k.weight` [4, 8]
+                pub attn_to_qk_weight: Array,
+                /// `attn.to_qk.weight` quantized (then `attn_to_qk_weight` holds the packed values), or `None`
+                pub attn_to_qk_weight_q: Option<Quantized>,
+                /// `attn.to_qk.bias` [12], concatenated on axis 0 from `attn.to_q.bias` [8], `attn.to_k.bias` [4]
+                pub attn_to_qk_bias: Array,
             }
-            /// Load from `ckpt` under `prefix`, cast to `dtype`, apply the recorded
-            /// layout transforms.
-            pub fn load(
-                ckpt: &Checkpoint,
-                prefix: &str,
-                dtype: Dtype,
-            ) -> Result<Self, LoadError> {
-                Self::load_with(&mut |key| Ok(ckpt.array(key)?), prefix, dtype)
-            }
-            /// How many arrays `arrays` gives.
-            pub const COUNT: usize = 0 + 1 + 1;
-            /// Every weight as one flat list (fields in order, nested blocks inline), for
-            /// `transforms::compile`, whose functions take arrays only.
-            pub fn arrays(&self) -> Vec<Array> {
-                let mut v = Vec::with_capacity(Self::COUNT);
-                v.push(self.attn_to_qk_weight.clone());
-                v.push(self.attn_to_qk_bias.clone());
-                v
-            }
-            /// The inverse of `arrays` (`a` holds exactly `COUNT` arrays).
-            pub fn from_arrays(a: &[Array]) -> Self {
-                let mut k = 0;
-                Self {
-                    attn_to_qk_weight: {
-                        k += 1;
-                        a[k - 1].clone()
-                    },
-                    attn_to_qk_bias: {
-                        k += 1;
-                        a[k - 1].clone()
-                    },
+            impl TWeights {
+                /// Every tensor `load` reads, with its stored shape and dtype.
+                pub fn specs(prefix: &str) -> Vec<TensorSpec> {
+                    let mut v = Vec::new();
+                    v.push(
+                        TensorSpec::new(
+                            __key(prefix, "attn.to_q.weight"),
+                            vec![8, 8],
+                            WeightDtype::BF16,
+                        ),
+                    );
+                    v.push(
+                        TensorSpec::new(
+                            __key(prefix, "attn.to_k.weight"),
+                            vec![4, 8],
+                            WeightDtype::BF16,
+                        ),
+                    );
+                    v.push(
+                        TensorSpec::new(__key(prefix, "attn.to_q.bias"), vec![8], WeightDtype::BF16),
+                    );
+                    v.push(
+                        TensorSpec::new(__key(prefix, "attn.to_k.bias"), vec![4], WeightDtype::BF16),
+                    );
+                    v
                 }
-            }
-            /// As `load`, with the stored tensors from `get` (by full key).
-            pub fn load_with(
-                get: &mut dyn FnMut(&str) -> Result<Array, LoadError>,
-                prefix: &str,
-                dtype: Dtype,
-            ) -> Result<Self, LoadError> {
-                Ok(Self {
-                    attn_to_qk_weight: ops::concatenate(
-                        &[
-                            get(&__key(prefix, "attn.to_q.weight"))?.as_dtype(dtype)?,
-                            get(&__key(prefix, "attn.to_k.weight"))?.as_dtype(dtype)?,
-                        ],
-                        0,
-                    )?,
-                    attn_to_qk_bias: ops::concatenate(
+                /// Load from `ckpt` under `prefix`, cast to `dtype`, apply the recorded
+                /// layout transforms.
+                pub fn load(
+                    ckpt: &Checkpoint,
+                    prefix: &str,
+                    dtype: Dtype,
+                ) -> Result<Self, LoadError> {
+                    Self::load_with(&mut |key| Ok(ckpt.array(key)?), prefix, dtype)
+                }
+                /// How many arrays `arrays` gives.
+                pub const COUNT: usize = 0 + 1 + 1;
+                /// Every weight as one flat list (fields in order, nested blocks inline), for
+                /// `transforms::compile`, whose functions take arrays only.
+                pub fn arrays(&self) -> Vec<Array> {
+                    let mut v = Vec::with_capacity(Self::COUNT);
+                    v.push(self.attn_to_qk_weight.clone());
+                    v.push(self.attn_to_qk_bias.clone());
+                    v
+                }
+                /// The inverse of `arrays` (`a` holds exactly `COUNT` arrays).
+                pub fn from_arrays(a: &[Array]) -> Self {
+                    let mut k = 0;
+                    Self {
+                        attn_to_qk_weight_q: None,
+                        attn_to_qk_weight: {
+                            k += 1;
+                            a[k - 1].clone()
+                        },
+                        attn_to_qk_bias: {
+                            k += 1;
+                            a[k - 1].clone()
+                        },
+                    }
+                }
+                /// As `load`, with the stored tensors from `get` (by full key).
+                pub fn load_with(
+                    get: &mut dyn FnMut(&str) -> Result<Array, LoadError>,
+                    prefix: &str,
+                    dtype: Dtype,
+                ) -> Result<Self, LoadError> {
+                    Self::load_from(get, &::qwen_runtime::quant::Dense, prefix, dtype)
+                }
+                /// As `load_with`, each linear layer's weight quantized as `plan` says for its
+                /// full key (repeated layers one at a time, so the dense weights of one layer
+                /// at most are held beside the quantized ones).
+                #[allow(unused_variables)]
+                pub fn load_from(
+                    get: &mut dyn FnMut(&str) -> Result<Array, LoadError>,
+                    plan: &dyn ::qwen_runtime::quant::Plan,
+                    prefix: &str,
+                    dtype: Dtype,
+                ) -> Result<Self, LoadError> {
+                    let (attn_to_qk_weight, attn_to_qk_weight_q) = __quantize(
+                        ops::concatenate(
+                            &[
+                                get(&__key(prefix, "attn.to_q.weight"))?.as_dtype(dtype)?,
+                                get(&__key(prefix, "attn.to_k.weight"))?.as_dtype(dtype)?,
+                            ],
+                            0,
+                        )?,
+                        plan.spec(&__key(prefix, "attn.to_qk.weight")),
+                    )?;
+                    let attn_to_qk_bias = ops::concatenate(
                         &[
                             get(&__key(prefix, "attn.to_q.bias"))?.as_dtype(dtype)?,
                             get(&__key(prefix, "attn.to_k.bias"))?.as_dtype(dtype)?,
                         ],
                         0,
-                    )?,
-                })
+                    )?;
+                    Ok(Self {
+                        attn_to_qk_weight,
+                        attn_to_qk_weight_q,
+                        attn_to_qk_bias,
+                    })
+                }
+                /// Whether any linear layer here (or in a block) is quantized.
+                pub fn quantized(&self) -> bool {
+                    false || self.attn_to_qk_weight_q.is_some()
+                }
             }
-        }
-        "#);
+            "#);
     }
 }

@@ -60,23 +60,27 @@ mod tests {
             b.linear("net.2", h, 16, 8, false).unwrap()
         });
         assert_snapshot!(code, @r"
-        /// Forward of `t`.
-        ///
-        /// - in `x`: [B, 4, 8]:f32
-        /// - out `y`: [B, 4, 8]:f32
-        pub fn t(w: &TWeights, x: &Array) -> Result<Array, Exception> {
-            let dim_b = x.shape()[0];
-            let net_0_proj = ops::addmm(
-                &w.net_0_proj_bias,
-                x,
-                &w.net_0_proj_weight.t(),
-                None,
-                None,
-            )?;
-            let net_2 = ops::matmul(&net_0_proj, &w.net_2_weight.t())?;
-            Ok(net_2)
-        }
-        ");
+            /// Forward of `t`.
+            ///
+            /// - in `x`: [B, 4, 8]:f32
+            /// - out `y`: [B, 4, 8]:f32
+            pub fn t(w: &TWeights, x: &Array) -> Result<Array, Exception> {
+                let dim_b = x.shape()[0];
+                let net_0_proj = ::qwen_runtime::quant::linear(
+                    x,
+                    &w.net_0_proj_weight,
+                    w.net_0_proj_weight_q.as_ref(),
+                    Some(&w.net_0_proj_bias),
+                )?;
+                let net_2 = ::qwen_runtime::quant::linear(
+                    &net_0_proj,
+                    &w.net_2_weight,
+                    w.net_2_weight_q.as_ref(),
+                    None,
+                )?;
+                Ok(net_2)
+            }
+            ");
     }
 
     #[test]

@@ -194,8 +194,10 @@ impl Pipeline {
         x.as_dtype(Dtype::Float32).map_err(mlx("casting"))
     }
 
-    /// Packed latents → decoder output `[1, 3, H, W]` f32, clamped to [−1, 1].
+    /// Packed latents → decoder output `[1, 3, H, W]` f32, clamped to [−1, 1]. Frees what
+    /// the decode's activations need room for (see [`super::memory`]).
     pub fn decode(&self, latents: &Array) -> Result<Array> {
+        self.make_room(super::memory::Stage::Decode)?;
         let (gh, gw) = self.grid();
         let run = || -> Result<Array, Exception> {
             let z = unpack_nhwc(&latents.as_dtype(Dtype::Float32)?, gh, gw)?;

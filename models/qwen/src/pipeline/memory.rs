@@ -53,9 +53,11 @@ pub struct Sizes {
     pub modulation: usize,
     pub denoiser: usize,
     pub vae: usize,
-    /// Activations of a denoising step (both CFG halves) and of the VAE decode at this
-    /// resolution, whichever is larger, plus the kept modulation table.
+    /// Activations of a denoising step (both CFG halves, two blocks in flight) at this
+    /// resolution, and the kept modulation table.
     pub denoise_work: usize,
+    /// Activations of the VAE decode at this resolution.
+    pub decode_work: usize,
     /// Activations of the text encoder for a long prompt.
     pub encode_work: usize,
 }
@@ -82,9 +84,11 @@ pub fn loaded_bytes(specs: &[TensorSpec], dtype: Dtype, plan: &dyn Plan) -> usiz
 }
 
 impl Sizes {
-    /// The sizes for a generated module in `dtype`. The working memory is an upper estimate
-    /// from measurements on an H200 (bf16, 1024²: a step's activations ~1.5 GB, the VAE
-    /// decode's ~2.5 GB), scaled with the pixels and the dtype's width.
+    /// The sizes for a generated module in `dtype`. The working memory is an estimate for
+    /// bf16 at 1024², from MLX's peaks on an H200 (2026-11-29): a step's activations with
+    /// two blocks in flight ~1 GB; the VAE decode's full-resolution convolutions ~7.2 GB
+    /// (everything loaded: weights 55.1 GB, image peak 62.3 GB; q8 in 24 GB: denoiser
+    /// 14.5 GB, peak 22.0 GB), scaled with the pixels and the dtype's width.
     pub fn of(variant: &dyn Variant, dtype: Dtype, quantize: Option<&Quantization>) -> Self {
         let width = if dtype == Dtype::Float32 { 2 } else { 1 };
         let Resolution {
@@ -101,7 +105,8 @@ impl Sizes {
             modulation: loaded_bytes(&variant.modulation_specs(), dtype, tr.as_ref()),
             denoiser: loaded_bytes(&variant.transformer_specs(), dtype, tr.as_ref()),
             vae: loaded_bytes(&variant.vae_specs(), dtype, &Dense),
-            denoise_work: work(3.0, 0.25),
+            denoise_work: work(2.0, 0.25),
+            decode_work: work(7.0, 0.25),
             encode_work: work(0.0, 1.0),
         }
     }
@@ -122,13 +127,16 @@ impl Sizes {
         }
     }
 
-    /// Everything loaded at once, with the larger stage's working memory.
+    /// Everything loaded at once, with the largest stage's working memory.
     pub fn all(&self) -> usize {
         self.text_encoder
             + self.modulation
             + self.denoiser
             + self.vae
-            + self.denoise_work.max(self.encode_work)
+            + self
+                .denoise_work
+                .max(self.encode_work)
+                .max(self.decode_work)
     }
 }
 
@@ -176,10 +184,20 @@ impl Loaded {
     }
 }
 
-/// What to free, in order, before loading `need` beside the `loaded` networks (and the VAE)
-/// within `budget` bytes: the rule of the module doc.
-pub fn to_free(sizes: &Sizes, loaded: &[Network], need: Network, budget: usize) -> Vec<Network> {
-    let want = sizes.weights(need) + sizes.work(need);
+/// A stage: loading a network (and running it), or the VAE decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Run(Network),
+    Decode,
+}
+
+/// What to free, in order, before `stage` beside the `loaded` networks (and the VAE) within
+/// `budget` bytes: the rule of the module doc.
+pub fn to_free(sizes: &Sizes, loaded: &[Network], stage: Stage, budget: usize) -> Vec<Network> {
+    let (keep, want) = match stage {
+        Stage::Run(n) => (Some(n), sizes.weights(n) + sizes.work(n)),
+        Stage::Decode => (None, sizes.decode_work),
+    };
     let mut held: Vec<Network> = loaded.to_vec();
     let mut freed = vec![];
     for n in EVICTION_ORDER {
@@ -187,7 +205,7 @@ pub fn to_free(sizes: &Sizes, loaded: &[Network], need: Network, budget: usize) 
         if bytes + want <= budget {
             break;
         }
-        if n != need && held.contains(&n) {
+        if Some(n) != keep && held.contains(&n) {
             held.retain(|h| *h != n);
             freed.push(n);
         }
@@ -217,14 +235,10 @@ impl Pipeline {
         self.loaded.borrow().has(n)
     }
 
-    /// Frees what `need` does not leave room for (see the module doc), then loads `need`
-    /// if it is not loaded.
-    pub(super) fn ensure(&self, need: Network) -> Result<()> {
+    /// Frees what `stage` does not leave room for (see the module doc).
+    pub(super) fn make_room(&self, stage: Stage) -> Result<()> {
         let mut l = self.loaded.borrow_mut();
-        if l.has(need) {
-            return Ok(());
-        }
-        let free = to_free(&self.sizes, &l.loaded(), need, self.budget);
+        let free = to_free(&self.sizes, &l.loaded(), stage, self.budget);
         for n in &free {
             l.free(*n);
         }
@@ -232,6 +246,17 @@ impl Pipeline {
             // give the freed buffers back (MLX keeps them cached otherwise)
             memory::clear_cache().map_err(mlx("freeing memory"))?;
         }
+        Ok(())
+    }
+
+    /// Frees what `need` does not leave room for (see the module doc), then loads `need`
+    /// if it is not loaded.
+    pub(super) fn ensure(&self, need: Network) -> Result<()> {
+        if self.loaded.borrow().has(need) {
+            return Ok(());
+        }
+        self.make_room(Stage::Run(need))?;
+        let mut l = self.loaded.borrow_mut();
         let (te, tr) = plans(self.quantize.as_ref());
         let (v, d) = (self.variant, self.dtype);
         let cks = &self.checkpoints;
@@ -285,13 +310,58 @@ mod tests {
             modulation: 13 * GIB,
             denoiser: 27 * GIB,
             vae: GIB / 4,
-            denoise_work: 3 * GIB,
+            denoise_work: 2 * GIB,
+            decode_work: 7 * GIB,
             encode_work: GIB,
         }
     }
 
     fn frees(loaded: &[Network], need: Network, budget_gib: usize) -> Vec<Network> {
-        to_free(&sizes(), loaded, need, budget_gib * GIB)
+        to_free(&sizes(), loaded, Stage::Run(need), budget_gib * GIB)
+    }
+
+    /// The real model's sizes in bf16 at 1024² (what the rule decides with on a 30 GB budget).
+    #[test]
+    fn real_sizes_at_1024() {
+        let v = crate::pipeline::find_variant(
+            "1024".parse().unwrap(),
+            crate::pipeline::ModelConfig::Real,
+        )
+        .unwrap();
+        let s = Sizes::of(v, Dtype::Bfloat16, None);
+        let gb = |b: usize| b as f64 / 1e9;
+        println!(
+            "bf16 1024²: text encoder {:.2} GB, modulation {:.2}, denoiser {:.2}, vae {:.2}, all {:.2}",
+            gb(s.text_encoder),
+            gb(s.modulation),
+            gb(s.denoiser),
+            gb(s.vae),
+            gb(s.all())
+        );
+        // the 6.8 B timestep-only parameters
+        assert!(
+            (13.0e9..14.5e9).contains(&(s.modulation as f64)),
+            "{}",
+            s.modulation
+        );
+        let q8 = Sizes::of(v, Dtype::Bfloat16, Some(&Quantization::new(8).unwrap()));
+        println!(
+            "q8: modulation {:.2} GB, denoiser {:.2}",
+            gb(q8.modulation),
+            gb(q8.denoiser)
+        );
+        assert!(q8.denoiser < s.denoiser * 6 / 10);
+        // 30 GB: the denoise runs alone with the VAE, the decode without the denoiser
+        let budget = 30_000_000_000;
+        use Network::*;
+        assert_eq!(
+            to_free(&s, &[TextEncoder, Modulation], Stage::Run(Denoiser), budget),
+            [Modulation, TextEncoder]
+        );
+        assert!(s.vae + s.denoiser + s.denoise_work <= budget);
+        assert_eq!(to_free(&s, &[Denoiser], Stage::Decode, budget), [Denoiser]);
+        // q8 in 24 GB: the decode keeps the denoiser (22.0 GB measured)
+        assert!(to_free(&q8, &[Denoiser], Stage::Decode, 24_000_000_000).is_empty());
     }
 
     #[test]
@@ -310,6 +380,11 @@ mod tests {
         assert_eq!(frees(&[Denoiser], TextEncoder, 30), [Denoiser]);
         // 24 GiB: one network at a time
         assert_eq!(frees(&[TextEncoder], Modulation, 24), [TextEncoder]);
+        // the decode: the denoiser stays where it leaves room for the decode's activations
+        let decode = |loaded: &[Network], gib| to_free(&sizes(), loaded, Stage::Decode, gib * GIB);
+        assert!(decode(&[Denoiser], 35).is_empty());
+        assert_eq!(decode(&[Denoiser], 30), [Denoiser]);
+        assert_eq!(decode(&[Denoiser, Modulation], 45), [Modulation]);
         // 48 GB: the encoder and the denoiser stay together; the modulation goes first
         assert!(frees(&[TextEncoder], Denoiser, 48).is_empty());
         assert_eq!(
