@@ -10,6 +10,9 @@
 use mlx_rs::error::Exception;
 use mlx_rs::{ops, Array};
 
+use crate::weights::{Checkpoint, Dtype, TensorSpec};
+use crate::WeightError;
+
 /// Bits per weight and values per scale/bias group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuantSpec {
@@ -52,7 +55,138 @@ impl Quantized {
 /// Decides, per linear layer (its weight's full checkpoint key, e.g.
 /// `transformer_blocks.3.attn.to_qkv.weight`), whether and how it is quantized.
 pub trait Plan {
+    /// How to quantize the layer at load (`None`: keep it dense).
     fn spec(&self, key: &str) -> Option<QuantSpec>;
+
+    /// The layer as the checkpoint stores it quantized (packed values `key`, `{stem}.scales`,
+    /// `{stem}.biases`), or `None` when it is stored dense. Stored quantization wins over
+    /// [`Plan::spec`].
+    fn stored(&self, _key: &str) -> Result<Option<(Array, Quantized)>, WeightError> {
+        Ok(None)
+    }
+}
+
+/// `name.weight` → `name` (the stem the scales and biases are stored under).
+pub fn stem(key: &str) -> &str {
+    key.strip_suffix(".weight").unwrap_or(key)
+}
+
+/// A checkpoint written by `qwen-run quantize` (some linear weights stored quantized), with
+/// `fallback` for the layers stored dense.
+pub struct Stored<'a> {
+    pub checkpoint: &'a Checkpoint,
+    pub group_size: i32,
+    pub fallback: Box<dyn Plan + 'a>,
+}
+
+impl Stored<'_> {
+    /// The stored spec of a quantized layer: bits from the packed width and the scales'.
+    fn stored_spec(&self, key: &str) -> Option<QuantSpec> {
+        let packed = self.checkpoint.spec(key)?;
+        let scales = self.checkpoint.spec(&format!("{}.scales", stem(key)))?;
+        let (cols, groups) = (*packed.shape.get(1)?, *scales.shape.get(1)?);
+        let inputs = groups * self.group_size as usize;
+        (inputs > 0 && (cols * 32) % inputs == 0).then(|| QuantSpec {
+            bits: (cols * 32 / inputs) as i32,
+            group_size: self.group_size,
+        })
+    }
+
+    /// The specs a model expects, as this checkpoint stores them: each quantized weight
+    /// `[out, in]` as packed `u32` `[out, in · bits / 32]` plus its scales and biases
+    /// `[out, in / group]` (of the weight's dtype).
+    pub fn stored_specs(&self, expected: &[TensorSpec]) -> Vec<TensorSpec> {
+        let mut v = Vec::with_capacity(expected.len());
+        for s in expected {
+            match (self.stored_spec(&s.name), s.shape.as_slice()) {
+                (Some(q), &[out, inputs]) => {
+                    let packed = inputs * q.bits as usize / 32;
+                    v.push(TensorSpec::new(&s.name, vec![out, packed], Dtype::U32));
+                    let groups = inputs / q.group_size as usize;
+                    for part in ["scales", "biases"] {
+                        let name = format!("{}.{part}", stem(&s.name));
+                        v.push(TensorSpec::new(name, vec![out, groups], s.dtype));
+                    }
+                }
+                _ => v.push(s.clone()),
+            }
+        }
+        v
+    }
+}
+
+impl Plan for Stored<'_> {
+    fn spec(&self, key: &str) -> Option<QuantSpec> {
+        self.stored_spec(key).or_else(|| self.fallback.spec(key))
+    }
+
+    fn stored(&self, key: &str) -> Result<Option<(Array, Quantized)>, WeightError> {
+        let Some(spec) = self.stored_spec(key) else {
+            return Ok(None);
+        };
+        let s = stem(key);
+        let ck = self.checkpoint;
+        let q = Quantized {
+            scales: ck.array(&format!("{s}.scales"))?,
+            biases: ck.array(&format!("{s}.biases"))?,
+            spec,
+        };
+        Ok(Some((ck.array(key)?, q)))
+    }
+}
+
+/// A linear weight stored as the parts `keys` (joined along the output axis): the stored
+/// quantized parts joined (the quantization of the joined weight: groups run along the
+/// input axis), cast like `dtype`; `None` when the parts are stored dense.
+pub fn stored(
+    plan: &dyn Plan,
+    keys: &[String],
+    dtype: mlx_rs::Dtype,
+) -> Result<Option<(Array, Option<Quantized>)>, Exception> {
+    let mut parts = vec![];
+    for k in keys {
+        match plan.stored(k) {
+            Ok(p) => parts.push(p),
+            Err(e) => return Err(Exception::custom(e.to_string())),
+        }
+    }
+    if parts.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let parts: Vec<(Array, Quantized)> = parts
+        .into_iter()
+        .zip(keys)
+        .map(|(p, k)| {
+            p.ok_or_else(|| {
+                Exception::custom(format!("{k} is stored dense, its siblings quantized"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let spec = parts[0].1.spec;
+    if parts.iter().any(|p| p.1.spec != spec) {
+        return Err(Exception::custom(format!(
+            "the parts {keys:?} are quantized differently"
+        )));
+    }
+    let join = |f: &dyn Fn(&(Array, Quantized)) -> Array| -> Result<Array, Exception> {
+        let xs: Vec<Array> = parts.iter().map(f).collect();
+        if xs.len() == 1 {
+            Ok(xs[0].clone())
+        } else {
+            ops::concatenate(&xs, 0)
+        }
+    };
+    let packed = join(&|p| p.0.clone())?;
+    let scales = join(&|p| p.1.scales.clone())?.as_dtype(dtype)?;
+    let biases = join(&|p| p.1.biases.clone())?.as_dtype(dtype)?;
+    Ok(Some((
+        packed,
+        Some(Quantized {
+            scales,
+            biases,
+            spec,
+        }),
+    )))
 }
 
 /// Quantizes nothing.

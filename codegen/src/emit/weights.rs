@@ -146,7 +146,20 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                 }
             }
         };
+        let part_keys: Vec<String> = w.stored().iter().map(|p| p.key.clone()).collect();
         loads.push(match &q {
+            // stored quantized (a folder `qwen-run quantize` wrote), else quantized now as
+            // the plan says, or dense
+            Some(fq) if w.xforms.is_empty() => quote! {
+                let (#f, #fq) = match ::qwen_runtime::quant::stored(
+                    plan,
+                    &[#(__key(prefix, #part_keys)),*],
+                    dtype,
+                )? {
+                    Some(stored) => stored,
+                    None => __quantize(#value, plan.spec(&__key(prefix, #key)))?,
+                };
+            },
             Some(fq) => {
                 quote!(let (#f, #fq) = __quantize(#value, plan.spec(&__key(prefix, #key)))?;)
             }
@@ -403,16 +416,25 @@ mod tests {
                     prefix: &str,
                     dtype: Dtype,
                 ) -> Result<Self, LoadError> {
-                    let (attn_to_qk_weight, attn_to_qk_weight_q) = __quantize(
-                        ops::concatenate(
-                            &[
-                                get(&__key(prefix, "attn.to_q.weight"))?.as_dtype(dtype)?,
-                                get(&__key(prefix, "attn.to_k.weight"))?.as_dtype(dtype)?,
-                            ],
-                            0,
-                        )?,
-                        plan.spec(&__key(prefix, "attn.to_qk.weight")),
-                    )?;
+                    let (attn_to_qk_weight, attn_to_qk_weight_q) = match ::qwen_runtime::quant::stored(
+                        plan,
+                        &[__key(prefix, "attn.to_q.weight"), __key(prefix, "attn.to_k.weight")],
+                        dtype,
+                    )? {
+                        Some(stored) => stored,
+                        None => {
+                            __quantize(
+                                ops::concatenate(
+                                    &[
+                                        get(&__key(prefix, "attn.to_q.weight"))?.as_dtype(dtype)?,
+                                        get(&__key(prefix, "attn.to_k.weight"))?.as_dtype(dtype)?,
+                                    ],
+                                    0,
+                                )?,
+                                plan.spec(&__key(prefix, "attn.to_qk.weight")),
+                            )?
+                        }
+                    };
                     let attn_to_qk_bias = ops::concatenate(
                         &[
                             get(&__key(prefix, "attn.to_q.bias"))?.as_dtype(dtype)?,

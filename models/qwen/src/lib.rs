@@ -9,4 +9,5 @@ pub mod model_dir;
 pub mod output;
 pub mod pipeline;
 pub mod quantize;
+pub mod quantize_folder;
 pub mod specializations;

@@ -90,6 +90,9 @@ pub struct Pipeline {
     budget: usize,
     /// Which linear layers are quantized at load.
     quantize: Option<crate::quantize::Quantization>,
+    /// The group size of a transformer folder `qwen-run quantize` wrote (its quantized
+    /// layers are loaded as stored).
+    stored_group: Option<i32>,
     vae: Box<dyn Decoder>,
 }
 

@@ -9,9 +9,12 @@
 mod common;
 
 use common::{fixture, rel_err};
-use qwen::pipeline::{Options, Pipeline, Request, Resolution};
+use std::path::Path;
+
+use qwen::pipeline::{Generation, Options, Pipeline, Request, Resolution};
 use qwen::quantize::{LayerKind, Quantization};
-use qwen_runtime::__private::mlx_rs::Dtype;
+use qwen::quantize_folder;
+use qwen_runtime::__private::mlx_rs::{Array, Dtype};
 use qwen_runtime::Checkpoint;
 use safetensors::SafeTensors;
 
@@ -20,7 +23,9 @@ use safetensors::SafeTensors;
 const Q8_TOL: f32 = 3e-3;
 const Q4_TOL: f32 = 5e-2;
 
-fn latents_error(q: Option<Quantization>) -> f32 {
+/// The reference's final latents and our generation from its inputs: the model folder
+/// `model`, in `dtype`, quantized at load as `q` says.
+fn generate(model: &Path, dtype: Dtype, q: Option<Quantization>) -> (Generation, Array) {
     let path = fixture("references/pipeline.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
@@ -29,12 +34,12 @@ fn latents_error(q: Option<Quantization>) -> f32 {
     let res = "96x64";
     let options = Options {
         resolution: Some(res.parse::<Resolution>().unwrap()),
-        dtype: Dtype::Float32,
+        dtype,
         module: None,
         memory_limit: None,
         quantize: q,
     };
-    let pipeline = Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap();
+    let pipeline = Pipeline::open(model, &options).unwrap();
     let request = Request {
         prompt: meta["prompt"].clone(),
         negative_prompt: Some(meta["negative_prompt"].clone()),
@@ -44,10 +49,53 @@ fn latents_error(q: Option<Quantization>) -> f32 {
         latents: Some(ck.array(&format!("{res}.input.latents")).unwrap()),
     };
     let g = pipeline.generate(&request, &mut |_| {}).unwrap();
-    rel_err(
-        &g.latents,
-        &ck.array(&format!("{res}.output.latents")).unwrap(),
-    )
+    let reference = ck.array(&format!("{res}.output.latents")).unwrap();
+    (g, reference)
+}
+
+fn latents_error(q: Option<Quantization>) -> f32 {
+    let (g, reference) = generate(&fixture("tiny-qwen-image"), Dtype::Float32, q);
+    rel_err(&g.latents, &reference)
+}
+
+/// `qwen-run quantize` writes a folder that loads as stored and gives the image of
+/// quantizing at load (bf16, the dtype both quantize from); the folder is refused as a
+/// destination once it exists, and a quantized folder is not quantized again.
+#[test]
+fn a_saved_quantized_folder_gives_the_image_of_quantizing_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for bits in [8, 4] {
+        let out = dir.path().join(format!("q{bits}"));
+        let q = Quantization::new(bits).unwrap();
+        let w = quantize_folder::write(&fixture("tiny-qwen-image"), &out, &q).unwrap();
+        assert!(w.quantized > 0 && w.kept > 0, "{w:?}");
+        let stored = Checkpoint::open(out.join("transformer")).unwrap();
+        let original = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
+        let key = "transformer_blocks.0.img_mlp.net.0.proj.weight";
+        let (s, o) = (stored.spec(key).unwrap(), original.spec(key).unwrap());
+        assert_eq!(s.shape, [o.shape[0], o.shape[1] * bits as usize / 32]);
+        assert!(stored
+            .spec("transformer_blocks.0.img_mlp.net.0.proj.scales")
+            .is_some());
+        let io = |c: &Checkpoint| c.spec("img_in.weight").unwrap().shape;
+        assert_eq!(io(&stored), io(&original));
+
+        let (saved, _) = generate(&out, Dtype::Bfloat16, None);
+        let tiny = fixture("tiny-qwen-image");
+        let (at_load, _) = generate(&tiny, Dtype::Bfloat16, Some(q.clone()));
+        let e = rel_err(&saved.latents, &at_load.latents);
+        println!("q{bits}: saved folder vs quantized at load: final latents rel {e:.3e}");
+        assert!(e <= 1e-6, "q{bits}: {e:.3e}");
+        assert_eq!(saved.image.pixels, at_load.image.pixels);
+        // dense bf16 differs: the folder really is quantized
+        let (dense, _) = generate(&tiny, Dtype::Bfloat16, None);
+        assert!(rel_err(&saved.latents, &dense.latents) > 1e-4);
+
+        let again = quantize_folder::write(&tiny, &out, &q).unwrap_err();
+        assert!(again.to_string().contains("exists"), "{again}");
+        let twice = quantize_folder::write(&out, &dir.path().join("twice"), &q).unwrap_err();
+        assert!(twice.to_string().contains("already quantized"), "{twice}");
+    }
 }
 
 #[test]

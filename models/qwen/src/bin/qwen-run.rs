@@ -40,9 +40,14 @@ const MAX_STEPS: usize = 10_000;
         "its default resolution is 96x64):\n  ",
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/tiny-qwen-image"
-    )
+    ),
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// What to draw.
     #[arg(long, required_unless_present = "bench_matmul")]
     prompt: Option<String>,
@@ -127,6 +132,27 @@ struct Args {
     /// Testing: force a generated module by name (e.g. res96x64_tiny).
     #[arg(long, hide = true)]
     module: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Write a copy of a model folder with the transformer's linear layers quantized (as
+    /// --quantize does at load), for cards that cannot hold the bf16 transformer; run it with
+    /// `qwen-run --model OUTPUT`.
+    Quantize {
+        /// Model folder in the diffusers layout (or a Hugging Face cache snapshot / repo id).
+        #[arg(long, value_name = "DIR|REPO")]
+        model: String,
+        /// 8 or 4.
+        #[arg(long, value_name = "BITS")]
+        bits: qwen::quantize::Quantization,
+        /// Bits per layer kind, as `--quantize-layers`.
+        #[arg(long, value_name = "KIND=BITS,…")]
+        quantize_layers: Option<String>,
+        /// The new folder (must not exist).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -224,6 +250,35 @@ fn run(args: &Args) -> Result<()> {
     let chosen = args.device.choose()?;
     chosen.set_default();
     println!("device: {}", chosen.name);
+    if let Some(Command::Quantize {
+        model,
+        bits,
+        quantize_layers,
+        output,
+    }) = &args.command
+    {
+        let q = match quantize_layers {
+            Some(o) => bits
+                .clone()
+                .with_overrides(o)
+                .map_err(|e| anyhow::anyhow!("--quantize-layers: {e}"))?,
+            None => bits.clone(),
+        };
+        let src = qwen::model_dir::resolve(model)?;
+        let start = Instant::now();
+        let w = qwen::quantize_folder::write(&src, output, &q)?;
+        println!(
+            "wrote {} ({}): {} weights quantized, {} kept, transformer {:.2} GB in {} shard(s), {:.1} s",
+            output.display(),
+            q.describe(),
+            w.quantized,
+            w.kept,
+            w.bytes as f64 / 1e9,
+            w.shards,
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     match args.bench_matmul {
         Some(n) => bench_matmul(&chosen, args, n),
         None => generate(args, &chosen),

@@ -24,8 +24,8 @@
 use std::cell::RefCell;
 
 use qwen_runtime::__private::mlx_rs::{memory, Array, Dtype};
-use qwen_runtime::quant::{Dense, Plan};
-use qwen_runtime::weights::TensorSpec;
+use qwen_runtime::quant::{Dense, Plan, Stored};
+use qwen_runtime::weights::{Checkpoint, TensorSpec};
 
 use crate::quantize::{Quantization, Uniform};
 
@@ -89,7 +89,12 @@ impl Sizes {
     /// two blocks in flight ~1 GB; the VAE decode's full-resolution convolutions ~7.2 GB
     /// (everything loaded: weights 55.1 GB, image peak 62.3 GB; q8 in 24 GB: denoiser
     /// 14.5 GB, peak 22.0 GB), scaled with the pixels and the dtype's width.
-    pub fn of(variant: &dyn Variant, dtype: Dtype, quantize: Option<&Quantization>) -> Self {
+    pub fn of(
+        variant: &dyn Variant,
+        dtype: Dtype,
+        quantize: Option<&Quantization>,
+        stored: Option<(&Checkpoint, i32)>,
+    ) -> Self {
         let width = if dtype == Dtype::Float32 { 2 } else { 1 };
         let Resolution {
             width: w,
@@ -99,7 +104,7 @@ impl Sizes {
         let work = |gib_per_megapixel: f64, floor: f64| {
             ((gib_per_megapixel * megapixels).max(floor) * GIB as f64) as usize * width
         };
-        let (te, tr) = plans(quantize);
+        let (te, tr) = plans(quantize, stored);
         Self {
             text_encoder: loaded_bytes(&variant.text_encoder_specs(), dtype, &te),
             modulation: loaded_bytes(&variant.modulation_specs(), dtype, tr.as_ref()),
@@ -140,11 +145,26 @@ impl Sizes {
     }
 }
 
-/// The plans of the text encoder and the transformer (both dense without `--quantize`).
-fn plans(q: Option<&Quantization>) -> (Uniform, Box<dyn Plan + '_>) {
-    match q {
+/// The plans of the text encoder and the transformer (both dense without `--quantize`;
+/// layers a quantized folder stores quantized are loaded as stored).
+fn plans<'a>(
+    q: Option<&'a Quantization>,
+    stored: Option<(&'a Checkpoint, i32)>,
+) -> (Uniform, Box<dyn Plan + 'a>) {
+    let (te, tr): (Uniform, Box<dyn Plan + 'a>) = match q {
         Some(q) => (q.text_encoder(), Box::new(q.transformer())),
         None => (Uniform(None), Box::new(Dense)),
+    };
+    match stored {
+        Some((checkpoint, group_size)) => (
+            te,
+            Box::new(Stored {
+                checkpoint,
+                group_size,
+                fallback: tr,
+            }),
+        ),
+        None => (te, tr),
     }
 }
 
@@ -257,7 +277,10 @@ impl Pipeline {
         }
         self.make_room(Stage::Run(need))?;
         let mut l = self.loaded.borrow_mut();
-        let (te, tr) = plans(self.quantize.as_ref());
+        let stored = self
+            .stored_group
+            .map(|g| (&self.checkpoints.transformer, g));
+        let (te, tr) = plans(self.quantize.as_ref(), stored);
         let (v, d) = (self.variant, self.dtype);
         let cks = &self.checkpoints;
         match need {
@@ -328,7 +351,7 @@ mod tests {
             crate::pipeline::ModelConfig::Real,
         )
         .unwrap();
-        let s = Sizes::of(v, Dtype::Bfloat16, None);
+        let s = Sizes::of(v, Dtype::Bfloat16, None, None);
         let gb = |b: usize| b as f64 / 1e9;
         println!(
             "bf16 1024²: text encoder {:.2} GB, modulation {:.2}, denoiser {:.2}, vae {:.2}, all {:.2}",
@@ -344,7 +367,12 @@ mod tests {
             "{}",
             s.modulation
         );
-        let q8 = Sizes::of(v, Dtype::Bfloat16, Some(&Quantization::new(8).unwrap()));
+        let q8 = Sizes::of(
+            v,
+            Dtype::Bfloat16,
+            Some(&Quantization::new(8).unwrap()),
+            None,
+        );
         println!(
             "q8: modulation {:.2} GB, denoiser {:.2}",
             gb(q8.modulation),

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use qwen_runtime::__private::mlx_rs::Dtype;
+use qwen_runtime::quant::{Dense, Stored};
 use qwen_runtime::weights::{Checkpoint, Extra};
 use qwen_runtime::{error::Problem, SchedulerConfig, Tokenizer, WeightError};
 
@@ -116,6 +117,16 @@ impl Pipeline {
         let mut problems = Vec::new();
         let mut tr_specs = variant.modulation_specs();
         tr_specs.extend(variant.transformer_specs());
+        // a folder `qwen-run quantize` wrote: its quantized layers as stored
+        let stored_group = crate::quantize_folder::stored_group(&dir.join("transformer"))?;
+        if let Some(group_size) = stored_group {
+            let stored = Stored {
+                checkpoint: &tr,
+                group_size,
+                fallback: Box::new(Dense),
+            };
+            tr_specs = stored.stored_specs(&tr_specs);
+        }
         for (component, ck, specs) in [
             ("text_encoder", &te, te_specs.clone()),
             ("transformer", &tr, tr_specs),
@@ -152,7 +163,12 @@ impl Pipeline {
             }
             None => mlx_memory::memory_limit().unwrap_or(0),
         };
-        let sizes = Sizes::of(variant, options.dtype, options.quantize.as_ref());
+        let sizes = Sizes::of(
+            variant,
+            options.dtype,
+            options.quantize.as_ref(),
+            stored_group.map(|g| (&tr, g)),
+        );
         let all = load_at_open(&sizes, budget);
         std::thread::scope(|scope| {
             let mut cks = vec![&vae];
@@ -180,6 +196,7 @@ impl Pipeline {
             sizes,
             budget,
             quantize: options.quantize.clone(),
+            stored_group,
             vae: vae_decoder,
         };
         if all {

@@ -1,0 +1,256 @@
+//! Pre-quantized model folders: `qwen-run quantize --model DIR --bits 8 --output DIR2` writes
+//! DIR2 in the diffusers layout with the transformer's linear weights quantized as
+//! `--quantize` would do at load, so that a small card never holds the bf16 transformer.
+//!
+//! The transformer folder keeps its checkpoint keys: a quantized weight `name.weight`
+//! `[out, in]` is stored as its packed values (`u32` `[out, in · bits / 32]`) under the same
+//! key, with `name.scales` and `name.biases` `[out, in / group]` beside it (MLX's affine
+//! layout); every other tensor as it was. `transformer/quantization.json` says so
+//! (`{"format": "mlx-affine", "group_size": 64, "layers": "attn=8,…"}`); its presence is how
+//! [`crate::pipeline::Pipeline::open`] knows to load those weights as stored. The other
+//! components are hard links to the source files (copies across file systems).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use qwen_runtime::__private::mlx_rs::Array;
+use qwen_runtime::quant::{quantize, stem, Plan, QuantSpec};
+use qwen_runtime::weights::Checkpoint;
+
+use crate::pipeline::PipelineError;
+use crate::quantize::Quantization;
+
+/// The file that marks a transformer folder as written by `qwen-run quantize`.
+pub const QUANTIZATION_FILE: &str = "quantization.json";
+
+/// Shards of at most this many bytes (diffusers writes 5 GB ones, hence ≤ 10 GB here too).
+const SHARD_BYTES: usize = 5_000_000_000;
+
+/// The group size of a quantized transformer folder, `None` for a plain one.
+pub fn stored_group(transformer: &Path) -> Result<Option<i32>, PipelineError> {
+    let path = transformer.join(QUANTIZATION_FILE);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Ok(None);
+    }
+    let invalid = |reason: String| PipelineError::Invalid {
+        path: path.clone(),
+        reason,
+    };
+    let text = qwen_runtime::files::read_regular(&path).map_err(|e| invalid(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    if v["format"] != "mlx-affine" {
+        return Err(invalid(format!(
+            "format {} (only \"mlx-affine\" is known)",
+            v["format"]
+        )));
+    }
+    match v["group_size"].as_i64() {
+        Some(g @ (32 | 64 | 128)) => Ok(Some(g as i32)),
+        _ => Err(invalid(format!(
+            "group_size {} (32, 64 or 128)",
+            v["group_size"]
+        ))),
+    }
+}
+
+/// What [`write`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub quantized: usize,
+    pub kept: usize,
+    /// Bytes of the transformer's shards.
+    pub bytes: usize,
+    pub shards: usize,
+}
+
+fn io(path: &Path, what: &str) -> impl Fn(std::io::Error) -> PipelineError {
+    let path = path.to_path_buf();
+    let what = what.to_string();
+    move |e| PipelineError::Config {
+        path: path.clone(),
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// Hard-links (else copies) every file under `src` to the same place under `dst`.
+fn link_tree(src: &Path, dst: &Path) -> Result<(), PipelineError> {
+    fs::create_dir_all(dst).map_err(io(dst, "creating the folder"))?;
+    for entry in fs::read_dir(src).map_err(io(src, "reading the folder"))? {
+        let entry = entry.map_err(io(src, "reading the folder"))?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let meta = fs::metadata(&from).map_err(io(&from, "reading"))?;
+        if meta.is_dir() {
+            link_tree(&from, &to)?;
+        } else if meta.is_file() && fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to).map_err(io(&from, "copying"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the quantized copy of the model folder `src` to `dst` (which must not exist): the
+/// transformer's linear weights quantized as `q`'s transformer plan says, one tensor at a
+/// time (at most one shard, 5 GB, is held). Written under `dst`'s name + `.partial` and
+/// renamed at the end, so a failed run leaves no half folder under `dst`.
+pub fn write(src: &Path, dst: &Path, q: &Quantization) -> Result<Written, PipelineError> {
+    if fs::symlink_metadata(dst).is_ok() {
+        return Err(PipelineError::Request(format!(
+            "{} exists; give a new folder for the quantized model",
+            dst.display()
+        )));
+    }
+    if stored_group(&src.join("transformer"))?.is_some() {
+        return Err(PipelineError::Request(format!(
+            "{} is already quantized",
+            src.display()
+        )));
+    }
+    let ck = Checkpoint::open(src.join("transformer")).map_err(|error| PipelineError::Weights {
+        component: "transformer",
+        error,
+    })?;
+    let mut partial = dst.as_os_str().to_owned();
+    partial.push(".partial");
+    let tmp = PathBuf::from(partial);
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io(&tmp, "removing a folder a failed run left"))?;
+    }
+    let result = (|| {
+        for entry in fs::read_dir(src).map_err(io(src, "reading the folder"))? {
+            let entry = entry.map_err(io(src, "reading the folder"))?;
+            let name = entry.file_name();
+            if name == "transformer" {
+                continue;
+            }
+            let from = entry.path();
+            if fs::metadata(&from).map_err(io(&from, "reading"))?.is_dir() {
+                link_tree(&from, &tmp.join(&name))?;
+            } else {
+                fs::create_dir_all(&tmp).map_err(io(&tmp, "creating the folder"))?;
+                if fs::hard_link(&from, tmp.join(&name)).is_err() {
+                    fs::copy(&from, tmp.join(&name)).map_err(io(&from, "copying"))?;
+                }
+            }
+        }
+        let written =
+            write_transformer(&ck, &src.join("transformer"), &tmp.join("transformer"), q)?;
+        fs::rename(&tmp, dst).map_err(io(dst, "renaming the finished folder"))?;
+        Ok(written)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn mlx(
+    what: &'static str,
+) -> impl Fn(qwen_runtime::__private::mlx_rs::error::Exception) -> PipelineError {
+    move |source| PipelineError::Mlx { what, source }
+}
+
+fn write_transformer(
+    ck: &Checkpoint,
+    src: &Path,
+    dst: &Path,
+    q: &Quantization,
+) -> Result<Written, PipelineError> {
+    fs::create_dir_all(dst).map_err(io(dst, "creating the folder"))?;
+    fs::copy(src.join("config.json"), dst.join("config.json"))
+        .map_err(io(&src.join("config.json"), "copying"))?;
+    let plan = q.transformer();
+    let weights = |error| PipelineError::Weights {
+        component: "transformer",
+        error,
+    };
+    let names: Vec<String> = ck.names().into_iter().map(str::to_owned).collect();
+    let mut shards: Vec<Vec<(String, Array)>> = vec![vec![]];
+    let mut shard_bytes = 0usize;
+    let mut written = Written {
+        quantized: 0,
+        kept: 0,
+        bytes: 0,
+        shards: 0,
+    };
+    let flush = |shard: Vec<(String, Array)>, index: usize| -> Result<(), PipelineError> {
+        let path = dst.join(format!("part-{index:05}.safetensors"));
+        Array::save_safetensors(shard.iter().map(|(k, v)| (k.as_str(), v)), None, &path).map_err(
+            |e| PipelineError::Config {
+                path: path.clone(),
+                reason: format!("writing a shard: {e}"),
+            },
+        )
+    };
+    for name in &names {
+        let spec = ck.spec(name).expect("a listed tensor");
+        let a = ck.array(name).map_err(weights)?;
+        let quantizable =
+            spec.shape.len() == 2 && spec.dtype.is_float() && name.ends_with(".weight");
+        let (w, qz) = match plan.spec(name).filter(|_| quantizable) {
+            Some(s) if spec.shape[1] % s.group_size as usize == 0 => {
+                quantize(a, Some(s)).map_err(mlx("quantizing"))?
+            }
+            _ => (a, None),
+        };
+        let mut tensors = vec![(name.clone(), w)];
+        match qz {
+            Some(qz) => {
+                written.quantized += 1;
+                let dtype = spec.dtype.to_mlx();
+                let scales = qz.scales.as_dtype(dtype).map_err(mlx("casting"))?;
+                let biases = qz.biases.as_dtype(dtype).map_err(mlx("casting"))?;
+                tensors.push((format!("{}.scales", stem(name)), scales));
+                tensors.push((format!("{}.biases", stem(name)), biases));
+            }
+            None => written.kept += 1,
+        }
+        for (k, t) in tensors {
+            let n = t.nbytes();
+            if shard_bytes + n > SHARD_BYTES && !shards.last().is_some_and(Vec::is_empty) {
+                let full = std::mem::take(shards.last_mut().expect("one shard"));
+                flush(full, shards.len())?;
+                shards.push(vec![]);
+                shard_bytes = 0;
+            }
+            shard_bytes += n;
+            written.bytes += n;
+            shards.last_mut().expect("one shard").push((k, t));
+        }
+    }
+    let last = std::mem::take(shards.last_mut().expect("one shard"));
+    flush(last, shards.len())?;
+    written.shards = shards.len();
+    // the published names: diffusion_pytorch_model-0000i-of-0000n.safetensors + index
+    let n = shards.len();
+    let mut weight_map = BTreeMap::new();
+    for i in 1..=n {
+        let from = dst.join(format!("part-{i:05}.safetensors"));
+        let file = format!("diffusion_pytorch_model-{i:05}-of-{n:05}.safetensors");
+        fs::rename(&from, dst.join(&file)).map_err(io(&from, "renaming"))?;
+        let shard = Checkpoint::open(dst.join(&file)).map_err(weights)?;
+        for k in shard.names() {
+            weight_map.insert(k.to_owned(), file.clone());
+        }
+    }
+    let index = serde_json::json!({
+        "metadata": {"total_size": written.bytes},
+        "weight_map": weight_map,
+    });
+    let index_path = dst.join("diffusion_pytorch_model.safetensors.index.json");
+    fs::write(
+        &index_path,
+        serde_json::to_vec_pretty(&index).expect("json"),
+    )
+    .map_err(io(&index_path, "writing"))?;
+    let info = serde_json::json!({
+        "format": "mlx-affine",
+        "group_size": QuantSpec::bits(8).group_size,
+        "layers": q.describe(),
+        "written_by": format!("qwen-run quantize {}", env!("CARGO_PKG_VERSION")),
+    });
+    let info_path = dst.join(QUANTIZATION_FILE);
+    fs::write(&info_path, serde_json::to_vec_pretty(&info).expect("json"))
+        .map_err(io(&info_path, "writing"))?;
+    Ok(written)
+}
