@@ -4,7 +4,10 @@
 //! as plain mlx-rs ops everywhere else (CPU, Metal; also the reference the kernels are
 //! checked against on a GPU).
 
-use proc_macro2::{Ident, TokenStream};
+use std::collections::BTreeSet;
+
+use graph_dsl::{Dim, Graph, Op, Unary};
+use proc_macro2::{Ident, Literal, TokenStream};
 use quote::{format_ident, quote};
 
 const HEADER: &str = include_str!("../../kernels/common.cuh");
@@ -28,6 +31,85 @@ pub(crate) fn names() -> Vec<Ident> {
     .iter()
     .map(|n| format_ident!("{n}"))
     .collect()
+}
+
+/// The distinct kernel instantiations a module's graphs use (op, and the sizes that are
+/// template arguments: `D` of the row ops, heads and head size of the joint heads).
+fn instantiations<'a>(graphs: impl Iterator<Item = &'a Graph>) -> BTreeSet<(u8, i32, i32)> {
+    let mut set = BTreeSet::new();
+    for g in graphs {
+        for n in &g.nodes {
+            let dim = |i: usize, axis: usize| match g.ty(n.inputs[i]).shape.0.get(axis) {
+                Some(Dim::Const(d)) => Some(*d as i32),
+                _ => None,
+            };
+            let key = match &n.op {
+                Op::NormModulate { .. } => dim(0, 2).map(|d| (0, d, 0)),
+                Op::GateResidual => dim(0, 2).map(|d| (1, d, 0)),
+                Op::GateResidualNormModulate { .. } => dim(0, 2).map(|d| (2, d, 0)),
+                Op::Unary(Unary::GeluTanh) => Some((3, 0, 0)),
+                Op::JointQkvHeads { heads, .. } => {
+                    dim(6, 2).map(|w| (4, *heads as i32, w / (3 * *heads as i32)))
+                }
+                _ => None,
+            };
+            set.extend(key);
+        }
+    }
+    set
+}
+
+/// `warm_up_kernels(dtype)`: one tiny call of every kernel instantiation the module's graphs
+/// use, so that MLX compiles them (NVRTC, ~1.5 s each on an H200, once per process) before
+/// the first step needs them, e.g. while the weights are read; plain ops where the kernels
+/// do not run.
+pub(crate) fn warm_up<'a>(graphs: impl Iterator<Item = &'a Graph>) -> TokenStream {
+    let calls = instantiations(graphs).into_iter().map(|(op, a, b)| {
+        let (a, b) = (Literal::i32_unsuffixed(a), Literal::i32_unsuffixed(b));
+        match op {
+            0 => quote!(outs.push(__norm_modulate(&row(#a)?, &row(#a)?, &row(#a)?, 1e-6)?);),
+            1 => quote!(outs.push(__gate_residual(&row(#a)?, &row(#a)?, &row(#a)?)?);),
+            2 => quote! {
+                let (h, o) = __gate_residual_norm_modulate(
+                    &row(#a)?, &row(#a)?, &row(#a)?, &row(#a)?, &row(#a)?, 1e-6,
+                )?;
+                outs.extend([h, o]);
+            },
+            3 => quote!(outs.push(__gelu_tanh(&row(64)?)?);),
+            _ => quote! {
+                let stream = || -> Result<[Array; 6], Exception> {
+                    let table = ops::zeros::<f32>(&[1, #b / 2])?;
+                    Ok([
+                        row(3 * #a * #b)?,
+                        ops::zeros_dtype(&[3 * #a * #b], dtype)?,
+                        ops::ones_dtype(&[#b], dtype)?,
+                        ops::ones_dtype(&[#b], dtype)?,
+                        table.clone(),
+                        table,
+                    ])
+                };
+                let (t, i) = (stream()?, stream()?);
+                let (q, k, v) = __joint_qkv_heads(
+                    [&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]],
+                    [&i[0], &i[1], &i[2], &i[3], &i[4], &i[5]],
+                    #a,
+                    1e-6,
+                )?;
+                outs.extend([q, k, v]);
+            },
+        }
+    });
+    quote! {
+        /// Runs every fused kernel this module uses once on one row of `dtype`, so that
+        /// their compilation (MLX's NVRTC, once per process) is done before the first step;
+        /// plain ops (and nothing to compile) where the kernels do not run.
+        pub fn warm_up_kernels(dtype: Dtype) -> Result<(), Exception> {
+            let row = |d: i32| ops::zeros_dtype(&[1, 1, d], dtype);
+            let mut outs: Vec<Array> = vec![];
+            #(#calls)*
+            mlx::transforms::eval(&outs)
+        }
+    }
 }
 
 /// The kernel statics and the helper functions.
@@ -253,5 +335,33 @@ pub(crate) fn helpers() -> TokenStream {
             let cat = |a: Array, b: Array| ops::concatenate(&[a, b], 2);
             Ok((cat(tq, iq)?, cat(tk, ik)?, cat(tv, iv)?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use graph_dsl::{DType, Dim, GraphBuilder};
+
+    use super::instantiations;
+
+    /// Each kernel instantiation once, keyed by the sizes that are template arguments.
+    #[test]
+    fn warm_up_lists_each_kernel_instantiation_once() {
+        let mut b = GraphBuilder::new("t");
+        let row = |b: &mut GraphBuilder, n: &str, d: usize| {
+            b.input(n, [Dim::sym("B"), Dim::sym("L"), Dim::Const(d)], DType::F32)
+                .unwrap()
+        };
+        let (x, m) = (row(&mut b, "x", 8), row(&mut b, "m", 8));
+        let y = b.norm_modulate(x, m, m, 1e-6).unwrap();
+        let y = b.norm_modulate(y, m, m, 1e-6).unwrap();
+        let y = b.gate_residual(y, x, m).unwrap();
+        let w = row(&mut b, "w", 16);
+        let w = b.gelu_tanh(w).unwrap();
+        b.output("y", y).unwrap();
+        b.output("w", w).unwrap();
+        let g = b.finish();
+        let set: Vec<_> = instantiations(std::iter::once(&g)).into_iter().collect();
+        assert_eq!(set, [(0, 8, 0), (1, 8, 0), (3, 0, 0)]);
     }
 }

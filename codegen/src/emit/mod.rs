@@ -575,6 +575,7 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
         spec.title
     );
     let helpers = helper_items;
+    let warm_up = fused::warm_up(blocks.values().chain(graphs.iter()));
     Ok(quote! {
         #[doc = #header]
         #[allow(unused_variables, unused_imports, clippy::all)]
@@ -592,6 +593,8 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
             #(#uses)*
 
             #(#items)*
+
+            #warm_up
 
             #(#tables)*
         }

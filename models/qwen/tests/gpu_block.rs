@@ -245,3 +245,97 @@ fn profile_two_blocks() -> Result<(), Exception> {
     }
     Ok(())
 }
+
+/// A plan for the first `.1` blocks only (the others are 1-element placeholders).
+struct FirstBlocks<P>(P, usize);
+
+impl<P: qwen_runtime::quant::Plan> qwen_runtime::quant::Plan for FirstBlocks<P> {
+    fn spec(&self, key: &str) -> Option<qwen_runtime::quant::QuantSpec> {
+        let block = key
+            .strip_prefix("transformer_blocks.")
+            .and_then(|k| k.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok());
+        match block {
+            Some(i) if i >= self.1 => None,
+            _ => self.0.spec(key),
+        }
+    }
+}
+
+/// Milliseconds of `f`, the median of `n` evaluated runs after one warm-up.
+fn median_ms(n: usize, mut f: impl FnMut() -> Result<Array, Exception>) -> Result<f64, Exception> {
+    eval([&f()?])?;
+    let mut ms = vec![];
+    for _ in 0..n {
+        let t = Instant::now();
+        eval([&f()?])?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[n / 2])
+}
+
+/// The first use of the fused kernels in a process: `warm_up_kernels` (what `Pipeline::open`
+/// runs while the weights are read) compiles them all; the first step after it then
+/// compiles none of ours. Then a 2-block CFG step dense, with q8 and with q4 weights
+/// (quantized at load as `--quantize` does; many rows: dequantized per layer), and the VAE
+/// decode's peak at 1024² beside nothing else. One JSON line each.
+#[test]
+#[ignore = "device benchmark"]
+fn warm_up_quantized_step_and_decode_peak() -> Result<(), Exception> {
+    use qwen::quantize::Quantization;
+
+    kernels::set_compile_blocks(false);
+    let t = Instant::now();
+    real::warm_up_kernels(Dtype::Bfloat16)?;
+    let warm_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut w = random_weights_of(real::TransformerWeights::specs(""), 2, |get| {
+        real::TransformerWeights::load_with(get, "", Dtype::Bfloat16)
+    });
+    w.transformer_blocks.truncate(2);
+    eval(&w.arrays())?;
+    let step = CfgStep::new(Dtype::Bfloat16)?;
+    let t = Instant::now();
+    eval([&step.run(&w)?])?;
+    let first_ms = t.elapsed().as_secs_f64() * 1e3;
+    let dense_ms = median_ms(5, || step.run(&w))?;
+    println!(
+        "{{\"what\":\"first use\",\"warm_up_kernels_ms\":{warm_ms:.0},\"first_2block_step_after_ms\":{first_ms:.0},\"warm_2block_step_ms\":{dense_ms:.1}}}"
+    );
+    drop(w);
+    for bits in [8, 4] {
+        let q = Quantization::new(bits).map_err(Exception::custom)?;
+        let plan = FirstBlocks(q.transformer(), 2);
+        let mut wq = random_weights_of(real::TransformerWeights::specs(""), 2, |get| {
+            real::TransformerWeights::load_from(get, &plan, "", Dtype::Bfloat16)
+        });
+        wq.transformer_blocks.truncate(2);
+        assert!(wq.transformer_blocks[0].quantized());
+        let ms = median_ms(5, || step.run(&wq))?;
+        println!(
+            "{{\"what\":\"2-block CFG step, 1024², bf16\",\"quantize\":{bits},\"ms\":{ms:.1},\"dense_ms\":{dense_ms:.1},\"ratio\":{:.2}}}",
+            ms / dense_ms
+        );
+    }
+    memory::clear_cache()?;
+
+    let vae = random_weights(real::VaeDecoderWeights::specs(""), |get| {
+        real::VaeDecoderWeights::load_with(get, "", Dtype::Bfloat16)
+    });
+    eval(&vae.arrays())?;
+    let z = normal(&[1, real::LATENT_H as i32, real::LATENT_W as i32, 16], 1.0);
+    eval([&z])?;
+    let before = memory::active_memory()?;
+    memory::reset_peak_memory()?;
+    let t = Instant::now();
+    let y = real::vae_decoder(&vae, &z)?;
+    eval([&y])?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let peak = memory::peak_memory()?;
+    println!(
+        "{{\"what\":\"vae decode 1024² bf16\",\"ms\":{ms:.0},\"work_gb\":{:.2},\"weights_and_inputs_gb\":{:.2}}}",
+        gb(peak - before),
+        gb(before)
+    );
+    Ok(())
+}

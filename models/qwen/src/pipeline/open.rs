@@ -170,7 +170,7 @@ impl Pipeline {
             stored_group.map(|g| (&tr, g)),
         );
         let all = load_at_open(&sizes, budget);
-        std::thread::scope(|scope| {
+        std::thread::scope(|scope| -> Result<()> {
             let mut cks = vec![&vae];
             if all {
                 cks.extend([&tr, &te]);
@@ -178,7 +178,15 @@ impl Pipeline {
             for ck in cks {
                 scope.spawn(|| ck.prefetch());
             }
-        });
+            // while the weights are read: MLX compiles the fused kernels (NVRTC, ~1.5 s
+            // each on an H200, once per process) here instead of in the first step
+            if qwen_runtime::kernels::enabled() {
+                variant
+                    .warm_up_kernels(options.dtype)
+                    .map_err(super::mlx("compiling the fused kernels"))?;
+            }
+            Ok(())
+        })?;
         let vae_decoder = variant.load_vae(&vae, options.dtype)?;
         let pipeline = Self {
             dir,

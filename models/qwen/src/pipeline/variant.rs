@@ -44,6 +44,9 @@ pub trait Variant: Sync {
         plan: &dyn Plan,
     ) -> Result<Box<dyn Denoiser>>;
     fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>>;
+    /// Compiles every fused kernel the module's networks use (one tiny call each; see the
+    /// generated `warm_up_kernels`).
+    fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception>;
 }
 
 /// A loaded text encoder: token ids `[1, S]` (int32) → final-norm states `[1, S, hidden]`.

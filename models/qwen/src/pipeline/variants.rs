@@ -153,6 +153,9 @@ macro_rules! variant {
                     let w = loaded("transformer", || m::TransformerWeights::load_from(&mut |k| Ok(ck.array(k)?), plan, "", dtype), m::TransformerWeights::arrays)?;
                     Ok(Box::new(Tr(w)))
                 }
+                fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception> {
+                    m::warm_up_kernels(dtype)
+                }
                 fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>> {
                     let w = loaded("vae", || m::VaeDecoderWeights::load(ck, "", dtype), m::VaeDecoderWeights::arrays)?;
                     Ok(Box::new(Vae(w)))
