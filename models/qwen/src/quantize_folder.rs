@@ -73,7 +73,18 @@ fn io(path: &Path, what: &str) -> impl Fn(std::io::Error) -> PipelineError {
     }
 }
 
-/// Hard-links (else copies) every file under `src` to the same place under `dst`.
+/// Hard-links (else copies) the file `from` to `to`; a symbolic link (a Hugging Face cache
+/// snapshot links its files into `blobs/`) is resolved first, so the new folder holds the
+/// file itself.
+fn link_file(from: &Path, to: &Path) -> Result<(), PipelineError> {
+    let real = fs::canonicalize(from).map_err(io(from, "resolving"))?;
+    if fs::hard_link(&real, to).is_err() {
+        fs::copy(&real, to).map_err(io(&real, "copying"))?;
+    }
+    Ok(())
+}
+
+/// [`link_file`] for every regular file under `src`, at the same place under `dst`.
 fn link_tree(src: &Path, dst: &Path) -> Result<(), PipelineError> {
     fs::create_dir_all(dst).map_err(io(dst, "creating the folder"))?;
     for entry in fs::read_dir(src).map_err(io(src, "reading the folder"))? {
@@ -82,8 +93,8 @@ fn link_tree(src: &Path, dst: &Path) -> Result<(), PipelineError> {
         let meta = fs::metadata(&from).map_err(io(&from, "reading"))?;
         if meta.is_dir() {
             link_tree(&from, &to)?;
-        } else if meta.is_file() && fs::hard_link(&from, &to).is_err() {
-            fs::copy(&from, &to).map_err(io(&from, "copying"))?;
+        } else if meta.is_file() {
+            link_file(&from, &to)?;
         }
     }
     Ok(())
@@ -128,9 +139,7 @@ pub fn write(src: &Path, dst: &Path, q: &Quantization) -> Result<Written, Pipeli
                 link_tree(&from, &tmp.join(&name))?;
             } else {
                 fs::create_dir_all(&tmp).map_err(io(&tmp, "creating the folder"))?;
-                if fs::hard_link(&from, tmp.join(&name)).is_err() {
-                    fs::copy(&from, tmp.join(&name)).map_err(io(&from, "copying"))?;
-                }
+                link_file(&from, &tmp.join(&name))?;
             }
         }
         let written =

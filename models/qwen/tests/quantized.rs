@@ -124,3 +124,36 @@ fn quantized_latents_stay_near_the_f32_reference() {
     assert!(q8 <= Q8_TOL, "q8 {q8:.3e} > {Q8_TOL:e}");
     assert!(q4 <= Q4_TOL, "q4 {q4:.3e} > {Q4_TOL:e}");
 }
+
+/// A source folder whose files are symbolic links (as in a Hugging Face cache snapshot):
+/// the quantized folder holds the files themselves and opens.
+#[test]
+fn a_linked_source_folder_gives_a_folder_of_files() {
+    fn mirror(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            let to = dst.join(e.file_name());
+            if e.path().is_dir() {
+                mirror(&e.path(), &to);
+            } else {
+                std::os::unix::fs::symlink(e.path().canonicalize().unwrap(), &to).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let linked = dir.path().join("linked");
+    mirror(&fixture("tiny-qwen-image"), &linked);
+    let out = dir.path().join("q8");
+    quantize_folder::write(&linked, &out, &Quantization::new(8).unwrap()).unwrap();
+    for f in [
+        "model_index.json",
+        "text_encoder/config.json",
+        "vae/config.json",
+    ] {
+        let m = std::fs::symlink_metadata(out.join(f)).unwrap();
+        assert!(m.file_type().is_file(), "{f} is not a regular file");
+    }
+    let (g, reference) = generate(&out, Dtype::Float32, None);
+    assert!(rel_err(&g.latents, &reference) < Q8_TOL);
+}

@@ -15,8 +15,9 @@
 //!   (denoiser); a card in between keeps what fits.
 //!
 //! The modulation of a schedule is kept (`[num_layers, T, 6·D]` twice, 0.2 GB for 50 steps
-//! at 1024²), so generations with the same steps and size do not need the modulation
-//! network again.
+//! at 1024²) while the modulation network is not loaded, so generations with the same steps
+//! and size do not load it again; when it is loaded, the table is made again per generation
+//! (milliseconds) and dropped before the decode.
 //!
 //! The budget is `Options::memory_limit`, else MLX's memory limit (`mlx_get_memory_limit`:
 //! 95 % of the device memory with CUDA, the recommended working set on a Mac).
@@ -255,9 +256,14 @@ impl Pipeline {
         self.loaded.borrow().has(n)
     }
 
-    /// Frees what `stage` does not leave room for (see the module doc).
+    /// Frees what `stage` does not leave room for (see the module doc). Before the decode,
+    /// the kept modulation table goes too when the modulation network is loaded (making it
+    /// again takes milliseconds; its 0.2 GB would add to the decode's peak).
     pub(super) fn make_room(&self, stage: Stage) -> Result<()> {
         let mut l = self.loaded.borrow_mut();
+        if stage == Stage::Decode && l.modulation.is_some() {
+            l.table = None;
+        }
         let free = to_free(&self.sizes, &l.loaded(), stage, self.budget);
         for n in &free {
             l.free(*n);
