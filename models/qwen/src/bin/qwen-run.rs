@@ -56,7 +56,9 @@ struct Args {
     #[arg(long, default_value = " ")]
     negative_prompt: String,
 
-    /// Output size: 1024 (square) or WxH, e.g. 96x64; default: the model's default.
+    /// Output size: 1024 (square), WxH (e.g. 1664x928) or a trained aspect ratio (1:1, 16:9,
+    /// 9:16, 4:3, 3:4, 3:2, 2:3); rounded down to multiples of 16 as diffusers does. Default:
+    /// the model's (1024²).
     #[arg(long, value_name = "RES")]
     res: Option<Resolution>,
 
@@ -309,6 +311,14 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         println!("removed {} (left by a killed run)", stale.display());
     }
 
+    if let Some(r) = args.res {
+        if r.rounded() != r {
+            println!(
+                "notice: {r} rounded down to {} (multiples of 16, as diffusers does)",
+                r.rounded()
+            );
+        }
+    }
     let start = Instant::now();
     let options = Options {
         resolution: args.res,

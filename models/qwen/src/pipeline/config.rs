@@ -24,13 +24,51 @@ impl fmt::Display for Resolution {
     }
 }
 
+/// The aspect ratios Qwen-Image was trained for and their sizes, W × H (its model card);
+/// `--res 16:9` names one. Sizes that are not multiples of 16 are rounded as diffusers
+/// rounds them ([`Resolution::rounded`]: 1140 → 1136).
+pub const RATIOS: [(&str, Resolution); 7] = [
+    ("1:1", Resolution::new(1328, 1328)),
+    ("16:9", Resolution::new(1664, 928)),
+    ("9:16", Resolution::new(928, 1664)),
+    ("4:3", Resolution::new(1472, 1140)),
+    ("3:4", Resolution::new(1140, 1472)),
+    ("3:2", Resolution::new(1584, 1056)),
+    ("2:3", Resolution::new(1056, 1584)),
+];
+
+/// What the VAE (×8) and the 2×2 patches need of a size.
+pub const SIZE_MULTIPLE: usize = 16;
+
+impl Resolution {
+    pub const fn new(width: usize, height: usize) -> Self {
+        Self { width, height }
+    }
+
+    /// Rounded down to multiples of 16 each, as diffusers' pipeline does (with a warning)
+    /// before it makes the latents.
+    pub fn rounded(self) -> Self {
+        let r = |v: usize| (v / SIZE_MULTIPLE * SIZE_MULTIPLE).max(SIZE_MULTIPLE);
+        Self::new(r(self.width), r(self.height))
+    }
+}
+
 impl FromStr for Resolution {
     type Err = String;
 
-    /// `1024` (square) or `WxH`, e.g. `96x64` (width first).
+    /// `1024` (square), `WxH` (e.g. `96x64`, width first) or a trained aspect ratio
+    /// ([`RATIOS`], e.g. `16:9`).
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("bad resolution `{s}`: expected a size such as 1024 or WxH (e.g. 96x64)");
+        if let Some((_, r)) = RATIOS.iter().find(|(name, _)| *name == s.trim()) {
+            return Ok(*r);
+        }
+        let bad = || {
+            let names: Vec<&str> = RATIOS.iter().map(|(n, _)| *n).collect();
+            format!(
+                "bad resolution `{s}`: expected a size such as 1024 or WxH (e.g. 96x64), or a ratio ({})",
+                names.join(", ")
+            )
+        };
         let num = |t: &str| t.trim().parse::<usize>().map_err(|_| bad());
         let (width, height) = match s.split_once(['x', 'X', '×']) {
             Some((w, h)) => (num(w)?, num(h)?),
@@ -215,8 +253,34 @@ mod tests {
             })
         );
         assert_eq!(r("1664X928").map(|r| r.to_string()), Ok("1664x928".into()));
-        for bad in ["", "x", "0", "96x", "12y", "-5", "96x64x2"] {
+        for bad in ["", "x", "0", "96x", "12y", "-5", "96x64x2", "16:10"] {
             assert!(r(bad).is_err(), "{bad}");
+        }
+        assert_eq!(r("16:9"), Ok(Resolution::new(1664, 928)));
+        assert!(r("5:4").unwrap_err().contains("16:9"));
+    }
+
+    /// diffusers rounds down to multiples of 16; the seven trained sizes, so rounded, are
+    /// each a generated module.
+    #[test]
+    fn trained_sizes_round_as_diffusers_and_are_generated() {
+        assert_eq!(
+            Resolution::new(1472, 1140).rounded(),
+            Resolution::new(1472, 1136)
+        );
+        assert_eq!(
+            Resolution::new(1024, 1024).rounded(),
+            Resolution::new(1024, 1024)
+        );
+        assert_eq!(Resolution::new(100, 8).rounded(), Resolution::new(96, 16));
+        for (name, r) in RATIOS {
+            let v = super::super::find_variant(r.rounded(), ModelConfig::Real);
+            assert!(v.is_ok(), "{name} ({}) has no module", r.rounded());
+        }
+        for side in [512, 1024, 2048] {
+            assert!(
+                super::super::find_variant(Resolution::new(side, side), ModelConfig::Real).is_ok()
+            );
         }
     }
 }

@@ -20,7 +20,8 @@ use crate::quantize::Quantization;
 /// How to open a model folder.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// `None`: the config's default resolution.
+    /// `None`: the config's default resolution; a size that is not a multiple of 16 is
+    /// rounded down as diffusers rounds it ([`Resolution::rounded`]).
     pub resolution: Option<Resolution>,
     /// Compute dtype (weights are converted at load).
     pub dtype: Dtype,
@@ -77,8 +78,10 @@ impl Pipeline {
 
         check_model_index(&dir)?;
         let config = detect_config(&dir)?;
+        // rounded down to multiples of 16 as diffusers does (the CLI says so when it changes)
         let resolution = options
             .resolution
+            .map(Resolution::rounded)
             .unwrap_or_else(|| config.default_resolution());
         let variant = match &options.module {
             Some(name) => {
