@@ -179,6 +179,8 @@ pub fn stored(
     let packed = join(&|p| p.0.clone())?;
     let scales = join(&|p| p.1.scales.clone())?.as_dtype(dtype)?;
     let biases = join(&|p| p.1.biases.clone())?.as_dtype(dtype)?;
+    // now, so the parts are freed at load and no step pays for the join
+    mlx_rs::transforms::eval([&packed, &scales, &biases])?;
     Ok(Some((
         packed,
         Some(Quantized {
@@ -199,8 +201,9 @@ impl Plan for Dense {
     }
 }
 
-/// `w` `[out, in]` as given (`spec` `None`), or quantized: the packed values, and the scales
-/// and biases, evaluated (so the dense weight can be freed at once).
+/// `w` `[out, in]` as given (`spec` `None`, or `in` not a multiple of the group size), or
+/// quantized: the packed values, and the scales and biases, evaluated (so the dense weight
+/// can be freed at once).
 pub fn quantize(
     w: Array,
     spec: Option<QuantSpec>,
@@ -208,6 +211,11 @@ pub fn quantize(
     let Some(spec) = spec else {
         return Ok((w, None));
     };
+    // rows that do not split into whole groups stay dense (as `qwen-run quantize` keeps them)
+    let inputs = w.shape().last().copied().unwrap_or(0);
+    if w.ndim() != 2 || inputs % spec.group_size != 0 {
+        return Ok((w, None));
+    }
     let (packed, scales, biases) = ops::quantize(&w, spec.group_size, spec.bits)?;
     mlx_rs::transforms::eval([&packed, &scales, &biases])?;
     Ok((
@@ -268,7 +276,7 @@ mod tests {
     fn rel(a: &Array, b: &Array) -> f32 {
         let d = ops::subtract(a, b).unwrap();
         let n = |v: &Array| ops::sqrt(&ops::sum(&ops::square(v).unwrap(), None).unwrap()).unwrap();
-        ops::divide(&n(&d), &n(b)).unwrap().item::<f32>()
+        ops::divide(&n(&d), &n(b)).unwrap().item_cast::<f32>()
     }
 
     /// Both ways of running a quantized layer give the dequantized weight's product, and it

@@ -19,17 +19,27 @@ pub(crate) fn has_weights(g: &Graph) -> bool {
             .any(|n| matches!(n.op, Op::Call { .. } | Op::Repeat { .. }))
 }
 
-/// The weights read as the weight of a linear layer (input 1 of `Linear`): the ones that
-/// can be quantized.
+/// The weights read only as the weight of linear layers (input 1 of `Linear`): the ones
+/// that can be quantized (a weight another op also reads stays as loaded).
 fn linear_weights(g: &Graph) -> std::collections::BTreeSet<usize> {
-    g.nodes
-        .iter()
-        .filter(|n| matches!(n.op, Op::Linear { .. }))
-        .filter_map(|n| match g.nodes[n.inputs.get(1)?.node].op {
-            Op::Weight(i) => Some(i),
-            _ => None,
-        })
-        .collect()
+    let weight_of = |v: &graph_dsl::Value| match g.nodes[v.node].op {
+        Op::Weight(i) => Some(i),
+        _ => None,
+    };
+    let mut linear = std::collections::BTreeSet::new();
+    let mut other = std::collections::BTreeSet::new();
+    for n in &g.nodes {
+        for (j, v) in n.inputs.iter().enumerate() {
+            if let Some(i) = weight_of(v) {
+                if matches!(n.op, Op::Linear { .. }) && j == 1 {
+                    linear.insert(i);
+                } else {
+                    other.insert(i);
+                }
+            }
+        }
+    }
+    &linear - &other
 }
 
 /// The field of a weight key.

@@ -290,6 +290,24 @@ fn split_halves(g: &Graph, sy: &CfgSymbols) -> Result<Graph> {
                 if b.block(block).is_none() {
                     return Err(err(&node.name, format!("unknown block {block}")));
                 }
+                // a scan's sliced inputs and stacked outputs are split per half by their row
+                // (without the layer axis), which this pass does not do: none may carry text
+                if let Op::Repeat { carry, sliced, .. } = node.op {
+                    let sliced_in = node.inputs[carry..carry + sliced].iter().map(|v| g.ty(*v));
+                    let stacked_out = node.outputs[carry..].iter();
+                    if let Some(t) = sliced_in
+                        .chain(stacked_out)
+                        .find(|t| mentions_text(sy, &t.shape))
+                    {
+                        return Err(err(
+                            &node.name,
+                            format!(
+                                "a sliced input or stacked output {} has the text length",
+                                t.shape
+                            ),
+                        ));
+                    }
+                }
                 let mut ins = vec![];
                 let (mut carry_new, mut sliced_new) = (0, 0);
                 for (j, v) in node.inputs.iter().enumerate() {

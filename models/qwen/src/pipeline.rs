@@ -90,9 +90,9 @@ pub struct Pipeline {
     budget: usize,
     /// Which linear layers are quantized at load.
     quantize: Option<crate::quantize::Quantization>,
-    /// The group size of a transformer folder `qwen-run quantize` wrote (its quantized
+    /// How a transformer folder `qwen-run quantize` wrote is quantized (its quantized
     /// layers are loaded as stored).
-    stored_group: Option<i32>,
+    stored_quantization: Option<crate::quantize_folder::StoredQuantization>,
     vae: Box<dyn Decoder>,
 }
 

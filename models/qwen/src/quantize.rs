@@ -135,8 +135,8 @@ impl Quantization {
     }
 
     /// The plan for the text encoder's weights.
-    pub fn text_encoder(&self) -> Uniform {
-        Uniform(self.bits(LayerKind::TextEncoder).map(QuantSpec::bits))
+    pub fn text_encoder(&self) -> TextEncoderPlan {
+        TextEncoderPlan(self.bits(LayerKind::TextEncoder).map(QuantSpec::bits))
     }
 
     /// `attn=8,img_mlp=8,…` for metadata and logs.
@@ -176,13 +176,13 @@ impl Plan for TransformerPlan<'_> {
     }
 }
 
-/// Every linear layer alike.
+/// Every linear layer of the text encoder alike (its token embedding is not one).
 #[derive(Debug, Clone, Copy)]
-pub struct Uniform(pub Option<QuantSpec>);
+pub struct TextEncoderPlan(pub Option<QuantSpec>);
 
-impl Plan for Uniform {
-    fn spec(&self, _key: &str) -> Option<QuantSpec> {
-        self.0
+impl Plan for TextEncoderPlan {
+    fn spec(&self, key: &str) -> Option<QuantSpec> {
+        self.0.filter(|_| !key.contains("embed_tokens"))
     }
 }
 

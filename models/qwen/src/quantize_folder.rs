@@ -12,14 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use qwen_runtime::__private::mlx_rs::Array;
 use qwen_runtime::quant::{quantize, stem, Plan, QuantSpec};
 use qwen_runtime::weights::Checkpoint;
 
 use crate::pipeline::PipelineError;
-use crate::quantize::Quantization;
+use crate::quantize::{LayerKind, Quantization};
 
 /// The file that marks a transformer folder as written by `qwen-run quantize`.
 pub const QUANTIZATION_FILE: &str = "quantization.json";
@@ -27,8 +27,16 @@ pub const QUANTIZATION_FILE: &str = "quantization.json";
 /// Shards of at most this many bytes (diffusers writes 5 GB ones, hence ≤ 10 GB here too).
 const SHARD_BYTES: usize = 5_000_000_000;
 
-/// The group size of a quantized transformer folder, `None` for a plain one.
-pub fn stored_group(transformer: &Path) -> Result<Option<i32>, PipelineError> {
+/// How a folder `qwen-run quantize` wrote is quantized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredQuantization {
+    pub group_size: i32,
+    /// `attn=8,…` as written.
+    pub layers: String,
+}
+
+/// How a transformer folder is stored quantized, `None` for a plain one.
+pub fn stored(transformer: &Path) -> Result<Option<StoredQuantization>, PipelineError> {
     let path = transformer.join(QUANTIZATION_FILE);
     if std::fs::symlink_metadata(&path).is_err() {
         return Ok(None);
@@ -45,13 +53,17 @@ pub fn stored_group(transformer: &Path) -> Result<Option<i32>, PipelineError> {
             v["format"]
         )));
     }
-    match v["group_size"].as_i64() {
-        Some(g @ (32 | 64 | 128)) => Ok(Some(g as i32)),
-        _ => Err(invalid(format!(
-            "group_size {} (32, 64 or 128)",
-            v["group_size"]
-        ))),
-    }
+    let group_size = match v["group_size"].as_i64() {
+        Some(g @ (32 | 64 | 128)) => g as i32,
+        _ => {
+            return Err(invalid(format!(
+                "group_size {} (32, 64 or 128)",
+                v["group_size"]
+            )))
+        }
+    };
+    let layers = v["layers"].as_str().unwrap_or("").to_owned();
+    Ok(Some(StoredQuantization { group_size, layers }))
 }
 
 /// What [`write`] did.
@@ -111,7 +123,7 @@ pub fn write(src: &Path, dst: &Path, q: &Quantization) -> Result<Written, Pipeli
             dst.display()
         )));
     }
-    if stored_group(&src.join("transformer"))?.is_some() {
+    if stored(&src.join("transformer"))?.is_some() {
         return Err(PipelineError::Request(format!(
             "{} is already quantized",
             src.display()
@@ -121,10 +133,29 @@ pub fn write(src: &Path, dst: &Path, q: &Quantization) -> Result<Written, Pipeli
         component: "transformer",
         error,
     })?;
-    let mut partial = dst.as_os_str().to_owned();
+    if q.bits(LayerKind::TextEncoder).is_some() {
+        return Err(PipelineError::Request(
+            "a quantized folder keeps the text encoder as it is; quantize it at load \
+             (--quantize-layers text_encoder=BITS)"
+                .into(),
+        ));
+    }
+    // `DIR.partial` beside `DIR` (also for `DIR/`), renamed to `DIR` when complete
+    let name = match (dst.file_name(), dst.components().next_back()) {
+        (Some(n), Some(std::path::Component::Normal(_))) => n.to_owned(),
+        _ => {
+            return Err(PipelineError::Request(format!(
+                "{}: give the quantized model a folder name",
+                dst.display()
+            )))
+        }
+    };
+    let parent = dst.parent().filter(|p| !p.as_os_str().is_empty());
+    let mut partial = name;
     partial.push(".partial");
-    let tmp = PathBuf::from(partial);
+    let tmp = parent.unwrap_or(Path::new(".")).join(partial);
     if tmp.exists() {
+        // left by a run that failed or was killed: only ever written by this function
         fs::remove_dir_all(&tmp).map_err(io(&tmp, "removing a folder a failed run left"))?;
     }
     let result = (|| {

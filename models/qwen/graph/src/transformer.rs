@@ -288,14 +288,15 @@ pub fn timestep_modulation(c: &TransformerConfig) -> Result<Graph> {
         );
         let emb = b.concat(&[cs, sn], 1)?; // [T, 256], f32
         b.scope("timestep_embedder", |b| {
-            // to the model dtype (the weights'), as diffusers casts to the hidden states'
+            // to the model dtype (the bias's: the weight may be quantized), as diffusers
+            // casts to the hidden states'
             let (w1, b1) = b.scope("linear_1", |b| {
                 Ok((
                     b.weight("weight", &[d, TIMESTEP_CHANNELS])?,
                     b.weight("bias", &[d])?,
                 ))
             })?;
-            let emb = b.cast_like(emb, w1)?;
+            let emb = b.cast_like(emb, b1)?;
             let h = b.node_named(
                 "linear_1",
                 graph_dsl::Op::Linear { bias: true },

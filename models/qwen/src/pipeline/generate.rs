@@ -70,7 +70,8 @@ pub struct Timings {
 }
 
 impl Pipeline {
-    /// Runs a whole generation.
+    /// Runs a whole generation. `on_event` must not call back into this pipeline (the
+    /// loaded networks are borrowed while it runs).
     pub fn generate(
         &self,
         request: &Request,
@@ -239,6 +240,9 @@ impl Pipeline {
         m.insert("dtype", format!("{:?}", self.dtype));
         if let Some(q) = &self.quantize {
             m.insert("quantize", q.describe());
+        }
+        if let Some(q) = &self.stored_quantization {
+            m.insert("quantized_folder", q.layers.clone());
         }
         m.insert("model", self.dir.display().to_string());
         m.insert(

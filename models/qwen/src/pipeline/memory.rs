@@ -28,7 +28,7 @@ use qwen_runtime::__private::mlx_rs::{memory, Array, Dtype};
 use qwen_runtime::quant::{Dense, Plan, Stored};
 use qwen_runtime::weights::{Checkpoint, TensorSpec};
 
-use crate::quantize::{Quantization, Uniform};
+use crate::quantize::{Quantization, TextEncoderPlan};
 
 use super::{
     mlx, Denoiser, ModulationTable, Modulator, Pipeline, Resolution, Result, TextEncoder, Variant,
@@ -151,10 +151,10 @@ impl Sizes {
 fn plans<'a>(
     q: Option<&'a Quantization>,
     stored: Option<(&'a Checkpoint, i32)>,
-) -> (Uniform, Box<dyn Plan + 'a>) {
-    let (te, tr): (Uniform, Box<dyn Plan + 'a>) = match q {
+) -> (TextEncoderPlan, Box<dyn Plan + 'a>) {
+    let (te, tr): (TextEncoderPlan, Box<dyn Plan + 'a>) = match q {
         Some(q) => (q.text_encoder(), Box::new(q.transformer())),
-        None => (Uniform(None), Box::new(Dense)),
+        None => (TextEncoderPlan(None), Box::new(Dense)),
     };
     match stored {
         Some((checkpoint, group_size)) => (
@@ -284,8 +284,9 @@ impl Pipeline {
         self.make_room(Stage::Run(need))?;
         let mut l = self.loaded.borrow_mut();
         let stored = self
-            .stored_group
-            .map(|g| (&self.checkpoints.transformer, g));
+            .stored_quantization
+            .as_ref()
+            .map(|q| (&self.checkpoints.transformer, q.group_size));
         let (te, tr) = plans(self.quantize.as_ref(), stored);
         let (v, d) = (self.variant, self.dtype);
         let cks = &self.checkpoints;

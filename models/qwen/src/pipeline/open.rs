@@ -121,7 +121,8 @@ impl Pipeline {
         let mut tr_specs = variant.modulation_specs();
         tr_specs.extend(variant.transformer_specs());
         // a folder `qwen-run quantize` wrote: its quantized layers as stored
-        let stored_group = crate::quantize_folder::stored_group(&dir.join("transformer"))?;
+        let stored_quantization = crate::quantize_folder::stored(&dir.join("transformer"))?;
+        let stored_group = stored_quantization.as_ref().map(|q| q.group_size);
         if let Some(group_size) = stored_group {
             let stored = Stored {
                 checkpoint: &tr,
@@ -207,7 +208,7 @@ impl Pipeline {
             sizes,
             budget,
             quantize: options.quantize.clone(),
-            stored_group,
+            stored_quantization,
             vae: vae_decoder,
         };
         if all {
