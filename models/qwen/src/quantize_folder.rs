@@ -79,7 +79,7 @@ pub struct Written {
 fn io(path: &Path, what: &str) -> impl Fn(std::io::Error) -> PipelineError {
     let path = path.to_path_buf();
     let what = what.to_string();
-    move |e| PipelineError::Config {
+    move |e| PipelineError::Write {
         path: path.clone(),
         reason: format!("{what}: {e}"),
     }
@@ -216,7 +216,7 @@ fn write_transformer(
     let flush = |shard: Vec<(String, Array)>, index: usize| -> Result<(), PipelineError> {
         let path = dst.join(format!("part-{index:05}.safetensors"));
         Array::save_safetensors(shard.iter().map(|(k, v)| (k.as_str(), v)), None, &path).map_err(
-            |e| PipelineError::Config {
+            |e| PipelineError::Write {
                 path: path.clone(),
                 reason: format!("writing a shard: {e}"),
             },

@@ -21,6 +21,10 @@ pub enum PipelineError {
     #[error("cannot read {}: {reason}", path.display())]
     Config { path: PathBuf, reason: String },
 
+    /// A file or folder `qwen-run quantize` could not write.
+    #[error("cannot write {}: {reason}", path.display())]
+    Write { path: PathBuf, reason: String },
+
     /// A json file of the folder that is not what the run needs: not json, another
     /// pipeline, a value out of range.
     #[error("invalid {}: {reason}", path.display())]
