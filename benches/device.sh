@@ -182,7 +182,7 @@ phase_qwen_cold() {
     need_model
     need_bin qwen-run
     say "qwen-cold: GPU $CUDA_VISIBLE_DEVICES, qwen-run, one process, $RES, bf16, $STEPS steps"
-    # GPU memory in use, sampled every 0.2 s (MLX's own peak is not printed by qwen-run)
+    # GPU memory in use, sampled every 0.2 s (beside MLX's own peak, which qwen-run prints)
     local smi=""
     if command -v nvidia-smi >/dev/null; then
         (while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$FG_GPU"; sleep 0.2; done) \
@@ -207,7 +207,8 @@ ms = lambda pat: round(float(m.group(1)) * 1000, 1) if (m := re.search(pat, text
 mib = [int(l) for l in open(smi).read().split() if l.strip().isdigit()] if os.path.exists(smi) else []
 print(json.dumps({"system": "qwen-aot", "gpu": gpu, "width": int(w), "height": int(h), "steps": int(steps),
                   "cfg": float(cfg), "dtype": "bf16", "what": "image-cold", "ms": round((float(t1) - float(t0)) * 1000, 1),
-                  "peak_gb": None, "smi_peak_gb": round(max(mib) * 2**20 / 1e9, 2) if mib else None,
+                  "peak_gb": float(m.group(1)) if (m := re.search(r"peak memory: ([\d.]+) GB", text)) else None,
+                  "smi_peak_gb": round(max(mib) * 2**20 / 1e9, 2) if mib else None,
                   "load_ms": ms(r"load: ([\d.]+) s"), "encode_ms": ms(r"encode: ([\d.]+) s"),
                   "denoise_ms": ms(r"denoise: ([\d.]+) s"), "decode_ms": ms(r"decode: ([\d.]+) s")}))
 EOF
