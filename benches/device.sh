@@ -512,7 +512,10 @@ for l in open(sys.argv[1]):
 timing = {}
 for r in rows:
     if r.get("what") == "fidelity" or r.get("ms") is None: continue
-    k = (r["system"], r.get("dtype"), r["what"], r.get("note", ""))
+    note = r.get("note", "")
+    if r.get("quantize"): note = ("q%s " % r["quantize"].split(",")[0].split("=")[-1]) + note
+    if r.get("memory_limit_gb"): note = ("limit %g GB " % r["memory_limit_gb"]) + note
+    k = (r["system"], r.get("dtype"), r["what"], note.strip())
     timing.setdefault(k, []).append(r)
 print("\n%-18s %-5s %-11s %10s %8s %3s  %s" % ("system", "dtype", "what", "ms", "peak_gb", "n", "note"))
 for (system, dtype, what, note), rs in timing.items():
