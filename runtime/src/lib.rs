@@ -10,6 +10,7 @@
 //!   stretch) from `scheduler_config.json`, and the Euler step.
 //! - [`guidance`]: true classifier-free guidance with per-token norm rescaling.
 //! - [`kernels`]: custom CUDA kernels through MLX, where the loaded libmlx has CUDA.
+//! - [`lora`]: LoRA adapters (diffusers/PEFT and kohya keys), fused into the weights at load.
 //! - [`quant`]: affine quantization of linear layers' weights, and the linear that runs
 //!   dense or quantized weights.
 //! - [`image`]: decoded tensors to 8-bit RGB as diffusers does, PNG with text metadata,
@@ -26,6 +27,7 @@ pub mod files;
 pub mod guidance;
 pub mod image;
 pub mod kernels;
+pub mod lora;
 pub mod quant;
 pub mod scheduler;
 pub mod tokenizer;

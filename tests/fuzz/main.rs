@@ -587,6 +587,7 @@ fn options() -> Options {
         module: None,
         memory_limit: None,
         quantize: None,
+        loras: vec![],
     }
 }
 

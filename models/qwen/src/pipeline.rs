@@ -90,6 +90,8 @@ pub struct Pipeline {
     budget: usize,
     /// Which linear layers are quantized at load.
     quantize: Option<crate::quantize::Quantization>,
+    /// LoRA adapters fused into the transformer's weights at load.
+    loras: qwen_runtime::lora::Loras,
     /// How a transformer folder `qwen-run quantize` wrote is quantized (its quantized
     /// layers are loaded as stored).
     stored_quantization: Option<crate::quantize_folder::StoredQuantization>,

@@ -63,6 +63,7 @@ fn open_error(model: &Path) -> PipelineError {
         module: None,
         memory_limit: None,
         quantize: None,
+        loras: vec![],
     };
     Pipeline::open(model, &options).expect_err("the folder must be refused")
 }
@@ -201,6 +202,7 @@ fn equivalent_configs_are_accepted() {
         module: None,
         memory_limit: None,
         quantize: None,
+        loras: vec![],
     };
     Pipeline::open(&model, &options).unwrap();
 }

@@ -62,6 +62,7 @@ fn open(res: &str, module: Option<&str>) -> Pipeline {
         module: module.map(str::to_owned),
         memory_limit: None,
         quantize: None,
+        loras: vec![],
     };
     Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap()
 }
@@ -256,6 +257,7 @@ fn bf16_pipeline_is_close_to_the_f32_reference() {
         module: None,
         memory_limit: None,
         quantize: None,
+        loras: vec![],
     };
     let pipeline = Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap();
     let request = r.request("64x64");

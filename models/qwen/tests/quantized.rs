@@ -38,6 +38,7 @@ fn generate(model: &Path, dtype: Dtype, q: Option<Quantization>) -> (Generation,
         module: None,
         memory_limit: None,
         quantize: q,
+        loras: vec![],
     };
     let pipeline = Pipeline::open(model, &options).unwrap();
     let request = Request {
@@ -192,6 +193,7 @@ fn folder_names_overrides_and_io_layers() {
         module: None,
         memory_limit: None,
         quantize: None,
+        loras: vec![],
     };
     let p = Pipeline::open(dir.path().join("q8"), &options).unwrap();
     let meta = p.metadata(&Request::new("fox"));

@@ -109,6 +109,12 @@ struct Args {
     #[arg(long, value_name = "BITS")]
     quantize: Option<qwen::quantize::Quantization>,
 
+    /// A LoRA adapter to fuse into the transformer at load, `FILE` or `FILE:SCALE` (default
+    /// 1); repeatable. diffusers/PEFT (`lora_A`/`lora_B`) and kohya/ComfyUI
+    /// (`lora_down`/`lora_up`/`alpha`) keys; with --quantize, fused before quantizing.
+    #[arg(long, value_name = "FILE[:SCALE]", value_parser = parse_lora)]
+    lora: Vec<(PathBuf, f32)>,
+
     /// With --quantize: bits per layer kind, `kind=bits,…` (bits 4, 8 or 16 = unquantized;
     /// kinds attn, img_mlp, txt_mlp, modulation, io, text_encoder), e.g. img_mlp=16.
     #[arg(long, value_name = "KIND=BITS,…", requires = "quantize")]
@@ -134,6 +140,20 @@ struct Args {
     /// Testing: force a generated module by name (e.g. res96x64_tiny).
     #[arg(long, hide = true)]
     module: Option<String>,
+}
+
+/// `FILE` or `FILE:SCALE` (a finite scale after the last `:`; otherwise all of it is the
+/// file name).
+fn parse_lora(s: &str) -> Result<(PathBuf, f32), String> {
+    if let Some((file, scale)) = s.rsplit_once(':') {
+        if let Ok(v) = scale.parse::<f32>() {
+            if !v.is_finite() {
+                return Err(format!("scale {scale} is not a finite number"));
+            }
+            return Ok((PathBuf::from(file), v));
+        }
+    }
+    Ok((PathBuf::from(s), 1.0))
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -344,6 +364,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
             ),
             (q, _) => q.clone(),
         },
+        loras: args.lora.clone(),
     };
     let pipeline = Pipeline::open(&model, &options)?;
     let r = pipeline.resolution();

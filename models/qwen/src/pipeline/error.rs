@@ -21,6 +21,9 @@ pub enum PipelineError {
     #[error("cannot read {}: {reason}", path.display())]
     Config { path: PathBuf, reason: String },
 
+    #[error(transparent)]
+    Lora(#[from] qwen_runtime::lora::LoraError),
+
     /// A file or folder `qwen-run quantize` could not write.
     #[error("cannot write {}: {reason}", path.display())]
     Write { path: PathBuf, reason: String },

@@ -241,6 +241,9 @@ impl Pipeline {
         if let Some(q) = &self.quantize {
             m.insert("quantize", q.describe());
         }
+        if !self.loras.is_empty() {
+            m.insert("loras", self.loras.describe());
+        }
         if let Some(q) = &self.stored_quantization {
             m.insert("quantized_folder", q.layers.clone());
         }

@@ -295,10 +295,12 @@ impl Pipeline {
                 l.encoder = Some(v.load_text_encoder(&cks.text_encoder, d, &te)?)
             }
             Network::Modulation => {
-                l.modulation = Some(v.load_modulation(&cks.transformer, d, tr.as_ref())?)
+                l.modulation =
+                    Some(v.load_modulation(&cks.transformer, d, tr.as_ref(), &self.loras)?)
             }
             Network::Denoiser => {
-                l.denoiser = Some(v.load_transformer(&cks.transformer, d, tr.as_ref())?)
+                l.denoiser =
+                    Some(v.load_transformer(&cks.transformer, d, tr.as_ref(), &self.loras)?)
             }
         }
         Ok(())

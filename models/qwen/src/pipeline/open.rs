@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use qwen_runtime::__private::mlx_rs::Dtype;
+use qwen_runtime::lora::Loras;
 use qwen_runtime::quant::{Dense, Stored};
 use qwen_runtime::weights::{Checkpoint, Extra};
 use qwen_runtime::{error::Problem, SchedulerConfig, Tokenizer, WeightError};
@@ -32,6 +33,9 @@ pub struct Options {
     pub memory_limit: Option<usize>,
     /// Quantize linear layers at load (`--quantize`); `None`: every weight in `dtype`.
     pub quantize: Option<Quantization>,
+    /// LoRA files and their scales, fused into the transformer's weights at load (before
+    /// quantizing) in this order.
+    pub loras: Vec<(std::path::PathBuf, f32)>,
 }
 
 impl Default for Options {
@@ -42,6 +46,7 @@ impl Default for Options {
             module: None,
             memory_limit: None,
             quantize: None,
+            loras: vec![],
         }
     }
 }
@@ -120,9 +125,17 @@ impl Pipeline {
         let mut problems = Vec::new();
         let mut tr_specs = variant.modulation_specs();
         tr_specs.extend(variant.transformer_specs());
+        let loras = Loras::open(&options.loras, &tr_specs)?;
         // a folder `qwen-run quantize` wrote: its quantized layers as stored
         let stored_quantization = crate::quantize_folder::stored(&dir.join("transformer"))?;
         let stored_group = stored_quantization.as_ref().map(|q| q.group_size);
+        if stored_group.is_some() && !loras.is_empty() {
+            return Err(PipelineError::Request(format!(
+                "{} holds a quantized transformer: LoRA adapters are fused before quantizing, so \
+                 give the unquantized folder with --quantize",
+                dir.display()
+            )));
+        }
         if let Some(group_size) = stored_group {
             let stored = Stored {
                 checkpoint: &tr,
@@ -208,6 +221,7 @@ impl Pipeline {
             sizes,
             budget,
             quantize: options.quantize.clone(),
+            loras,
             stored_quantization,
             vae: vae_decoder,
         };

@@ -3,6 +3,7 @@
 //! them ([`VARIANTS`]); the implementations are made in `variants.rs`.
 
 use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
+use qwen_runtime::lora::Loras;
 use qwen_runtime::quant::Plan;
 use qwen_runtime::weights::{Checkpoint, TensorSpec};
 
@@ -30,18 +31,21 @@ pub trait Variant: Sync {
         dtype: Dtype,
         plan: &dyn Plan,
     ) -> Result<Box<dyn TextEncoder>>;
-    /// Loads the timestep modulation from the transformer's checkpoint.
+    /// Loads the timestep modulation from the transformer's checkpoint (the adapters
+    /// `loras` fused into its weights before any quantization).
     fn load_modulation(
         &self,
         ck: &Checkpoint,
         dtype: Dtype,
         plan: &dyn Plan,
+        loras: &Loras,
     ) -> Result<Box<dyn Modulator>>;
     fn load_transformer(
         &self,
         ck: &Checkpoint,
         dtype: Dtype,
         plan: &dyn Plan,
+        loras: &Loras,
     ) -> Result<Box<dyn Denoiser>>;
     fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>>;
     /// Compiles every fused kernel the module's networks use (one tiny call each; see the

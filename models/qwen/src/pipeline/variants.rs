@@ -8,6 +8,7 @@
 //! with `cfg = split` takes both CFG texts in one call, the others one text per call.
 
 use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
+use qwen_runtime::lora::Loras;
 use qwen_runtime::quant::Plan;
 use qwen_runtime::weights::{Checkpoint, TensorSpec};
 
@@ -140,8 +141,9 @@ macro_rules! variant {
                     ck: &Checkpoint,
                     dtype: Dtype,
                     plan: &dyn Plan,
+                    loras: &Loras,
                 ) -> Result<Box<dyn Modulator>> {
-                    let w = loaded("transformer", || m::TimestepModulationWeights::load_from(&mut |k| Ok(ck.array(k)?), plan, "", dtype), m::TimestepModulationWeights::arrays)?;
+                    let w = loaded("transformer", || m::TimestepModulationWeights::load_from(&mut |k| Ok(loras.apply(k, ck.array(k)?)?), plan, "", dtype), m::TimestepModulationWeights::arrays)?;
                     Ok(Box::new(Md(w)))
                 }
                 fn load_transformer(
@@ -149,8 +151,9 @@ macro_rules! variant {
                     ck: &Checkpoint,
                     dtype: Dtype,
                     plan: &dyn Plan,
+                    loras: &Loras,
                 ) -> Result<Box<dyn Denoiser>> {
-                    let w = loaded("transformer", || m::TransformerWeights::load_from(&mut |k| Ok(ck.array(k)?), plan, "", dtype), m::TransformerWeights::arrays)?;
+                    let w = loaded("transformer", || m::TransformerWeights::load_from(&mut |k| Ok(loras.apply(k, ck.array(k)?)?), plan, "", dtype), m::TransformerWeights::arrays)?;
                     Ok(Box::new(Tr(w)))
                 }
                 fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception> {

@@ -1,0 +1,165 @@
+//! LoRA adapters against diffusers on the tiny checkpoint (f32, CPU): the files of
+//! `tests/fixtures/loras` (a diffusers/PEFT one and a kohya one with alpha, made by
+//! `tests/fixtures/make_lora_refs.py`), fused into the weights at load, give the final
+//! latents of `QwenImagePipeline` with `load_lora_weights` + `set_adapters`.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{fixture, rel_err};
+use qwen::pipeline::{Options, Pipeline, PipelineError, Request, Resolution};
+use qwen::quantize::Quantization;
+use qwen_runtime::__private::mlx_rs::{Array, Dtype};
+use qwen_runtime::Checkpoint;
+
+const TOL: f32 = 1e-4;
+
+fn options(loras: Vec<(PathBuf, f32)>) -> Options {
+    Options {
+        resolution: Some("96x64".parse::<Resolution>().unwrap()),
+        dtype: Dtype::Float32,
+        module: None,
+        memory_limit: None,
+        quantize: None,
+        loras,
+    }
+}
+
+/// Final latents of the reference run's request with `options`.
+fn latents(options: &Options) -> Array {
+    let r = Checkpoint::open(fixture("references/pipeline.safetensors")).unwrap();
+    let p = Pipeline::open(fixture("tiny-qwen-image"), options).unwrap();
+    let request = Request {
+        prompt: "a red fox in the snow, watercolor".into(),
+        negative_prompt: Some(" ".into()),
+        steps: 3,
+        cfg_scale: 4.0,
+        seed: 0,
+        latents: Some(r.array("96x64.input.latents").unwrap()),
+    };
+    p.generate(&request, &mut |_| {}).unwrap().latents
+}
+
+fn lora(name: &str) -> PathBuf {
+    fixture(&format!("loras/{name}"))
+}
+
+#[test]
+fn loras_match_diffusers_load_lora_weights() {
+    let r = Checkpoint::open(fixture("references/lora.safetensors")).unwrap();
+    let base = latents(&options(vec![]));
+    let e_base = rel_err(&base, &r.array("base.output.latents").unwrap());
+    let a = latents(&options(vec![(lora("peft_a.safetensors"), 1.0)]));
+    let e_a = rel_err(&a, &r.array("a.output.latents").unwrap());
+    let ab = latents(&options(vec![
+        (lora("peft_a.safetensors"), 0.8),
+        (lora("kohya_b.safetensors"), 0.5),
+    ]));
+    let e_ab = rel_err(&ab, &r.array("ab.output.latents").unwrap());
+    println!(
+        "final latents vs diffusers: no LoRA {e_base:.3e}, A {e_a:.3e}, A·0.8 + B·0.5 {e_ab:.3e}"
+    );
+    assert!(
+        e_base <= TOL && e_a <= TOL && e_ab <= TOL,
+        "{e_base:.3e} {e_a:.3e} {e_ab:.3e}"
+    );
+    // the adapters change the result
+    assert!(rel_err(&a, &base) > 0.1);
+    let p = Pipeline::open(
+        fixture("tiny-qwen-image"),
+        &options(vec![(lora("kohya_b.safetensors"), 0.5)]),
+    )
+    .unwrap();
+    let meta = p.metadata(&Request::new("fox"));
+    let m = meta
+        .iter()
+        .find(|(k, _)| k == "loras")
+        .map(|(_, v)| v.as_str());
+    assert!(
+        m.is_some_and(|v| v.ends_with("kohya_b.safetensors:0.5")),
+        "{m:?}"
+    );
+}
+
+/// Fused before quantizing (`--quantize 8`): near the unquantized LoRA result.
+#[test]
+fn a_lora_on_a_quantized_model() {
+    let a = latents(&options(vec![(lora("peft_a.safetensors"), 1.0)]));
+    let mut o = options(vec![(lora("peft_a.safetensors"), 1.0)]);
+    o.quantize = Some(Quantization::new(8).unwrap());
+    let q = latents(&o);
+    let e = rel_err(&q, &a);
+    println!("q8 + LoRA vs LoRA: {e:.3e}");
+    assert!(e > 0.0 && e < 1e-2, "{e:.3e}");
+}
+
+/// Keys that match nothing, shapes of another model, and a half pair are one error each,
+/// naming the keys; a file that is not safetensors is a clear error.
+#[test]
+fn bad_lora_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, tensors: Vec<(&str, Array)>| {
+        let p = dir.path().join(name);
+        Array::save_safetensors(tensors.iter().map(|(k, v)| (*k, v)), None, &p).unwrap();
+        p
+    };
+    let z = |s: &[i32]| Array::zeros::<f32>(s).unwrap();
+    let cases = [
+        (
+            write(
+                "unknown.safetensors",
+                vec![
+                    (
+                        "transformer.single_blocks.0.to_q.lora_A.weight",
+                        z(&[2, 64]),
+                    ),
+                    (
+                        "transformer.single_blocks.0.to_q.lora_B.weight",
+                        z(&[64, 2]),
+                    ),
+                ],
+            ),
+            "single_blocks.0.to_q.lora_A.weight",
+        ),
+        (
+            write(
+                "shape.safetensors",
+                vec![
+                    (
+                        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight",
+                        z(&[2, 3072]),
+                    ),
+                    (
+                        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight",
+                        z(&[3072, 2]),
+                    ),
+                ],
+            ),
+            "do not fit",
+        ),
+        (
+            write(
+                "half.safetensors",
+                vec![(
+                    "lora_unet_transformer_blocks_0_attn_to_k.lora_down.weight",
+                    z(&[2, 64]),
+                )],
+            ),
+            "half",
+        ),
+    ];
+    for (path, expect) in cases {
+        let e = Pipeline::open(
+            fixture("tiny-qwen-image"),
+            &options(vec![(path.clone(), 1.0)]),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PipelineError::Lora(_)), "{e}");
+        assert!(e.to_string().contains(expect), "{}: {e}", path.display());
+    }
+    let text = dir.path().join("notes.safetensors");
+    std::fs::write(&text, "not a safetensors file").unwrap();
+    let e = Pipeline::open(fixture("tiny-qwen-image"), &options(vec![(text, 1.0)])).unwrap_err();
+    assert!(e.to_string().contains("notes.safetensors"), "{e}");
+}
