@@ -174,6 +174,7 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         memory_limit: common.memory_limit.map(|gb| (gb * 1e9) as usize),
         quantize: quantization(common)?,
         loras: vec![],
+        lightning: false,
     };
     let pipeline = Pipeline::open(qwen::model_dir::resolve(&common.model)?, &options)
         .with_context(|| format!("opening {}", common.model.display()))?;

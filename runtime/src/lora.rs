@@ -1,8 +1,9 @@
 //! LoRA adapters, fused into the weights at load: `W + Σ scale·(α/r)·B·A` for each adapter
 //! file's low-rank pair of a linear layer.
 //!
-//! Formats (keys of a safetensors file; every format may carry a `transformer.`,
-//! `diffusion_model.` or `lora_unet_` prefix):
+//! Formats (keys of a safetensors file):
+//!
+//! Prefixes: `transformer.`, `diffusion_model.`, `lora_unet_`, `lora_transformer_`.
 //!
 //! - diffusers / PEFT: `<module>.lora_A.weight` `[r, in]` and `<module>.lora_B.weight`
 //!   `[out, r]` (also `.lora_A.default.weight`), α = r unless `<module>.alpha` is given;
@@ -71,10 +72,15 @@ fn split_key(key: &str) -> Option<(&str, &'static str)> {
 }
 
 fn strip_prefix(module: &str) -> &str {
-    ["transformer.", "diffusion_model.", "lora_unet_"]
-        .iter()
-        .find_map(|p| module.strip_prefix(p))
-        .unwrap_or(module)
+    [
+        "transformer.",
+        "diffusion_model.",
+        "lora_unet_",
+        "lora_transformer_",
+    ]
+    .iter()
+    .find_map(|p| module.strip_prefix(p))
+    .unwrap_or(module)
 }
 
 impl Loras {

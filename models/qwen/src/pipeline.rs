@@ -92,6 +92,8 @@ pub struct Pipeline {
     quantize: Option<crate::quantize::Quantization>,
     /// LoRA adapters fused into the transformer's weights at load.
     loras: qwen_runtime::lora::Loras,
+    /// The Lightning schedule instead of the folder's.
+    lightning: bool,
     /// How a transformer folder `qwen-run quantize` wrote is quantized (its quantized
     /// layers are loaded as stored).
     stored_quantization: Option<crate::quantize_folder::StoredQuantization>,

@@ -64,6 +64,7 @@ fn open_error(model: &Path) -> PipelineError {
         memory_limit: None,
         quantize: None,
         loras: vec![],
+        lightning: false,
     };
     Pipeline::open(model, &options).expect_err("the folder must be refused")
 }
@@ -203,6 +204,7 @@ fn equivalent_configs_are_accepted() {
         memory_limit: None,
         quantize: None,
         loras: vec![],
+        lightning: false,
     };
     Pipeline::open(&model, &options).unwrap();
 }

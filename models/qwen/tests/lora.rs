@@ -23,6 +23,7 @@ fn options(loras: Vec<(PathBuf, f32)>) -> Options {
         memory_limit: None,
         quantize: None,
         loras,
+        lightning: false,
     }
 }
 
@@ -162,4 +163,26 @@ fn bad_lora_files_are_errors() {
     std::fs::write(&text, "not a safetensors file").unwrap();
     let e = Pipeline::open(fixture("tiny-qwen-image"), &options(vec![(text, 1.0)])).unwrap_err();
     assert!(e.to_string().contains("notes.safetensors"), "{e}");
+}
+
+/// The Lightning preset: the release's schedule (`Options::lightning`), 4 steps, no negative
+/// pass, with a LoRA, against diffusers with the same scheduler config.
+#[test]
+fn lightning_schedule_with_a_lora_matches_diffusers() {
+    let r = Checkpoint::open(fixture("references/lora.safetensors")).unwrap();
+    let mut o = options(vec![(lora("peft_a.safetensors"), 1.0)]);
+    o.lightning = true;
+    let p = Pipeline::open(fixture("tiny-qwen-image"), &o).unwrap();
+    let request = Request {
+        prompt: "a red fox in the snow, watercolor".into(),
+        negative_prompt: None,
+        steps: 4,
+        cfg_scale: 1.0,
+        seed: 0,
+        latents: Some(r.array("input.latents").unwrap()),
+    };
+    let g = p.generate(&request, &mut |_| {}).unwrap();
+    let e = rel_err(&g.latents, &r.array("lightning.output.latents").unwrap());
+    println!("lightning, 4 steps, LoRA A: final latents vs diffusers {e:.3e}");
+    assert!(e <= TOL, "{e:.3e}");
 }

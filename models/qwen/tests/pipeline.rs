@@ -63,6 +63,7 @@ fn open(res: &str, module: Option<&str>) -> Pipeline {
         memory_limit: None,
         quantize: None,
         loras: vec![],
+        lightning: false,
     };
     Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap()
 }
@@ -258,6 +259,7 @@ fn bf16_pipeline_is_close_to_the_f32_reference() {
         memory_limit: None,
         quantize: None,
         loras: vec![],
+        lightning: false,
     };
     let pipeline = Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap();
     let request = r.request("64x64");

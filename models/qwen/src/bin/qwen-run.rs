@@ -62,13 +62,19 @@ struct Args {
     #[arg(long, value_name = "RES")]
     res: Option<Resolution>,
 
-    /// Denoising steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
+    /// Denoising steps (default 50; with --lightning its steps).
+    #[arg(long)]
+    steps: Option<usize>,
 
-    /// True CFG scale (1 or less: no negative pass).
-    #[arg(long, default_value_t = 4.0)]
-    cfg: f32,
+    /// True CFG scale; 1 or less runs no negative pass (default 4; with --lightning 1).
+    #[arg(long)]
+    cfg: Option<f32>,
+
+    /// Qwen-Image-Lightning: its schedule (dynamic shift ln 3, no terminal stretch), 8 or 4
+    /// steps and no negative pass, for a Lightning LoRA given with --lora; --steps and --cfg
+    /// still override.
+    #[arg(long, value_name = "STEPS", value_parser = clap::builder::PossibleValuesParser::new(["8", "4"]))]
+    lightning: Option<String>,
 
     /// Seed of the initial noise (MLX's generator, so not torch's).
     #[arg(long, default_value_t = 0)]
@@ -311,11 +317,13 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     let Some(prompt) = args.prompt.clone() else {
         bail!("--prompt is required");
     };
-    if !(1..=MAX_STEPS).contains(&args.steps) {
-        bail!(
-            "--steps must be between 1 and {MAX_STEPS}, got {}",
-            args.steps
-        );
+    let lightning_steps: Option<usize> = args.lightning.as_deref().map(|s| s.parse().unwrap_or(8));
+    let steps = args.steps.or(lightning_steps).unwrap_or(50);
+    let cfg = args
+        .cfg
+        .unwrap_or(if lightning_steps.is_some() { 1.0 } else { 4.0 });
+    if !(1..=MAX_STEPS).contains(&steps) {
+        bail!("--steps must be between 1 and {MAX_STEPS}, got {steps}");
     }
     let started = SystemTime::now();
     signals::install().context("installing the SIGINT/SIGTERM handlers")?;
@@ -365,6 +373,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
             (q, _) => q.clone(),
         },
         loras: args.lora.clone(),
+        lightning: args.lightning.is_some(),
     };
     let pipeline = Pipeline::open(&model, &options)?;
     let r = pipeline.resolution();
@@ -389,13 +398,13 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     let request = Request {
         prompt,
         negative_prompt: Some(args.negative_prompt.clone()),
-        steps: args.steps,
-        cfg_scale: args.cfg,
+        steps,
+        cfg_scale: cfg,
         seed: args.seed,
         latents,
     };
 
-    let bar = ProgressBar::new(args.steps as u64);
+    let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template("denoise {bar:30} {pos}/{len} steps [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -421,7 +430,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         "encode: {:.2} s, denoise: {:.2} s ({:.3} s/step), decode: {:.2} s",
         t.encode,
         t.denoise,
-        t.denoise / args.steps as f64,
+        t.denoise / steps as f64,
         t.decode
     );
     // MLX's largest memory in use in this process (weights, activations; not its cache)

@@ -244,6 +244,12 @@ impl Pipeline {
         if !self.loras.is_empty() {
             m.insert("loras", self.loras.describe());
         }
+        if self.lightning {
+            m.insert(
+                "scheduler",
+                "lightning (mu = ln 3, no terminal stretch)".into(),
+            );
+        }
         if let Some(q) = &self.stored_quantization {
             m.insert("quantized_folder", q.layers.clone());
         }

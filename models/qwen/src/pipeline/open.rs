@@ -36,6 +36,9 @@ pub struct Options {
     /// LoRA files and their scales, fused into the transformer's weights at load (before
     /// quantizing) in this order.
     pub loras: Vec<(std::path::PathBuf, f32)>,
+    /// The schedule of Qwen-Image-Lightning instead of the folder's
+    /// ([`qwen_runtime::SchedulerConfig::lightning`]), for a Lightning LoRA.
+    pub lightning: bool,
 }
 
 impl Default for Options {
@@ -47,6 +50,7 @@ impl Default for Options {
             memory_limit: None,
             quantize: None,
             loras: vec![],
+            lightning: false,
         }
     }
 }
@@ -168,7 +172,11 @@ impl Pipeline {
         }
 
         let (latents_mean, latents_std) = latents_stats(&dir)?;
-        let scheduler = SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
+        let mut scheduler =
+            SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
+        if options.lightning {
+            scheduler = scheduler.lightning();
+        }
         let tokenizer = Tokenizer::from_dir(dir.join("tokenizer"))?;
         check_token_ids(&tokenizer, &te_specs, config)?;
 
@@ -222,6 +230,7 @@ impl Pipeline {
             budget,
             quantize: options.quantize.clone(),
             loras,
+            lightning: options.lightning,
             stored_quantization,
             vae: vae_decoder,
         };
