@@ -174,6 +174,7 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         memory_limit: common.memory_limit.map(|gb| (gb * 1e9) as usize),
         quantize: quantization(common)?,
         loras: vec![],
+        lora_on_quantized: Default::default(),
         lightning: false,
     };
     let pipeline = Pipeline::open(qwen::model_dir::resolve(&common.model)?, &options)

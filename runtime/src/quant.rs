@@ -31,15 +31,39 @@ impl QuantSpec {
 }
 
 /// A quantized weight's scales and biases `[out, in / group_size]` and its spec; the
-/// packed values `[out, in · bits / 32]` (`u32`) stay in the weight field.
+/// packed values `[out, in · bits / 32]` (`u32`) stay in the weight field. `low_rank`: LoRA
+/// pairs kept beside the quantized weight instead of fused into it (see
+/// [`crate::lora::OnQuantized`]).
 #[derive(Debug, Clone)]
 pub struct Quantized {
     pub scales: Array,
     pub biases: Array,
     pub spec: QuantSpec,
+    pub low_rank: Vec<LowRank>,
+}
+
+/// `scale · up @ down` beside a weight: `down` `[r, in]`, `up` `[out, r]`.
+#[derive(Debug, Clone)]
+pub struct LowRank {
+    pub down: Array,
+    pub up: Array,
+    pub scale: f32,
 }
 
 impl Quantized {
+    /// `y + Σ scale · (x @ downᵀ) @ upᵀ` over the kept low-rank pairs.
+    fn add_low_rank(&self, x: &Array, mut y: Array) -> Result<Array, Exception> {
+        for lr in &self.low_rank {
+            let h = ops::matmul(x, lr.down.as_dtype(x.dtype())?.t())?;
+            let d = ops::matmul(&h, lr.up.as_dtype(x.dtype())?.t())?;
+            y = ops::add(
+                &y,
+                &ops::multiply(&d, Array::from_f32(lr.scale).as_dtype(x.dtype())?)?,
+            )?;
+        }
+        Ok(y)
+    }
+
     /// The dense weight `[out, in]` (in the scales' dtype) of the packed values `w`.
     pub fn dequantize(&self, w: &Array) -> Result<Array, Exception> {
         ops::dequantize(
@@ -64,6 +88,53 @@ pub trait Plan {
     fn stored(&self, _key: &str) -> Result<Option<(Array, Quantized)>, WeightError> {
         Ok(None)
     }
+
+    /// Low-rank pairs to keep beside the quantized weight of the stored tensor `key`
+    /// (empty: none, or fused into the weight before quantizing).
+    fn low_rank(&self, _key: &str) -> Vec<LowRank> {
+        vec![]
+    }
+}
+
+/// `q` with the [`Plan::low_rank`] pairs of the weight's stored parts `keys` (joined along
+/// the output axis, `outs` rows each: each part's `up` is padded with zero rows to the
+/// joined width).
+pub fn with_low_rank(
+    q: Option<Quantized>,
+    plan: &dyn Plan,
+    keys: &[String],
+    outs: &[i32],
+) -> Result<Option<Quantized>, Exception> {
+    let Some(mut q) = q else {
+        return Ok(None);
+    };
+    let total: i32 = outs.iter().sum();
+    let mut offset = 0;
+    for (k, &rows) in keys.iter().zip(outs) {
+        for lr in plan.low_rank(k) {
+            let r = lr.up.shape()[1];
+            let mut parts = vec![];
+            if offset > 0 {
+                parts.push(ops::zeros_dtype(&[offset, r], lr.up.dtype())?);
+            }
+            parts.push(lr.up.clone());
+            if offset + rows < total {
+                parts.push(ops::zeros_dtype(
+                    &[total - offset - rows, r],
+                    lr.up.dtype(),
+                )?);
+            }
+            let up = if parts.len() == 1 {
+                lr.up
+            } else {
+                ops::concatenate(&parts, 0)?
+            };
+            mlx_rs::transforms::eval([&up, &lr.down])?;
+            q.low_rank.push(LowRank { up, ..lr });
+        }
+        offset += rows;
+    }
+    Ok(Some(q))
 }
 
 /// `name.weight` → `name` (the stem the scales and biases are stored under).
@@ -130,6 +201,7 @@ impl Plan for Stored<'_> {
             scales: ck.array(&format!("{s}.scales"))?,
             biases: ck.array(&format!("{s}.biases"))?,
             spec,
+            low_rank: vec![],
         };
         Ok(Some((ck.array(key)?, q)))
     }
@@ -187,6 +259,7 @@ pub fn stored(
             scales,
             biases,
             spec,
+            low_rank: vec![],
         }),
     )))
 }
@@ -224,6 +297,7 @@ pub fn quantize(
             scales,
             biases,
             spec,
+            low_rank: vec![],
         }),
     ))
 }
@@ -248,7 +322,8 @@ pub fn linear(
         (None, None) => ops::matmul(x, w.t()),
         (Some(q), bias) if rows >= DEQUANTIZE_ROWS => {
             let dense = q.dequantize(w)?;
-            linear(x, &dense, None, bias)
+            let y = linear(x, &dense, None, bias)?;
+            q.add_low_rank(x, y)
         }
         (Some(q), bias) => {
             let y = ops::quantized_matmul(
@@ -260,10 +335,11 @@ pub fn linear(
                 q.spec.group_size,
                 q.spec.bits,
             )?;
-            match bias {
-                Some(b) => ops::add(&y, b),
-                None => Ok(y),
-            }
+            let y = match bias {
+                Some(b) => ops::add(&y, b)?,
+                None => y,
+            };
+            q.add_low_rank(x, y)
         }
     }
 }

@@ -588,6 +588,7 @@ fn options() -> Options {
         memory_limit: None,
         quantize: None,
         loras: vec![],
+        lora_on_quantized: Default::default(),
         lightning: false,
     }
 }

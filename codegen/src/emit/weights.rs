@@ -157,6 +157,11 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
             }
         };
         let part_keys: Vec<String> = w.stored().iter().map(|p| p.key.clone()).collect();
+        let part_outs: Vec<Literal> = w
+            .stored()
+            .iter()
+            .map(|p| lit_i32(p.shape.first().copied().unwrap_or(0)))
+            .collect();
         loads.push(match &q {
             // stored quantized (a folder `qwen-run quantize` wrote), else quantized now as
             // the plan says, or dense
@@ -167,7 +172,11 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                     dtype,
                 )? {
                     Some(stored) => stored,
-                    None => __quantize(#value, plan.spec(&__key(prefix, #key)))?,
+                    None => {
+                        let (w, q) = __quantize(#value, plan.spec(&__key(prefix, #key)))?;
+                        let keys = [#(__key(prefix, #part_keys)),*];
+                        (w, ::qwen_runtime::quant::with_low_rank(q, plan, &keys, &[#(#part_outs),*])?)
+                    }
                 };
             },
             Some(fq) => {
@@ -433,7 +442,7 @@ mod tests {
                     )? {
                         Some(stored) => stored,
                         None => {
-                            __quantize(
+                            let (w, q) = __quantize(
                                 ops::concatenate(
                                     &[
                                         get(&__key(prefix, "attn.to_q.weight"))?.as_dtype(dtype)?,
@@ -442,7 +451,12 @@ mod tests {
                                     0,
                                 )?,
                                 plan.spec(&__key(prefix, "attn.to_qk.weight")),
-                            )?
+                            )?;
+                            let keys = [
+                                __key(prefix, "attn.to_q.weight"),
+                                __key(prefix, "attn.to_k.weight"),
+                            ];
+                            (w, ::qwen_runtime::quant::with_low_rank(q, plan, &keys, &[8, 4])?)
                         }
                     };
                     let attn_to_qk_bias = ops::concatenate(

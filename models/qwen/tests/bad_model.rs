@@ -64,6 +64,7 @@ fn open_error(model: &Path) -> PipelineError {
         memory_limit: None,
         quantize: None,
         loras: vec![],
+        lora_on_quantized: Default::default(),
         lightning: false,
     };
     Pipeline::open(model, &options).expect_err("the folder must be refused")
@@ -204,6 +205,7 @@ fn equivalent_configs_are_accepted() {
         memory_limit: None,
         quantize: None,
         loras: vec![],
+        lora_on_quantized: Default::default(),
         lightning: false,
     };
     Pipeline::open(&model, &options).unwrap();

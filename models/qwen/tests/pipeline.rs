@@ -63,6 +63,7 @@ fn open(res: &str, module: Option<&str>) -> Pipeline {
         memory_limit: None,
         quantize: None,
         loras: vec![],
+        lora_on_quantized: Default::default(),
         lightning: false,
     };
     Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap()
@@ -259,6 +260,7 @@ fn bf16_pipeline_is_close_to_the_f32_reference() {
         memory_limit: None,
         quantize: None,
         loras: vec![],
+        lora_on_quantized: Default::default(),
         lightning: false,
     };
     let pipeline = Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap();

@@ -39,6 +39,7 @@ fn generate(model: &Path, dtype: Dtype, q: Option<Quantization>) -> (Generation,
         memory_limit: None,
         quantize: q,
         loras: vec![],
+        lora_on_quantized: Default::default(),
         lightning: false,
     };
     let pipeline = Pipeline::open(model, &options).unwrap();
@@ -195,6 +196,7 @@ fn folder_names_overrides_and_io_layers() {
         memory_limit: None,
         quantize: None,
         loras: vec![],
+        lora_on_quantized: Default::default(),
         lightning: false,
     };
     let p = Pipeline::open(dir.path().join("q8"), &options).unwrap();

@@ -121,6 +121,12 @@ struct Args {
     #[arg(long, value_name = "FILE[:SCALE]", value_parser = parse_lora)]
     lora: Vec<(PathBuf, f32)>,
 
+    /// With --quantize: fuse each LoRA into its weight before quantizing, instead of keeping
+    /// it beside the quantized weight (its own small matmuls in the compute dtype; the
+    /// default, closer to the unquantized result).
+    #[arg(long, requires = "quantize")]
+    lora_fuse: bool,
+
     /// With --quantize: bits per layer kind, `kind=bits,…` (bits 4, 8 or 16 = unquantized;
     /// kinds attn, img_mlp, txt_mlp, modulation, io, text_encoder), e.g. img_mlp=16.
     #[arg(long, value_name = "KIND=BITS,…", requires = "quantize")]
@@ -373,6 +379,11 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
             (q, _) => q.clone(),
         },
         loras: args.lora.clone(),
+        lora_on_quantized: if args.lora_fuse {
+            qwen_runtime::lora::OnQuantized::Fuse
+        } else {
+            qwen_runtime::lora::OnQuantized::Separate
+        },
         lightning: args.lightning.is_some(),
     };
     let pipeline = Pipeline::open(&model, &options)?;

@@ -36,6 +36,8 @@ pub struct Options {
     /// LoRA files and their scales, fused into the transformer's weights at load (before
     /// quantizing) in this order.
     pub loras: Vec<(std::path::PathBuf, f32)>,
+    /// What the LoRAs do on layers quantized at load (fused first, or kept beside).
+    pub lora_on_quantized: qwen_runtime::lora::OnQuantized,
     /// The schedule of Qwen-Image-Lightning instead of the folder's
     /// ([`qwen_runtime::SchedulerConfig::lightning`]), for a Lightning LoRA.
     pub lightning: bool,
@@ -50,6 +52,7 @@ impl Default for Options {
             memory_limit: None,
             quantize: None,
             loras: vec![],
+            lora_on_quantized: Default::default(),
             lightning: false,
         }
     }
@@ -129,7 +132,7 @@ impl Pipeline {
         let mut problems = Vec::new();
         let mut tr_specs = variant.modulation_specs();
         tr_specs.extend(variant.transformer_specs());
-        let loras = Loras::open(&options.loras, &tr_specs)?;
+        let loras = Loras::open(&options.loras, &tr_specs)?.on_quantized(options.lora_on_quantized);
         // a folder `qwen-run quantize` wrote: its quantized layers as stored
         let stored_quantization = crate::quantize_folder::stored(&dir.join("transformer"))?;
         let stored_group = stored_quantization.as_ref().map(|q| q.group_size);

@@ -143,7 +143,7 @@ macro_rules! variant {
                     plan: &dyn Plan,
                     loras: &Loras,
                 ) -> Result<Box<dyn Modulator>> {
-                    let w = loaded("transformer", || m::TimestepModulationWeights::load_from(&mut |k| Ok(loras.apply(k, ck.array(k)?)?), plan, "", dtype), m::TimestepModulationWeights::arrays)?;
+                    let w = loaded("transformer", || m::TimestepModulationWeights::load_from(&mut |k| Ok(loras.load(k, ck.array(k)?, plan)?), &loras.plan(plan), "", dtype), m::TimestepModulationWeights::arrays)?;
                     Ok(Box::new(Md(w)))
                 }
                 fn load_transformer(
@@ -153,7 +153,7 @@ macro_rules! variant {
                     plan: &dyn Plan,
                     loras: &Loras,
                 ) -> Result<Box<dyn Denoiser>> {
-                    let w = loaded("transformer", || m::TransformerWeights::load_from(&mut |k| Ok(loras.apply(k, ck.array(k)?)?), plan, "", dtype), m::TransformerWeights::arrays)?;
+                    let w = loaded("transformer", || m::TransformerWeights::load_from(&mut |k| Ok(loras.load(k, ck.array(k)?, plan)?), &loras.plan(plan), "", dtype), m::TransformerWeights::arrays)?;
                     Ok(Box::new(Tr(w)))
                 }
                 fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception> {
