@@ -174,6 +174,16 @@ fn bad_lora_files_are_errors() {
         assert!(matches!(e, PipelineError::Lora(_)), "{e}");
         assert!(e.to_string().contains(expect), "{}: {e}", path.display());
     }
+    // a folder `qwen-run quantize` wrote takes no adapters (yet)
+    let q8 = dir.path().join("q8");
+    qwen::quantize_folder::write(
+        &fixture("tiny-qwen-image"),
+        &q8,
+        &Quantization::new(8).unwrap(),
+    )
+    .unwrap();
+    let e = Pipeline::open(&q8, &options(vec![(lora("peft_a.safetensors"), 1.0)])).unwrap_err();
+    assert!(e.to_string().contains("not supported yet"), "{e}");
     let text = dir.path().join("notes.safetensors");
     std::fs::write(&text, "not a safetensors file").unwrap();
     let e = Pipeline::open(fixture("tiny-qwen-image"), &options(vec![(text, 1.0)])).unwrap_err();

@@ -117,7 +117,7 @@ struct Args {
 
     /// A LoRA adapter to fuse into the transformer at load, `FILE` or `FILE:SCALE` (default
     /// 1); repeatable. diffusers/PEFT (`lora_A`/`lora_B`) and kohya/ComfyUI
-    /// (`lora_down`/`lora_up`/`alpha`) keys; with --quantize, fused before quantizing.
+    /// (`lora_down`/`lora_up`/`alpha`) keys; with --quantize kept beside the quantized weights (see --lora-fuse).
     #[arg(long, value_name = "FILE[:SCALE]", value_parser = parse_lora)]
     lora: Vec<(PathBuf, f32)>,
 

@@ -138,7 +138,7 @@ impl Pipeline {
         let stored_group = stored_quantization.as_ref().map(|q| q.group_size);
         if stored_group.is_some() && !loras.is_empty() {
             return Err(PipelineError::Request(format!(
-                "{} holds a quantized transformer: LoRA adapters are fused before quantizing, so \
+                "{} holds a quantized transformer: LoRA adapters on it are not supported yet; \
                  give the unquantized folder with --quantize",
                 dir.display()
             )));
