@@ -31,13 +31,23 @@ pub enum LoraError {
     /// (the error names the file)
     #[error("LoRA: {source}")]
     Open { path: PathBuf, source: WeightError },
-    #[error("LoRA {}: {} key(s) match no weight of this model: {}", path.display(), keys.len(), keys.join(", "))]
+    #[error("LoRA {}: {} key(s) match no weight of this model: {}", path.display(), keys.len(), shown(keys))]
     Unmatched { path: PathBuf, keys: Vec<String> },
     #[error("LoRA {}: {}", path.display(), problems.join("; "))]
     Invalid {
         path: PathBuf,
         problems: Vec<String>,
     },
+}
+
+/// The first keys of a list, and how many more.
+fn shown(keys: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut s = keys[..keys.len().min(SHOWN)].join(", ");
+    if keys.len() > SHOWN {
+        s += &format!(", and {} more", keys.len() - SHOWN);
+    }
+    s
 }
 
 /// One low-rank pair of one layer: `scale · up @ down`.
@@ -160,19 +170,38 @@ impl Loras {
                 .entry(weight.clone())
                 .or_insert_with(|| (shape.clone(), (None, None, None)));
             let a = array(key)?;
-            match what {
-                "down" => entry.1 .0 = Some(a),
-                "up" => entry.1 .1 = Some(a),
+            let slot = match what {
+                "down" => &mut entry.1 .0,
+                "up" => &mut entry.1 .1,
                 _ => {
-                    let v = a
-                        .as_dtype(MlxDtype::Float32)
-                        .map_err(|e| LoraError::Invalid {
-                            path: path.to_path_buf(),
-                            problems: vec![format!("{key}: {e}")],
-                        })?;
-                    entry.1 .2 = Some(v.item_cast::<f32>());
+                    // one finite number
+                    let v = (a.size() == 1)
+                        .then(|| {
+                            a.as_dtype(MlxDtype::Float32)
+                                .ok()?
+                                .try_item_cast::<f32>()
+                                .ok()
+                        })
+                        .flatten()
+                        .filter(|v| v.is_finite());
+                    match (v, entry.1 .2) {
+                        (None, _) => problems.push(format!("{key}: not one finite number")),
+                        (Some(_), Some(_)) => problems.push(format!("{weight}: two alphas")),
+                        (Some(v), None) => entry.1 .2 = Some(v),
+                    }
+                    continue;
                 }
+            };
+            if slot.is_some() {
+                problems.push(format!("{weight}: two {what} matrices ({key} and another)"));
             }
+            *slot = Some(a);
+        }
+        if found.is_empty() && unmatched.is_empty() {
+            return Err(LoraError::Invalid {
+                path: path.to_path_buf(),
+                problems: vec!["no LoRA tensors".into()],
+            });
         }
         if !unmatched.is_empty() {
             return Err(LoraError::Unmatched {

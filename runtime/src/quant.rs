@@ -106,8 +106,15 @@ pub fn with_low_rank(
     outs: &[i32],
 ) -> Result<Option<Quantized>, Exception> {
     let Some(mut q) = q else {
+        // a layer whose adapters were kept out of its weight must be quantized
+        if let Some(k) = keys.iter().find(|k| !plan.low_rank(k).is_empty()) {
+            return Err(Exception::custom(format!(
+                "{k}: LoRA kept beside a weight that was not quantized"
+            )));
+        }
         return Ok(None);
     };
+    let dtype = q.scales.dtype();
     let total: i32 = outs.iter().sum();
     let mut offset = 0;
     for (k, &rows) in keys.iter().zip(outs) {
@@ -129,8 +136,14 @@ pub fn with_low_rank(
             } else {
                 ops::concatenate(&parts, 0)?
             };
-            mlx_rs::transforms::eval([&up, &lr.down])?;
-            q.low_rank.push(LowRank { up, ..lr });
+            // in the compute dtype once (the scales')
+            let (up, down) = (up.as_dtype(dtype)?, lr.down.as_dtype(dtype)?);
+            mlx_rs::transforms::eval([&up, &down])?;
+            q.low_rank.push(LowRank {
+                up,
+                down,
+                scale: lr.scale,
+            });
         }
         offset += rows;
     }

@@ -179,9 +179,13 @@ pub(crate) fn emit_struct(g: &Graph) -> Result<TokenStream> {
                     }
                 };
             },
-            Some(fq) => {
-                quote!(let (#f, #fq) = __quantize(#value, plan.spec(&__key(prefix, #key)))?;)
-            }
+            Some(fq) => quote! {
+                let (#f, #fq) = {
+                    let (w, q) = __quantize(#value, plan.spec(&__key(prefix, #key)))?;
+                    let keys = [#(__key(prefix, #part_keys)),*];
+                    (w, ::qwen_runtime::quant::with_low_rank(q, plan, &keys, &[#(#part_outs),*])?)
+                };
+            },
             None => quote!(let #f = #value;),
         });
     }

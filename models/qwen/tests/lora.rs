@@ -165,6 +165,31 @@ fn bad_lora_files_are_errors() {
             "half",
         ),
     ];
+    let cases = cases.into_iter().chain([
+        (
+            write(
+                "alpha.safetensors",
+                vec![
+                    ("lora_unet_img_in.lora_down.weight", z(&[2, 64])),
+                    ("lora_unet_img_in.lora_up.weight", z(&[64, 2])),
+                    ("lora_unet_img_in.alpha", z(&[2])),
+                ],
+            ),
+            "not one finite number",
+        ),
+        (
+            write(
+                "twice.safetensors",
+                vec![
+                    ("transformer.img_in.lora_A.weight", z(&[2, 64])),
+                    ("diffusion_model.img_in.lora_down.weight", z(&[2, 64])),
+                    ("transformer.img_in.lora_B.weight", z(&[64, 2])),
+                ],
+            ),
+            "two down",
+        ),
+        (write("empty.safetensors", vec![]), "no LoRA tensors"),
+    ]);
     for (path, expect) in cases {
         let e = Pipeline::open(
             fixture("tiny-qwen-image"),

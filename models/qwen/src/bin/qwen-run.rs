@@ -157,6 +157,11 @@ struct Args {
 /// `FILE` or `FILE:SCALE` (a finite scale after the last `:`; otherwise all of it is the
 /// file name).
 fn parse_lora(s: &str) -> Result<(PathBuf, f32), String> {
+    if let Some(file) = s.strip_suffix(':') {
+        return Err(format!(
+            "`{s}`: no scale after `:` (give {file}:SCALE, or {file})"
+        ));
+    }
     if let Some((file, scale)) = s.rsplit_once(':') {
         if let Ok(v) = scale.parse::<f32>() {
             if !v.is_finite() {
@@ -324,6 +329,11 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         bail!("--prompt is required");
     };
     let lightning_steps: Option<usize> = args.lightning.as_deref().map(|s| s.parse().unwrap_or(8));
+    if lightning_steps.is_some() && args.lora.is_empty() {
+        eprintln!(
+            "warning: --lightning without --lora: the few-step schedule on the base model (give the Lightning LoRA)"
+        );
+    }
     let steps = args.steps.or(lightning_steps).unwrap_or(50);
     let cfg = args
         .cfg
