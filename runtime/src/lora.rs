@@ -301,6 +301,15 @@ impl Loras {
         LoraPlan { inner, loras: self }
     }
 
+    /// Bytes the pairs hold.
+    pub fn bytes(&self) -> usize {
+        self.pairs
+            .values()
+            .flatten()
+            .map(|p| p.down.nbytes() + p.up.nbytes())
+            .sum()
+    }
+
     /// How many layers the adapters change.
     pub fn layers(&self) -> usize {
         self.pairs.len()

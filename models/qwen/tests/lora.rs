@@ -74,6 +74,9 @@ fn loras_match_diffusers_load_lora_weights() {
         &options(vec![(lora("kohya_b.safetensors"), 0.5)]),
     )
     .unwrap();
+    // the pairs are held for the run: the memory rule counts them (kohya_b: 6 pairs, f32)
+    let held = p.memory_sizes().loras;
+    assert!(held > 0 && held < 100_000, "{held}");
     let meta = p.metadata(&Request::new("fox"));
     let m = meta
         .iter()

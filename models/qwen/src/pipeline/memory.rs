@@ -54,6 +54,9 @@ pub struct Sizes {
     pub modulation: usize,
     pub denoiser: usize,
     pub vae: usize,
+    /// LoRA pairs, held for the whole run (a network that is loaded again fuses them again);
+    /// counted like the VAE, always.
+    pub loras: usize,
     /// Activations of a denoising step (both CFG halves, two blocks in flight) at this
     /// resolution, and the kept modulation table.
     pub denoise_work: usize,
@@ -111,6 +114,7 @@ impl Sizes {
             modulation: loaded_bytes(&variant.modulation_specs(), dtype, tr.as_ref()),
             denoiser: loaded_bytes(&variant.transformer_specs(), dtype, tr.as_ref()),
             vae: loaded_bytes(&variant.vae_specs(), dtype, &Dense),
+            loras: 0,
             denoise_work: work(2.0, 0.25),
             decode_work: work(7.0, 0.25),
             encode_work: work(0.0, 1.0),
@@ -139,6 +143,7 @@ impl Sizes {
             + self.modulation
             + self.denoiser
             + self.vae
+            + self.loras
             + self
                 .denoise_work
                 .max(self.encode_work)
@@ -222,7 +227,7 @@ pub fn to_free(sizes: &Sizes, loaded: &[Network], stage: Stage, budget: usize) -
     let mut held: Vec<Network> = loaded.to_vec();
     let mut freed = vec![];
     for n in EVICTION_ORDER {
-        let bytes = sizes.vae + held.iter().map(|h| sizes.weights(*h)).sum::<usize>();
+        let bytes = sizes.vae + sizes.loras + held.iter().map(|h| sizes.weights(*h)).sum::<usize>();
         if bytes + want <= budget {
             break;
         }
@@ -342,6 +347,7 @@ mod tests {
             modulation: 13 * GIB,
             denoiser: 27 * GIB,
             vae: GIB / 4,
+            loras: 0,
             denoise_work: 2 * GIB,
             decode_work: 7 * GIB,
             encode_work: GIB,

@@ -191,12 +191,15 @@ impl Pipeline {
             }
             None => mlx_memory::memory_limit().unwrap_or(0),
         };
-        let sizes = Sizes::of(
-            variant,
-            options.dtype,
-            options.quantize.as_ref(),
-            stored_group.map(|g| (&tr, g)),
-        );
+        let sizes = Sizes {
+            loras: loras.bytes(),
+            ..Sizes::of(
+                variant,
+                options.dtype,
+                options.quantize.as_ref(),
+                stored_group.map(|g| (&tr, g)),
+            )
+        };
         let all = load_at_open(&sizes, budget);
         std::thread::scope(|scope| -> Result<()> {
             let mut cks = vec![&vae];
