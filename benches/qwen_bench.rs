@@ -173,9 +173,7 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         module: common.module.clone(),
         memory_limit: common.memory_limit.map(|gb| (gb * 1e9) as usize),
         quantize: quantization(common)?,
-        loras: vec![],
-        lora_on_quantized: Default::default(),
-        lightning: false,
+        ..Options::default()
     };
     let pipeline = Pipeline::open(qwen::model_dir::resolve(&common.model)?, &options)
         .with_context(|| format!("opening {}", common.model.display()))?;

@@ -584,12 +584,7 @@ fn options() -> Options {
     Options {
         resolution: Some("96x64".parse().unwrap()),
         dtype: Dtype::Float32,
-        module: None,
-        memory_limit: None,
-        quantize: None,
-        loras: vec![],
-        lora_on_quantized: Default::default(),
-        lightning: false,
+        ..Options::default()
     }
 }
 

@@ -58,14 +58,8 @@ fn edit_text(model: &Path, rel: &str, from: &str, to: &str) {
 /// Opens `model` on the CPU at the default resolution: the error it gives.
 fn open_error(model: &Path) -> PipelineError {
     let options = Options {
-        resolution: None,
         dtype: Dtype::Float32,
-        module: None,
-        memory_limit: None,
-        quantize: None,
-        loras: vec![],
-        lora_on_quantized: Default::default(),
-        lightning: false,
+        ..Options::default()
     };
     Pipeline::open(model, &options).expect_err("the folder must be refused")
 }
@@ -199,14 +193,8 @@ fn equivalent_configs_are_accepted() {
         "\"text_config\": {\"hidden_size\": 32},\n  \"image",
     );
     let options = Options {
-        resolution: None,
         dtype: Dtype::Float32,
-        module: None,
-        memory_limit: None,
-        quantize: None,
-        loras: vec![],
-        lora_on_quantized: Default::default(),
-        lightning: false,
+        ..Options::default()
     };
     Pipeline::open(&model, &options).unwrap();
 }

@@ -20,12 +20,8 @@ fn options(loras: Vec<(PathBuf, f32)>) -> Options {
     Options {
         resolution: Some("96x64".parse::<Resolution>().unwrap()),
         dtype: Dtype::Float32,
-        module: None,
-        memory_limit: None,
-        quantize: None,
         loras,
-        lora_on_quantized: Default::default(),
-        lightning: false,
+        ..Options::default()
     }
 }
 

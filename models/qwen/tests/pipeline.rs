@@ -60,11 +60,7 @@ fn open(res: &str, module: Option<&str>) -> Pipeline {
         resolution: Some(res.parse::<Resolution>().unwrap()),
         dtype: Dtype::Float32,
         module: module.map(str::to_owned),
-        memory_limit: None,
-        quantize: None,
-        loras: vec![],
-        lora_on_quantized: Default::default(),
-        lightning: false,
+        ..Options::default()
     };
     Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap()
 }
@@ -256,12 +252,7 @@ fn bf16_pipeline_is_close_to_the_f32_reference() {
     let options = Options {
         resolution: Some("64x64".parse().unwrap()),
         dtype: Dtype::Bfloat16,
-        module: None,
-        memory_limit: None,
-        quantize: None,
-        loras: vec![],
-        lora_on_quantized: Default::default(),
-        lightning: false,
+        ..Options::default()
     };
     let pipeline = Pipeline::open(fixture("tiny-qwen-image"), &options).unwrap();
     let request = r.request("64x64");

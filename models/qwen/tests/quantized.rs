@@ -35,12 +35,8 @@ fn generate(model: &Path, dtype: Dtype, q: Option<Quantization>) -> (Generation,
     let options = Options {
         resolution: Some(res.parse::<Resolution>().unwrap()),
         dtype,
-        module: None,
-        memory_limit: None,
         quantize: q,
-        loras: vec![],
-        lora_on_quantized: Default::default(),
-        lightning: false,
+        ..Options::default()
     };
     let pipeline = Pipeline::open(model, &options).unwrap();
     let request = Request {
@@ -190,14 +186,8 @@ fn folder_names_overrides_and_io_layers() {
     assert!(e > 2.0 * default, "io=8 {e:.3e}, default q8 {default:.3e}");
 
     let options = Options {
-        resolution: None,
         dtype: Dtype::Float32,
-        module: None,
-        memory_limit: None,
-        quantize: None,
-        loras: vec![],
-        lora_on_quantized: Default::default(),
-        lightning: false,
+        ..Options::default()
     };
     let p = Pipeline::open(dir.path().join("q8"), &options).unwrap();
     let meta = p.metadata(&Request::new("fox"));
