@@ -281,9 +281,7 @@ impl Loras {
     fn kept_separate(&self, key: &str, w: &Array, plan: &dyn Plan) -> bool {
         self.on_quantized == OnQuantized::Separate
             && self.pairs.contains_key(key)
-            && plan
-                .spec(key)
-                .is_some_and(|s| w.ndim() == 2 && w.shape()[1] % s.group_size == 0)
+            && plan.spec(key).is_some_and(|s| s.fits(w.shape()))
     }
 
     /// The stored weight `w` of `key` as the loader should see it: with the adapters fused,

@@ -21,6 +21,12 @@ pub struct QuantSpec {
 }
 
 impl QuantSpec {
+    /// Whether a weight of `shape` quantizes under this spec: a matrix whose rows split into
+    /// whole groups (others stay dense).
+    pub fn fits(&self, shape: &[i32]) -> bool {
+        shape.len() == 2 && shape[1] % self.group_size == 0
+    }
+
     /// `bits` (4 or 8) with MLX's default group of 64.
     pub fn bits(bits: i32) -> Self {
         Self {
@@ -297,9 +303,7 @@ pub fn quantize(
     let Some(spec) = spec else {
         return Ok((w, None));
     };
-    // rows that do not split into whole groups stay dense (as `qwen-run quantize` keeps them)
-    let inputs = w.shape().last().copied().unwrap_or(0);
-    if w.ndim() != 2 || inputs % spec.group_size != 0 {
+    if !spec.fits(w.shape()) {
         return Ok((w, None));
     }
     let (packed, scales, biases) = ops::quantize(&w, spec.group_size, spec.bits)?;

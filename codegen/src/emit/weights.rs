@@ -21,7 +21,7 @@ pub(crate) fn has_weights(g: &Graph) -> bool {
 
 /// The weights read only as the weight of linear layers (input 1 of `Linear`): the ones
 /// that can be quantized (a weight another op also reads stays as loaded).
-fn linear_weights(g: &Graph) -> std::collections::BTreeSet<usize> {
+pub(crate) fn linear_weights(g: &Graph) -> std::collections::BTreeSet<usize> {
     let weight_of = |v: &graph_dsl::Value| match g.nodes[v.node].op {
         Op::Weight(i) => Some(i),
         _ => None,

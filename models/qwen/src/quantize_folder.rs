@@ -205,7 +205,9 @@ fn write_transformer(
         error,
     };
     let names: Vec<String> = ck.names().into_iter().map(str::to_owned).collect();
-    let mut shards: Vec<Vec<(String, Array)>> = vec![vec![]];
+    // the shard being filled, and the tensor names of every shard (the last one included)
+    let mut shard: Vec<(String, Array)> = vec![];
+    let mut shard_names: Vec<Vec<String>> = vec![vec![]];
     let mut shard_bytes = 0usize;
     let mut written = Written {
         quantized: 0,
@@ -225,14 +227,10 @@ fn write_transformer(
     for name in &names {
         let spec = ck.spec(name).expect("a listed tensor");
         let a = ck.array(name).map_err(weights)?;
-        let quantizable =
-            spec.shape.len() == 2 && spec.dtype.is_float() && name.ends_with(".weight");
-        let (w, qz) = match plan.spec(name).filter(|_| quantizable) {
-            Some(s) if spec.shape[1] % s.group_size as usize == 0 => {
-                quantize(a, Some(s)).map_err(mlx("quantizing"))?
-            }
-            _ => (a, None),
-        };
+        // (`quantize` keeps a weight dense when it is no matrix of whole groups)
+        let quantizable = spec.dtype.is_float() && name.ends_with(".weight");
+        let (w, qz) =
+            quantize(a, plan.spec(name).filter(|_| quantizable)).map_err(mlx("quantizing"))?;
         let mut tensors = vec![(name.clone(), w)];
         match qz {
             Some(qz) => {
@@ -247,31 +245,27 @@ fn write_transformer(
         }
         for (k, t) in tensors {
             let n = t.nbytes();
-            if shard_bytes + n > SHARD_BYTES && !shards.last().is_some_and(Vec::is_empty) {
-                let full = std::mem::take(shards.last_mut().expect("one shard"));
-                flush(full, shards.len())?;
-                shards.push(vec![]);
+            if shard_bytes + n > SHARD_BYTES && !shard.is_empty() {
+                flush(std::mem::take(&mut shard), shard_names.len())?;
+                shard_names.push(vec![]);
                 shard_bytes = 0;
             }
             shard_bytes += n;
             written.bytes += n;
-            shards.last_mut().expect("one shard").push((k, t));
+            shard_names.last_mut().expect("one shard").push(k.clone());
+            shard.push((k, t));
         }
     }
-    let last = std::mem::take(shards.last_mut().expect("one shard"));
-    flush(last, shards.len())?;
-    written.shards = shards.len();
+    flush(shard, shard_names.len())?;
+    written.shards = shard_names.len();
     // the published names: diffusion_pytorch_model-0000i-of-0000n.safetensors + index
-    let n = shards.len();
+    let n = shard_names.len();
     let mut weight_map = BTreeMap::new();
-    for i in 1..=n {
+    for (i, names) in (1..=n).zip(shard_names) {
         let from = dst.join(format!("part-{i:05}.safetensors"));
         let file = format!("diffusion_pytorch_model-{i:05}-of-{n:05}.safetensors");
         fs::rename(&from, dst.join(&file)).map_err(io(&from, "renaming"))?;
-        let shard = Checkpoint::open(dst.join(&file)).map_err(weights)?;
-        for k in shard.names() {
-            weight_map.insert(k.to_owned(), file.clone());
-        }
+        weight_map.extend(names.into_iter().map(|k| (k, file.clone())));
     }
     let index = serde_json::json!({
         "metadata": {"total_size": written.bytes},

@@ -5,7 +5,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
 use super::{out, NodeCx};
-use crate::emit::weights::field_name;
+use crate::emit::weights::{field_name, linear_weights};
 use crate::emit::FnCx;
 use crate::error::Result;
 
@@ -23,8 +23,9 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
             };
             // a weight of this graph may be quantized at load (its `_q` field); one call:
             // `b + x @ w^T` through addmm (the transpose a view), or MLX's quantized matmul
+            // (only the weights the struct gives a `_q` field: `linear_weights`)
             match &n.g.nodes[n.node.inputs[1].node].op {
-                Op::Weight(i) => {
+                Op::Weight(i) if linear_weights(n.g).contains(i) => {
                     let fq = format_ident!("{}_q", field_name(&n.g.weights[*i].key));
                     quote!(let #o = ::qwen_runtime::quant::linear(#x, #w, w.#fq.as_ref(), #b)?;)
                 }
