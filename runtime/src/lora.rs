@@ -108,11 +108,6 @@ fn strip_prefix(module: &str) -> &str {
 }
 
 impl Loras {
-    /// No adapters.
-    pub fn none() -> Self {
-        Self::default()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
     }
@@ -306,11 +301,6 @@ impl Loras {
             .flatten()
             .map(|p| p.down.nbytes() + p.up.nbytes())
             .sum()
-    }
-
-    /// How many layers the adapters change.
-    pub fn layers(&self) -> usize {
-        self.pairs.len()
     }
 }
 

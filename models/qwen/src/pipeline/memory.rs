@@ -246,19 +246,9 @@ pub fn load_at_open(sizes: &Sizes, budget: usize) -> bool {
 }
 
 impl Pipeline {
-    /// The memory the rule works with (bytes).
-    pub fn memory_budget(&self) -> usize {
-        self.budget
-    }
-
     /// The sizes the rule works with.
     pub fn memory_sizes(&self) -> Sizes {
         self.sizes
-    }
-
-    /// Whether a network is loaded now.
-    pub fn is_loaded(&self, n: Network) -> bool {
-        self.loaded.borrow().has(n)
     }
 
     /// Frees what `stage` does not leave room for (see the module doc). Before the decode,
