@@ -14,6 +14,9 @@
 #                       appends its rows to the results; bg-status = bg-wait 0 (no waiting)
 #     qwen-warm         qwen-bench warm: load, one warm-up image, IMAGES timed images (rows load/image/step/...)
 #     qwen-cold         qwen-run as one cold process timed by wall clock (row image-cold)
+#     qwen-memory       one image each under --memory-limit: bf16 (MEM_BF16, 30 GB), q8 and q4 (MEM_Q, 24 GB);
+#                       MEM_RUNS picks some ("bf16 8 4"); also a background step (peaks do not depend on the other GPU)
+#     lightning         a random Lightning-layout LoRA, LIGHTNING_STEPS (8) steps without CFG: qwen, then diffusers
 #     diffusers-timing  diffusers_qwen_e2e.py, timing only (SKIP_DUMP=1): load, 1 warm-up + IMAGES images, encode, decode
 #     compare           compare_tensors.py: qwen f32 / qwen bf16 / diffusers bf16 against diffusers f32, for the
 #                       dumps that exist and have no fidelity rows yet
@@ -51,7 +54,7 @@ BG_GPU=${BG_GPU:-1}
 DEVICE=${DEVICE:-gpu}
 CALL_LIMIT=${CALL_LIMIT:-570}
 BG_STEPS=${BG_STEPS:-qwen-dump-f32 diffusers-dump-f32 qwen-dump-bf16 diffusers-dump-bf16 compare compile}
-BG_KNOWN="qwen-dump-f32 qwen-dump-bf16 qwen-dump-q8 qwen-dump-q4 diffusers-dump-f32 diffusers-dump-bf16 compare compile"
+BG_KNOWN="qwen-dump-f32 qwen-dump-bf16 qwen-dump-q8 qwen-dump-q4 diffusers-dump-f32 diffusers-dump-bf16 compare compile qwen-memory"
 export CUDA_DEVICE_ORDER=PCI_BUS_ID PYTHONUNBUFFERED=1 # CUDA's GPU numbers = nvidia-smi's
 export T0=${T0:-$(date +%s)}                               # this call's start (phases are child processes)
 mkdir -p "$QA" "$OUT"
@@ -249,7 +252,7 @@ phase_qwen_memory() {
     need_model
     need_bin qwen-bench
     local q
-    for q in bf16 8 4; do
+    for q in ${MEM_RUNS:-bf16 8 4}; do
         local args=(--memory-limit "${MEM_Q:-24}" --quantize "$q")
         [ "$q" != bf16 ] || args=(--memory-limit "${MEM_BF16:-30}")
         say "qwen-memory: GPU $CUDA_VISIBLE_DEVICES, $RES, ${args[*]}, $STEPS steps, one image"
@@ -257,6 +260,29 @@ phase_qwen_memory() {
             --cfg "$CFG" --prompt "$PROMPT" --negative "$NEG" --images 1 --warmup 0 --gpu "$(gpu_name)" \
             --device "$DEVICE" --out "$RESULTS" 2> >(tee -a "$QA/qwen-memory.log" >&2) || say "qwen-memory: $q failed"
     done
+}
+
+# Issue 13: a full-size random LoRA in the Lightning release's layout (make_lightning_lora.py, rank 64, made once),
+# LIGHTNING_STEPS (8) Lightning steps without CFG: qwen-bench warm (load = open + fuse; 1 warm-up + IMAGES images),
+# then diffusers (load_lora_weights + fuse_lora, the Lightning scheduler configuration), same GPU, one after another.
+phase_lightning() {
+    mlx_env
+    need_model
+    need_bin qwen-bench
+    need_file $B/make_lightning_lora.py $B/diffusers_qwen_e2e.py
+    local lora=$QA/lightning-lora.safetensors steps=${LIGHTNING_STEPS:-8}
+    if [ ! -s "$lora" ]; then
+        say "lightning: a random rank-64 LoRA in the Lightning layout, $lora"
+        python3 $B/make_lightning_lora.py "$QA/lightning-lora.tmp.safetensors" && mv "$QA/lightning-lora.tmp.safetensors" "$lora"
+    fi
+    say "lightning: qwen, GPU $CUDA_VISIBLE_DEVICES, $RES, $steps steps, cfg 1, --lora --lightning, 1 warm-up + $IMAGES images"
+    "$QA/bin/qwen-bench" warm --model "$QA/model" --res "$RES" --dtype bf16 --steps "$steps" --cfg 1 --lora "$lora" \
+        --lightning --prompt "$PROMPT" --images "$IMAGES" --gpu "$(gpu_name)" --device "$DEVICE" --out "$RESULTS" \
+        2> >(tee "$QA/lightning-qwen.log" >&2) || say "lightning: qwen failed"
+    say "lightning: diffusers, load_lora_weights + fuse_lora, the Lightning scheduler, $steps steps, cfg 1"
+    LORA=$lora LIGHTNING=1 SKIP_DUMP=1 IMAGES=$IMAGES STEPS=$steps rows python3 $B/diffusers_qwen_e2e.py "$QA/model" \
+        "$QA/latents.safetensors" "$QA/lightning-diffusers.safetensors" "$DUMP_STEPS" 1 "$PROMPT" "$NEG" "$RES" \
+        2> >(tee "$QA/lightning-diffusers.log" >&2)
 }
 
 diffusers_dump() { # DTYPE
@@ -513,6 +539,7 @@ timing = {}
 for r in rows:
     if r.get("what") == "fidelity" or r.get("ms") is None: continue
     note = r.get("note", "")
+    if r.get("lightning"): note = ("lightning %s steps " % r.get("steps")) + note
     if r.get("quantize"): note = ("q%s " % r["quantize"].split(",")[0].split("=")[-1]) + note
     if r.get("memory_limit_gb"): note = ("limit %g GB " % r["memory_limit_gb"]) + note
     k = (r["system"], r.get("dtype"), r["what"], note.strip())
@@ -591,6 +618,7 @@ run_phase() { # NAME [ARG]
     qwen-dump-q8) qwen_dump bf16 8 ;;
     qwen-dump-q4) qwen_dump bf16 4 ;;
     qwen-memory) phase_qwen_memory ;;
+    lightning) phase_lightning ;;
     diffusers-timing) phase_diffusers_timing ;;
     diffusers-dump-f32) diffusers_dump f32 ;;
     diffusers-dump-bf16) diffusers_dump bf16 ;;
@@ -635,7 +663,7 @@ while [ $# -gt 0 ]; do
             shift
         else todo+=("bg-wait:420"); fi
         ;;
-    setup | bg-start | bg-status | qwen-warm | qwen-cold | qwen-memory | qwen-dump-f32 | qwen-dump-bf16 | \
+    setup | bg-start | bg-status | qwen-warm | qwen-cold | qwen-memory | lightning | qwen-dump-f32 | qwen-dump-bf16 | \
         qwen-dump-q8 | qwen-dump-q4 | diffusers-timing | \
         diffusers-dump-f32 | diffusers-dump-bf16 | compile | compare | table) todo+=("$1") ;;
     *) die "unknown phase $1 (setup bg-start bg-wait [S] bg-status qwen-warm qwen-cold diffusers-timing compare table plan; $BG_KNOWN; groups qwen qwen-dump diffusers diffusers-dump)" ;;

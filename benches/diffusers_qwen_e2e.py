@@ -9,9 +9,12 @@
 # intervals between step callbacks), and, timed on their own once warm: encode (both prompts), decode (VAE).
 # SKIP_DUMP=1: timing only (no LATENTS read, no OUT written; the decode is timed on random latents of the image's
 # shape, and the last image goes to OUT with .png for .safetensors).
+# LORA=FILE: load_lora_weights + fuse_lora after the load (timed in `load`, and alone as `lora`); LIGHTNING=1: the
+# Qwen-Image-Lightning scheduler configuration (dynamic shift mu = ln 3 at every size, no terminal stretch; give
+# STEPS=8 and CFG 1); rows then carry `lora` and `lightning`.
 # usage: diffusers_qwen_e2e.py MODEL LATENTS.safetensors OUT.safetensors STEPS_LIST CFG PROMPT NEGATIVE RES (1024 or WxH)
-#        env: DTYPE=f32, SKIP_TIMING=1, SKIP_DUMP=1, IMAGES=3, STEPS=50
-import json, os, resource, sys, time
+#        env: DTYPE=f32, SKIP_TIMING=1, SKIP_DUMP=1, IMAGES=3, STEPS=50, LORA=FILE, LIGHTNING=1
+import json, math, os, resource, sys, time
 import torch
 from diffusers import QwenImagePipeline
 from safetensors.torch import load_file, save_file
@@ -28,6 +31,11 @@ if SKIP_DUMP and SKIP_TIMING:
 gpu = torch.cuda.get_device_name(0)
 base = {"system": "diffusers-eager", "gpu": gpu, "width": W, "height": H, "steps": STEPS, "cfg": cfg,
         "dtype": "f32" if F32 else "bf16"}
+LORA, LIGHTNING = os.environ.get("LORA"), bool(os.environ.get("LIGHTNING"))
+if LORA:
+    base["lora"] = [os.path.basename(LORA) + ":1"]
+if LIGHTNING:
+    base["lightning"] = True
 
 
 def row(what, ms, peak_gb, **extra):
@@ -41,7 +49,20 @@ def peak():
 torch.cuda.reset_peak_memory_stats()
 t0 = time.time()
 pipe = QwenImagePipeline.from_pretrained(model, torch_dtype=DT).to("cuda")
-torch.cuda.synchronize(); load = time.time() - t0
+torch.cuda.synchronize()
+lora_s = None
+if LORA:
+    t1 = time.time()
+    pipe.load_lora_weights(LORA)
+    pipe.fuse_lora()
+    torch.cuda.synchronize(); lora_s = time.time() - t1
+if LIGHTNING:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    sc = dict(pipe.scheduler.config)
+    sc.update(base_shift=math.log(3), max_shift=math.log(3), shift_terminal=None, use_dynamic_shifting=True,
+              time_shift_type="exponential", shift=1.0)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(sc)
+load = time.time() - t0
 load_peak = peak()
 pipe.set_progress_bar_config(disable=True)
 if SKIP_DUMP:
@@ -69,6 +90,8 @@ else:
                       "tensors": {k: list(v.shape) for k, v in dump.items()}}), flush=True)
 if SKIP_TIMING: sys.exit(0)
 row("load", load * 1000, load_peak, rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2))
+if lora_s is not None:
+    row("lora", lora_s * 1000, load_peak, note="load_lora_weights + fuse_lora")
 
 # timed runs as a user would: prompt in, image out
 stamps = []
@@ -78,7 +101,7 @@ for rep in range(-1, IMAGES):  # rep -1: warm-up, not recorded
     stamps.clear()
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.synchronize(); t0 = time.time()
-    image = pipe(prompt=prompt, negative_prompt=neg, true_cfg_scale=cfg, num_inference_steps=STEPS, height=H, width=W,
+    image = pipe(prompt=prompt, negative_prompt=neg if cfg > 1 else None, true_cfg_scale=cfg, num_inference_steps=STEPS, height=H, width=W,
                  generator=torch.Generator("cuda").manual_seed(max(rep, 0)), callback_on_step_end=cb).images[0]
     torch.cuda.synchronize(); total = time.time() - t0
     if rep < 0:

@@ -13,6 +13,8 @@ mkdir -p "$DEV"
 [ -f "$DEV/mlx-cuda13-sm90.tar.xz" ] || ../shared/tools/mlx-cuda-pack.sh "$DEV"
 ls "$DEV"/diffusers-0.42.1-*.whl >/dev/null 2>&1 ||
     python3 -m pip download -q --no-deps -d "$DEV" diffusers==0.42.1 importlib_metadata
+# diffusers' load_lora_weights needs peft (the lightning phase); its other needs are on the device
+ls "$DEV"/peft-0.21.2-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps -d "$DEV" peft==0.21.2
 
 cargo build --release -p qwen --bin qwen-run
 cargo build --release --bin qwen-bench
@@ -26,7 +28,7 @@ tar -tvJf "$DEV/qwen-bins.tar.xz"
 
 # what device.sh uses, as `carry` names them (globs are not expanded there)
 carry=("$DEV/device-setup.sh" "$DEV/mlx-cuda13-sm90.tar.xz")
-for pat in "mlx-*-cp312-*.whl" "diffusers-*.whl" "importlib_metadata-*.whl"; do
+for pat in "mlx-*-cp312-*.whl" "diffusers-*.whl" "importlib_metadata-*.whl" "peft-*.whl"; do
     # shellcheck disable=SC2206 # the glob is meant
     found=($DEV/$pat)
     if [ ${#found[@]} -ne 1 ] || [ ! -f "${found[0]}" ]; then

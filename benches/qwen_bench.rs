@@ -41,6 +41,26 @@ enum Command {
     Warm(WarmArgs),
     /// Prompt embeddings, latents after N steps from given latents, decoded image (safetensors).
     Dump(DumpArgs),
+    /// How fast a file's tensors reach the GPU, several ways (JSON lines on stdout).
+    LoadProbe(LoadProbeArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadProbeArgs {
+    /// A safetensors file (written, of bf16 `[3072, 12288]` tensors, when it does not exist).
+    #[arg(long)]
+    file: PathBuf,
+
+    /// Gigabytes to write when the file does not exist.
+    #[arg(long, default_value_t = 12.0)]
+    gb: f64,
+
+    /// Ways, in order: `serial`, `staged:THREADS`, `staged-copy:THREADS` (then a GPU copy of each).
+    #[arg(long, value_delimiter = ',', default_value = "serial,staged:16")]
+    ways: Vec<String>,
+
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
 }
 
 /// What both subcommands take.
@@ -85,6 +105,15 @@ struct Common {
     /// Bits per layer kind (as `qwen-run --quantize-layers`).
     #[arg(long, value_name = "KIND=BITS,…", requires = "quantize")]
     quantize_layers: Option<String>,
+
+    /// A LoRA fused at load, repeatable (as `qwen-run --lora`; rows get `lora`).
+    #[arg(long, value_name = "FILE[:SCALE]", value_parser = qwen::cli::parse_lora)]
+    lora: Vec<(PathBuf, f32)>,
+
+    /// The Lightning schedule (as `qwen-run --lightning`; give `--steps` and `--cfg 1` too;
+    /// rows get `lightning`).
+    #[arg(long)]
+    lightning: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +181,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Warm(args) => warm(args),
         Command::Dump(args) => dump(args),
+        Command::LoadProbe(args) => load_probe(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,6 +203,8 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         module: common.module.clone(),
         memory_limit: common.memory_limit.map(|gb| (gb * 1e9) as usize),
         quantize: quantization(common)?,
+        loras: common.lora.clone(),
+        lightning: common.lightning,
         ..Options::default()
     };
     let pipeline = Pipeline::open(qwen::model_dir::resolve(&common.model)?, &options)
@@ -184,6 +216,19 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         dtype.name()
     );
     Ok(pipeline)
+}
+
+/// `file:scale` of each `--lora`, file names only.
+fn lora_names(loras: &[(PathBuf, f32)]) -> Value {
+    loras
+        .iter()
+        .map(|(f, scale)| {
+            let name = f.file_name().map_or(f.display().to_string(), |n| {
+                n.to_string_lossy().into_owned()
+            });
+            Value::from(format!("{name}:{scale}"))
+        })
+        .collect()
 }
 
 /// `--quantize` with `--quantize-layers` applied.
@@ -294,7 +339,11 @@ fn warm(args: &WarmArgs) -> Result<()> {
                 c.memory_limit.map(|g| round(g, 2)).into(),
             ),
             ("quantize", quantization(c)?.map(|q| q.describe()).into()),
-        ],
+        ]
+        .into_iter()
+        .chain((!c.lora.is_empty()).then(|| ("lora", lora_names(&c.lora))))
+        .chain(c.lightning.then(|| ("lightning", true.into())))
+        .collect(),
     )?;
     rows.push(
         "load",
@@ -430,5 +479,92 @@ fn dump(args: &DumpArgs) -> Result<()> {
             "decode_s": round(decode_s, 3),
         })
     );
+    Ok(())
+}
+
+fn load_probe(args: &LoadProbeArgs) -> Result<()> {
+    let chosen = args.device.choose()?;
+    chosen.set_default();
+    eprintln!("device: {}", chosen.name);
+    const ROWS: usize = 3072;
+    const COLS: usize = 12288;
+    if !args.file.exists() {
+        let count = ((args.gb * 1e9) as usize / (ROWS * COLS * 2)).max(1);
+        let t = Instant::now();
+        let block: Vec<u8> = (0..ROWS * COLS)
+            .flat_map(|i| (0x3c00u16 + (i as u16 % 0x380)).to_le_bytes())
+            .collect();
+        let header: Map<String, Value> = (0..count)
+            .map(|i| {
+                let n = ROWS * COLS * 2;
+                let spec = json!({"dtype": "BF16", "shape": [ROWS, COLS], "data_offsets": [i * n, (i + 1) * n]});
+                (format!("w{i:04}"), spec)
+            })
+            .collect();
+        let mut raw = serde_json::to_vec(&header)?;
+        raw.resize(raw.len().div_ceil(8) * 8, b' ');
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&args.file)?);
+        f.write_all(&(raw.len() as u64).to_le_bytes())?;
+        f.write_all(&raw)?;
+        for _ in 0..count {
+            f.write_all(&block)?;
+        }
+        f.flush()?;
+        eprintln!(
+            "wrote {} tensors in {:.1} s",
+            count,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let ck = Checkpoint::open(&args.file)?;
+    let names: Vec<String> = ck.names().into_iter().map(String::from).collect();
+    let gb = names.len() as f64 * (ROWS * COLS * 2) as f64 / 1e9;
+    let touch = |ws: &[Array]| -> Result<f64> {
+        let t = Instant::now();
+        let sums: Vec<Array> = ws
+            .iter()
+            .map(|w| w.as_dtype(Dtype::Float32).and_then(|w| w.sum(None)))
+            .collect::<std::result::Result<_, _>>()?;
+        mlx_rs::transforms::eval(&sums)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for way in &args.ways {
+        memory::clear_cache()?;
+        let (kind, threads) = match way.split_once(':') {
+            Some((k, n)) => (k, n.parse::<usize>().context("threads")?),
+            None => (way.as_str(), 0),
+        };
+        let t = Instant::now();
+        let ws: Vec<Array> = match kind {
+            "serial" | "staged" | "staged-copy" => {
+                let staging = qwen_runtime::Staging {
+                    threads,
+                    ..Default::default()
+                };
+                ck.staged_with(staging, &names, |get| -> Result<Vec<Array>> {
+                    let mut ws = vec![];
+                    for n in &names {
+                        let mut w = get(n)?;
+                        if kind == "staged-copy" {
+                            w = w.multiply(Array::from_f32(1.0).as_dtype(Dtype::Bfloat16)?)?;
+                        }
+                        w.eval()?;
+                        ws.push(w);
+                    }
+                    Ok(ws)
+                })?
+            }
+            other => bail!("unknown way {other}"),
+        };
+        let load = t.elapsed().as_secs_f64();
+        let first = touch(&ws)?;
+        let second = touch(&ws)?;
+        let row = json!({"way": way, "gb": round(gb, 2), "load_s": round(load, 3),
+            "load_gbps": round(gb / load, 2), "first_use_s": round(first, 3),
+            "second_use_s": round(second, 3), "rss_hwm_gb": rss_hwm_gb(),
+            "mlx_active_gb": round(memory::active_memory()? as f64 / 1e9, 2)});
+        println!("{row}");
+        drop(ws);
+    }
     Ok(())
 }

@@ -59,6 +59,11 @@ unsafe impl Sync for Raw {}
 /// True when fused kernels can run now: CUDA in the loaded libmlx, the default device a GPU,
 /// and not switched off by `QWEN_FUSED_KERNELS=0`.
 pub fn enabled() -> bool {
+    cuda_gpu() && switch(&FUSED, "QWEN_FUSED_KERNELS")
+}
+
+/// True when the loaded libmlx has CUDA and the default device is a GPU.
+pub fn cuda_gpu() -> bool {
     static CUDA: OnceLock<bool> = OnceLock::new();
     let cuda = *CUDA.get_or_init(|| {
         let mut ok = false;
@@ -66,7 +71,7 @@ pub fn enabled() -> bool {
         let status = unsafe { mlx_sys::mlx_cuda_is_available(&mut ok) };
         status == 0 && ok
     });
-    cuda && switch(&FUSED, "QWEN_FUSED_KERNELS") && default_device_is_gpu()
+    cuda && default_device_is_gpu()
 }
 
 /// An on/off switch: 0 = from the environment variable (on unless `0`), 1 = on, 2 = off.

@@ -38,7 +38,7 @@ pub use error::{DeviceError, ImageError, SchedulerError, TokenizerError, WeightE
 pub use image::RgbImage;
 pub use scheduler::{Schedule, SchedulerConfig};
 pub use tokenizer::Tokenizer;
-pub use weights::{Checkpoint, Dtype, Extra, TensorSpec};
+pub use weights::{Checkpoint, Dtype, Extra, Staging, TensorSpec};
 
 /// Re-exports for generated code, which refers to `::qwen_runtime::__private::mlx_rs`
 /// so that the crates it expands in need no direct mlx-rs dependency.

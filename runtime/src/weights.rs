@@ -9,6 +9,9 @@
 //! of blocking or feeding the loader. What an index may name is checked in `weights/index.rs`.
 
 mod index;
+mod stage;
+
+pub use stage::{in_gpu_memory, Staging};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -58,3 +58,22 @@ impl DtypeArg {
         }
     }
 }
+
+/// `FILE` or `FILE:SCALE` (a finite scale after the last `:`; otherwise all of it is the
+/// file name): `--lora`.
+pub fn parse_lora(s: &str) -> Result<(std::path::PathBuf, f32), String> {
+    if let Some(file) = s.strip_suffix(':') {
+        return Err(format!(
+            "`{s}`: no scale after `:` (give {file}:SCALE, or {file})"
+        ));
+    }
+    if let Some((file, scale)) = s.rsplit_once(':') {
+        if let Ok(v) = scale.parse::<f32>() {
+            if !v.is_finite() {
+                return Err(format!("scale {scale} is not a finite number"));
+            }
+            return Ok((std::path::PathBuf::from(file), v));
+        }
+    }
+    Ok((std::path::PathBuf::from(s), 1.0))
+}

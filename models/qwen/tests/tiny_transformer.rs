@@ -127,3 +127,42 @@ fn a_missing_weight_is_a_load_error_naming_it() {
         "{err}"
     );
 }
+
+/// `Checkpoint::staged` copies tensors ahead in the order of `specs()`: each generated loader
+/// asks for its tensors in exactly that order (else the copies made ahead wait, and the
+/// loader makes its own one at a time).
+#[test]
+fn every_loader_asks_for_its_tensors_in_the_order_of_its_specs() {
+    fn asked(
+        specs: Vec<TensorSpec>,
+        load: impl FnOnce(&mut dyn FnMut(&str) -> Result<Array, tiny::LoadError>),
+    ) -> (Vec<String>, Vec<String>) {
+        let mut names = vec![];
+        let shapes: BTreeMap<String, Vec<i32>> = specs
+            .iter()
+            .map(|s| (s.name.clone(), s.shape.iter().map(|&d| d as i32).collect()))
+            .collect();
+        load(&mut |k| {
+            names.push(k.to_string());
+            Ok(ops::zeros::<f32>(&shapes[k])?)
+        });
+        (names, specs.into_iter().map(|s| s.name).collect())
+    }
+    let plan = qwen_runtime::quant::Dense;
+    let dt = Dtype::Float32;
+    let checks = [
+        asked(tiny::TransformerWeights::specs(""), |get| {
+            tiny::TransformerWeights::load_from(get, &plan, "", dt).unwrap();
+        }),
+        asked(tiny::TimestepModulationWeights::specs(""), |get| {
+            tiny::TimestepModulationWeights::load_from(get, &plan, "", dt).unwrap();
+        }),
+        asked(tiny::TextEncoderWeights::specs(""), |get| {
+            tiny::TextEncoderWeights::load_from(get, &plan, "", dt).unwrap();
+        }),
+    ];
+    for (asked, specs) in checks {
+        assert!(asked.len() > 10);
+        assert_eq!(asked, specs);
+    }
+}

@@ -118,7 +118,7 @@ struct Args {
     /// A LoRA adapter to fuse into the transformer at load, `FILE` or `FILE:SCALE` (default
     /// 1); repeatable. diffusers/PEFT (`lora_A`/`lora_B`) and kohya/ComfyUI
     /// (`lora_down`/`lora_up`/`alpha`) keys; with --quantize kept beside the quantized weights (see --lora-fuse).
-    #[arg(long, value_name = "FILE[:SCALE]", value_parser = parse_lora)]
+    #[arg(long, value_name = "FILE[:SCALE]", value_parser = qwen::cli::parse_lora)]
     lora: Vec<(PathBuf, f32)>,
 
     /// With --quantize: fuse each LoRA into its weight before quantizing, instead of keeping
@@ -152,25 +152,6 @@ struct Args {
     /// Testing: force a generated module by name (e.g. res96x64_tiny).
     #[arg(long, hide = true)]
     module: Option<String>,
-}
-
-/// `FILE` or `FILE:SCALE` (a finite scale after the last `:`; otherwise all of it is the
-/// file name).
-fn parse_lora(s: &str) -> Result<(PathBuf, f32), String> {
-    if let Some(file) = s.strip_suffix(':') {
-        return Err(format!(
-            "`{s}`: no scale after `:` (give {file}:SCALE, or {file})"
-        ));
-    }
-    if let Some((file, scale)) = s.rsplit_once(':') {
-        if let Ok(v) = scale.parse::<f32>() {
-            if !v.is_finite() {
-                return Err(format!("scale {scale} is not a finite number"));
-            }
-            return Ok((PathBuf::from(file), v));
-        }
-    }
-    Ok((PathBuf::from(s), 1.0))
 }
 
 #[derive(Debug, clap::Subcommand)]

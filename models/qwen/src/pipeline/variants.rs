@@ -10,7 +10,7 @@
 use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
 use qwen_runtime::lora::Loras;
 use qwen_runtime::quant::Plan;
-use qwen_runtime::weights::{Checkpoint, TensorSpec};
+use qwen_runtime::weights::{in_gpu_memory, Checkpoint, TensorSpec};
 
 use super::{
     Decoder, Denoiser, ModelConfig, ModulationTable, Modulator, PipelineError, Resolution, Result,
@@ -22,6 +22,17 @@ fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineErr
         component,
         message: e.to_string(),
     }
+}
+
+/// What a generated loader asks its `get` for, in the order it asks: the tensors of `specs`
+/// the checkpoint stores as floats (packed quantized weights are read where the
+/// quantization plan reads them), for [`Checkpoint::staged`] to copy ahead.
+fn staging_order(ck: &Checkpoint, specs: &[TensorSpec]) -> Vec<String> {
+    specs
+        .iter()
+        .filter(|s| ck.spec(&s.name).is_some_and(|c| c.dtype.is_float()))
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 /// A generated weights struct loaded by `load` and evaluated (dtype conversion, joined
@@ -133,7 +144,8 @@ macro_rules! variant {
                     dtype: Dtype,
                     plan: &dyn Plan,
                 ) -> Result<Box<dyn TextEncoder>> {
-                    let w = loaded("text_encoder", || m::TextEncoderWeights::load_from(&mut |k| Ok(ck.array(k)?), plan, "", dtype), m::TextEncoderWeights::arrays)?;
+                    let order = staging_order(ck, &m::TextEncoderWeights::specs(""));
+                    let w = loaded("text_encoder", || ck.staged(&order, |get| m::TextEncoderWeights::load_from(&mut |k| Ok(in_gpu_memory(get(k)?)?), plan, "", dtype)), m::TextEncoderWeights::arrays)?;
                     Ok(Box::new(Te(w)))
                 }
                 fn load_modulation(
@@ -143,7 +155,8 @@ macro_rules! variant {
                     plan: &dyn Plan,
                     loras: &Loras,
                 ) -> Result<Box<dyn Modulator>> {
-                    let w = loaded("transformer", || m::TimestepModulationWeights::load_from(&mut |k| Ok(loras.load(k, ck.array(k)?, plan)?), &loras.plan(plan), "", dtype), m::TimestepModulationWeights::arrays)?;
+                    let order = staging_order(ck, &m::TimestepModulationWeights::specs(""));
+                    let w = loaded("transformer", || ck.staged(&order, |get| m::TimestepModulationWeights::load_from(&mut |k| Ok(loras.load(k, in_gpu_memory(get(k)?)?, plan)?), &loras.plan(plan), "", dtype)), m::TimestepModulationWeights::arrays)?;
                     Ok(Box::new(Md(w)))
                 }
                 fn load_transformer(
@@ -153,7 +166,8 @@ macro_rules! variant {
                     plan: &dyn Plan,
                     loras: &Loras,
                 ) -> Result<Box<dyn Denoiser>> {
-                    let w = loaded("transformer", || m::TransformerWeights::load_from(&mut |k| Ok(loras.load(k, ck.array(k)?, plan)?), &loras.plan(plan), "", dtype), m::TransformerWeights::arrays)?;
+                    let order = staging_order(ck, &m::TransformerWeights::specs(""));
+                    let w = loaded("transformer", || ck.staged(&order, |get| m::TransformerWeights::load_from(&mut |k| Ok(loras.load(k, in_gpu_memory(get(k)?)?, plan)?), &loras.plan(plan), "", dtype)), m::TransformerWeights::arrays)?;
                     Ok(Box::new(Tr(w)))
                 }
                 fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception> {
