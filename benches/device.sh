@@ -142,8 +142,7 @@ need_bin() {
 
 phase_setup() {
     local f missing=()
-    for f in "$DEV/device-setup.sh" "$DEV/mlx-cuda13-sm90.tar.xz" "$DEV"/mlx-*-cp312-*.whl "$DEV"/diffusers-*.whl \
-        "$DEV"/importlib_metadata-*.whl; do
+    for f in "$DEV/device-setup.sh" "$DEV/mlx-cuda13-sm90.tar.xz" "$DEV"/mlx-*-cp312-*.whl "$DEV/py-wheels.tar.xz"; do
         [ -f "$f" ] || missing+=("$f")
     done
     [ ${#missing[@]} -eq 0 ] || die "not carried: ${missing[*]} (benches/README.md lists what to carry)"
@@ -154,6 +153,9 @@ phase_setup() {
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader >&2
     say "setup: MLX CUDA, diffusers"
     bash "$DEV/device-setup.sh" 2>&1 | tee "$QA/setup.log"
+    # diffusers, importlib_metadata, peft (benches/fill-dev.sh packs them)
+    rm -rf "$QA/wheels" && mkdir -p "$QA/wheels" && tar -C "$QA/wheels" -xJf "$DEV/py-wheels.tar.xz"
+    python3 -m pip install -q --no-index --no-deps --no-compile "$QA"/wheels/*.whl 2>&1 | tee -a "$QA/setup.log"
     gpu_name >/dev/null
     if [ -f "$QA/model/model_index.json" ] && [ -d "$QA/model/tokenizer" ]; then
         say "setup: $QA/model exists"

@@ -1,7 +1,7 @@
 // h = x + gate · y, then out = LayerNorm(h) · (1 + scale) + shift (h as stored, in T).
 // x, y [B, L, D]; gate, shift, scale [B, 1, D] or all [B, L, D]; outputs h, out [B, L, D].
 // One block per row, one pack per thread.
-// Template: T, D; input eps [1] f32. Launch: grid rows·TPR, block TPR = round_up(D / pack, 32).
+// Template: T, D, EPS_BITS (the f32 bits of the norm's eps: a constant, not a memory read). Launch: grid rows·TPR, block TPR = round_up(D / pack, 32).
 constexpr int VW = 16 / sizeof(T);
 __shared__ float sh[32];
 const int row = blockIdx.x;
@@ -20,4 +20,4 @@ if (on) {
   qa_store(h + (size_t)row * D + t * VW, v);
 }
 qa_norm_modulate_pack<D, VW>(v, on, scale + m * D + t * VW, shift + m * D + t * VW,
-                             out + (size_t)row * D + t * VW, eps[0], sh);
+                             out + (size_t)row * D + t * VW, __int_as_float(EPS_BITS), sh);

@@ -2,11 +2,11 @@
 // projections (no bias yet): for each stream, qkv + bias → q = RoPE(RMSNorm(q)·wq),
 // k = RoPE(RMSNorm(k)·wk), v; written text first, then image, as q, k, v [B, H, LT + LI, DH].
 // t_qkv [B, LT, 3·H·DH], i_qkv [B, LI, 3·H·DH]; t_bias, i_bias [3·H·DH]; t_wq, t_wk, i_wq,
-// i_wk [DH]; t_cos, t_sin [LT, DH/2], i_cos, i_sin [LI, DH/2] f32; eps [1] f32. RoPE
+// i_wk [DH]; t_cos, t_sin [LT, DH/2], i_cos, i_sin [LI, DH/2] f32. RoPE
 // rotates interleaved pairs (2j, 2j+1). TPH = min(32, DH/2) threads per (b, l, h) row,
 // each owning EPT = DH/TPH consecutive values of q, k and v (all loaded before any math).
-// Template: T, H, DH. Launch: grid B·(LT + LI)·H·TPH, block 256.
-const float EPS = eps[0];
+// Template: T, H, DH, EPS_BITS (the f32 bits of the norms' eps). Launch: grid B·(LT + LI)·H·TPH, block 256.
+const float EPS = __int_as_float(EPS_BITS);
 constexpr int TPH = DH / 2 < 32 ? DH / 2 : 32;
 constexpr int EPT = DH / TPH;
 constexpr int W = 3 * H * DH;

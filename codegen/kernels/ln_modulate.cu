@@ -1,7 +1,7 @@
 // out = LayerNorm(x) · (1 + scale) + shift over the last axis (LayerNorm without affine).
 // x [B, L, D]; shift, scale [B, 1, D] or [B, L, D]; out [B, L, D]. One block per row, one
 // pack per thread.
-// Template: T, D; input eps [1] f32. Launch: grid rows·TPR, block TPR = round_up(D / pack, 32).
+// Template: T, D, EPS_BITS (the f32 bits of the norm's eps: a constant, not a memory read). Launch: grid rows·TPR, block TPR = round_up(D / pack, 32).
 constexpr int VW = 16 / sizeof(T);
 __shared__ float sh[32];
 const int row = blockIdx.x;
@@ -12,4 +12,4 @@ const size_t m = scale_shape[1] == 1 ? row / x_shape[1] : row;
 float v[VW];
 if (on) qa_load(x + (size_t)row * D + t * VW, v);
 qa_norm_modulate_pack<D, VW>(v, on, scale + m * D + t * VW, shift + m * D + t * VW,
-                             out + (size_t)row * D + t * VW, eps[0], sh);
+                             out + (size_t)row * D + t * VW, __int_as_float(EPS_BITS), sh);

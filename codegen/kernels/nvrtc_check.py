@@ -18,13 +18,13 @@ nvrtc = ctypes.CDLL(f"{SITE}/cuda_nvrtc/lib/libnvrtc.so.12")
 KD = os.path.dirname(os.path.abspath(__file__))
 header = open(f"{KD}/common.cuh").read()
 kernels = {  # name: (inputs, a (name, type) where the type is fixed; outputs; template ints)
-    "ln_modulate": (["x", "shift", "scale", ("eps", "float")], ["out"], {"D": 3072}),
-    "gate_residual_ln_modulate": (["x", "y", "gate", "shift", "scale", ("eps", "float")], ["h", "out"], {"D": 3072}),
+    "ln_modulate": (["x", "shift", "scale"], ["out"], {"D": 3072, "EPS_BITS": 897988541}),
+    "gate_residual_ln_modulate": (["x", "y", "gate", "shift", "scale"], ["h", "out"], {"D": 3072, "EPS_BITS": 897988541}),
     "gate_residual": (["x", "y", "gate"], ["out"], {"D": 3072}),
     "gelu_tanh": (["x"], ["out"], {}),
     "joint_qkv_heads": (["t_qkv", "t_bias", "t_wq", "t_wk", ("t_cos", "float"), ("t_sin", "float"),
-                         "i_qkv", "i_bias", "i_wq", "i_wk", ("i_cos", "float"), ("i_sin", "float"), ("eps", "float")],
-                        ["q", "k", "v"], {"H": 24, "DH": 128}),
+                         "i_qkv", "i_bias", "i_wq", "i_wk", ("i_cos", "float"), ("i_sin", "float")],
+                        ["q", "k", "v"], {"H": 24, "DH": 128, "EPS_BITS": 897988541}),
 }
 ok = True
 for name, (ins, outs, tmpl) in kernels.items():

@@ -117,14 +117,14 @@ pub(crate) fn helpers() -> TokenStream {
     quote! {
         const __KERNEL_HEADER: &str = #HEADER;
         static __K_NORM_MODULATE: __kernels::CudaKernel = __kernels::CudaKernel::new(
-            "qa_norm_modulate", &["x", "shift", "scale", "eps"], &["out"], #NORM_MODULATE, __KERNEL_HEADER,
+            "qa_norm_modulate", &["x", "shift", "scale"], &["out"], #NORM_MODULATE, __KERNEL_HEADER,
         );
         static __K_GATE_RESIDUAL: __kernels::CudaKernel = __kernels::CudaKernel::new(
             "qa_gate_residual", &["x", "y", "gate"], &["out"], #GATE_RESIDUAL, __KERNEL_HEADER,
         );
         static __K_GATE_RESIDUAL_NORM_MODULATE: __kernels::CudaKernel = __kernels::CudaKernel::new(
             "qa_gate_residual_norm_modulate",
-            &["x", "y", "gate", "shift", "scale", "eps"],
+            &["x", "y", "gate", "shift", "scale"],
             &["h", "out"],
             #GATE_RESIDUAL_NORM_MODULATE,
             __KERNEL_HEADER,
@@ -136,7 +136,7 @@ pub(crate) fn helpers() -> TokenStream {
             "qa_joint_qkv_heads",
             &[
                 "t_qkv", "t_bias", "t_wq", "t_wk", "t_cos", "t_sin",
-                "i_qkv", "i_bias", "i_wq", "i_wk", "i_cos", "i_sin", "eps",
+                "i_qkv", "i_bias", "i_wq", "i_wk", "i_cos", "i_sin",
             ],
             &["q", "k", "v"],
             #JOINT_QKV_HEADS,
@@ -163,12 +163,14 @@ pub(crate) fn helpers() -> TokenStream {
             (fits && same && rows).then(|| (d / p + 31) / 32 * 32)
         }
 
-        fn __eps(eps: f32) -> Array {
-            Array::from_slice(&[eps], &[1])
+        /// A norm's eps as a template argument (its f32 bits): a constant in the kernel; an
+        /// input array made on the host would be read from host memory by every block.
+        fn __eps(eps: f32) -> __kernels::TemplateArg {
+            __kernels::TemplateArg::Int("EPS_BITS", eps.to_bits() as i32)
         }
 
-        /// One block of `threads` per row of `x` `[B, L, D]`.
-        fn __row_launch(x: &Array, threads: i32, outputs: usize) -> __kernels::Launch {
+        /// One block of `threads` per row of `x` `[B, L, D]`, for a kernel normalizing with `eps`.
+        fn __row_launch(x: &Array, threads: i32, outputs: usize, eps: f32) -> __kernels::Launch {
             let s = x.shape();
             __kernels::Launch {
                 outputs: vec![(s.to_vec(), x.dtype()); outputs],
@@ -177,6 +179,7 @@ pub(crate) fn helpers() -> TokenStream {
                 template: vec![
                     __kernels::TemplateArg::Dtype("T", x.dtype()),
                     __kernels::TemplateArg::Int("D", s[2]),
+                    __eps(eps),
                 ],
             }
         }
@@ -195,7 +198,7 @@ pub(crate) fn helpers() -> TokenStream {
         #[doc(hidden)]
         pub fn __norm_modulate(x: &Array, shift: &Array, scale: &Array, eps: f32) -> Result<Array, Exception> {
             if let (Some(k), Some(t)) = (__K_NORM_MODULATE.ready(), __row_threads(x, None, &[shift, scale])) {
-                let mut o = k.apply(&[x, shift, scale, &__eps(eps)], &__row_launch(x, t, 1))?;
+                let mut o = k.apply(&[x, shift, scale], &__row_launch(x, t, 1, eps))?;
                 return Ok(o.remove(0));
             }
             let y = fast::layer_norm(x, None, None, eps)?;
@@ -229,7 +232,7 @@ pub(crate) fn helpers() -> TokenStream {
         ) -> Result<(Array, Array), Exception> {
             let k = __K_GATE_RESIDUAL_NORM_MODULATE.ready();
             if let (Some(k), Some(t)) = (k, __row_threads(x, Some(y), &[gate, shift, scale])) {
-                let mut o = k.apply(&[x, y, gate, shift, scale, &__eps(eps)], &__row_launch(x, t, 2))?;
+                let mut o = k.apply(&[x, y, gate, shift, scale], &__row_launch(x, t, 2, eps))?;
                 let out = o.remove(1);
                 return Ok((o.remove(0), out));
             }
@@ -321,10 +324,10 @@ pub(crate) fn helpers() -> TokenStream {
                         __kernels::TemplateArg::Dtype("T", dtype),
                         __kernels::TemplateArg::Int("H", heads),
                         __kernels::TemplateArg::Int("DH", dh),
+                        __eps(eps),
                     ],
                 };
-                let eps = __eps(eps);
-                let ins: Vec<&Array> = txt.iter().chain(img.iter()).copied().chain([&eps]).collect();
+                let ins: Vec<&Array> = txt.iter().chain(img.iter()).copied().collect();
                 let mut o = k.apply(&ins, &launch)?;
                 let v = o.remove(2);
                 let kk = o.remove(1);

@@ -110,11 +110,14 @@ fn joint_attention(
             MaskKind::None,
             None,
         )?;
-        let o = b.transpose(o, &[0, 2, 1, 3])?; // [B, L, H, Dh]
+        let o = b.transpose(o, &[0, 2, 1, 3])?; // [B, L, H, Dh], a view
+                                                // rows split before the reshape to [B, L, D]: each part is copied once into its
+                                                // layout (with the CFG halves batched, the image rows of both halves in one join)
         let l = l_txt().add(&l_img());
-        let o = b.reshape(o, [b_(), l.clone(), Dim::Const(d)])?; // [B, L, D]
         let txt = b.slice(o, 1, 0, l_txt())?;
         let img = b.slice(o, 1, l_txt(), l)?;
+        let txt = b.reshape(txt, [b_(), l_txt(), Dim::Const(d)])?;
+        let img = b.reshape(img, [b_(), l_img(), Dim::Const(d)])?;
         let img = b.linear("to_out.0", img, d, d, true)?;
         let txt = b.linear("to_add_out", txt, d, d, true)?;
         Ok((img, txt))

@@ -5,7 +5,7 @@
 use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
 use qwen_runtime::lora::Loras;
 use qwen_runtime::quant::Plan;
-use qwen_runtime::weights::{Checkpoint, TensorSpec};
+use qwen_runtime::weights::{Checkpoint, Staging, TensorSpec};
 
 use super::{variants, ModelConfig, PipelineError, Resolution, Result};
 
@@ -24,10 +24,12 @@ pub trait Variant: Sync {
     /// The rest of the transformer (what every step reads).
     fn transformer_specs(&self) -> Vec<TensorSpec>;
     fn vae_specs(&self) -> Vec<TensorSpec>;
-    /// Loaders: the checkpoint, the compute dtype, which linear layers to quantize.
+    /// Loaders: the checkpoint, how its tensors are copied ahead (the copies count against
+    /// the memory budget), the compute dtype, which linear layers to quantize.
     fn load_text_encoder(
         &self,
         ck: &Checkpoint,
+        staging: Staging,
         dtype: Dtype,
         plan: &dyn Plan,
     ) -> Result<Box<dyn TextEncoder>>;
@@ -36,6 +38,7 @@ pub trait Variant: Sync {
     fn load_modulation(
         &self,
         ck: &Checkpoint,
+        staging: Staging,
         dtype: Dtype,
         plan: &dyn Plan,
         loras: &Loras,
@@ -43,6 +46,7 @@ pub trait Variant: Sync {
     fn load_transformer(
         &self,
         ck: &Checkpoint,
+        staging: Staging,
         dtype: Dtype,
         plan: &dyn Plan,
         loras: &Loras,

@@ -10,7 +10,7 @@
 use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
 use qwen_runtime::lora::Loras;
 use qwen_runtime::quant::Plan;
-use qwen_runtime::weights::{in_gpu_memory, Checkpoint, TensorSpec};
+use qwen_runtime::weights::{in_gpu_memory, Checkpoint, Staging, TensorSpec};
 
 use super::{
     Decoder, Denoiser, ModelConfig, ModulationTable, Modulator, PipelineError, Resolution, Result,
@@ -141,33 +141,36 @@ macro_rules! variant {
                 fn load_text_encoder(
                     &self,
                     ck: &Checkpoint,
+                    staging: Staging,
                     dtype: Dtype,
                     plan: &dyn Plan,
                 ) -> Result<Box<dyn TextEncoder>> {
                     let order = staging_order(ck, &m::TextEncoderWeights::specs(""));
-                    let w = loaded("text_encoder", || ck.staged(&order, |get| m::TextEncoderWeights::load_from(&mut |k| Ok(in_gpu_memory(get(k)?)?), plan, "", dtype)), m::TextEncoderWeights::arrays)?;
+                    let w = loaded("text_encoder", || ck.staged_with(staging, &order, |get| m::TextEncoderWeights::load_from(&mut |k| Ok(in_gpu_memory(get(k)?)?), plan, "", dtype)), m::TextEncoderWeights::arrays)?;
                     Ok(Box::new(Te(w)))
                 }
                 fn load_modulation(
                     &self,
                     ck: &Checkpoint,
+                    staging: Staging,
                     dtype: Dtype,
                     plan: &dyn Plan,
                     loras: &Loras,
                 ) -> Result<Box<dyn Modulator>> {
                     let order = staging_order(ck, &m::TimestepModulationWeights::specs(""));
-                    let w = loaded("transformer", || ck.staged(&order, |get| m::TimestepModulationWeights::load_from(&mut |k| Ok(loras.load(k, in_gpu_memory(get(k)?)?, plan)?), &loras.plan(plan), "", dtype)), m::TimestepModulationWeights::arrays)?;
+                    let w = loaded("transformer", || ck.staged_with(staging, &order, |get| m::TimestepModulationWeights::load_from(&mut |k| Ok(loras.load(k, in_gpu_memory(get(k)?)?, plan)?), &loras.plan(plan), "", dtype)), m::TimestepModulationWeights::arrays)?;
                     Ok(Box::new(Md(w)))
                 }
                 fn load_transformer(
                     &self,
                     ck: &Checkpoint,
+                    staging: Staging,
                     dtype: Dtype,
                     plan: &dyn Plan,
                     loras: &Loras,
                 ) -> Result<Box<dyn Denoiser>> {
                     let order = staging_order(ck, &m::TransformerWeights::specs(""));
-                    let w = loaded("transformer", || ck.staged(&order, |get| m::TransformerWeights::load_from(&mut |k| Ok(loras.load(k, in_gpu_memory(get(k)?)?, plan)?), &loras.plan(plan), "", dtype)), m::TransformerWeights::arrays)?;
+                    let w = loaded("transformer", || ck.staged_with(staging, &order, |get| m::TransformerWeights::load_from(&mut |k| Ok(loras.load(k, in_gpu_memory(get(k)?)?, plan)?), &loras.plan(plan), "", dtype)), m::TransformerWeights::arrays)?;
                     Ok(Box::new(Tr(w)))
                 }
                 fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception> {
