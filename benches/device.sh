@@ -17,6 +17,7 @@
 #     qwen-memory       one image each under --memory-limit: bf16 (MEM_BF16, 30 GB), q8 and q4 (MEM_Q, 24 GB);
 #                       MEM_RUNS picks some ("bf16 8 4"); also a background step (peaks do not depend on the other GPU)
 #     lightning         a random Lightning-layout LoRA, LIGHTNING_STEPS (8) steps without CFG: qwen, then diffusers
+#                       (LIGHTNING_DIFFUSERS=0: qwen only)
 #     diffusers-timing  diffusers_qwen_e2e.py, timing only (SKIP_DUMP=1): load, 1 warm-up + IMAGES images, encode, decode
 #     compare           compare_tensors.py: qwen f32 / qwen bf16 / diffusers bf16 against diffusers f32, for the
 #                       dumps that exist and have no fidelity rows yet
@@ -281,6 +282,7 @@ phase_lightning() {
     "$QA/bin/qwen-bench" warm --model "$QA/model" --res "$RES" --dtype bf16 --steps "$steps" --cfg 1 --lora "$lora" \
         --lightning --prompt "$PROMPT" --images "$IMAGES" --gpu "$(gpu_name)" --device "$DEVICE" --out "$RESULTS" \
         2> >(tee "$QA/lightning-qwen.log" >&2) || say "lightning: qwen failed"
+    [ "${LIGHTNING_DIFFUSERS:-1}" != 0 ] || return 0
     say "lightning: diffusers, load_lora_weights + fuse_lora, the Lightning scheduler, $steps steps, cfg 1"
     LORA=$lora LIGHTNING=1 SKIP_DUMP=1 IMAGES=$IMAGES STEPS=$steps rows python3 $B/diffusers_qwen_e2e.py "$QA/model" \
         "$QA/latents.safetensors" "$QA/lightning-diffusers.safetensors" "$DUMP_STEPS" 1 "$PROMPT" "$NEG" "$RES" \

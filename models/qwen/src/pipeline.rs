@@ -68,8 +68,8 @@ pub use prompt::{
     TOKENIZER_MAX_LENGTH,
 };
 pub use variant::{
-    find_variant, variant_by_name, Decoder, Denoiser, ModulationTable, Modulator, Step,
-    TextEncoder, Variant, VARIANTS,
+    find_one_text_variant, find_variant, variant_by_name, Decoder, Denoiser, ModulationTable,
+    Modulator, Step, TextEncoder, Variant, VARIANTS,
 };
 
 /// An opened model: checked, the VAE loaded, the other networks loaded as [`memory`]'s rule

@@ -25,6 +25,10 @@ qwen_macros::specializations! {
     specialize!(res = 512, cfg = split);
     specialize!(res = 2048, cfg = split);
 
+    // 1024² with one text per transformer call: what runs without a negative pass
+    // (`--lightning`), batch 1, where the joint module would run a second half for nothing.
+    specialize!(res = 1024);
+
     // The tiny test config at the block fixtures' resolution (W×H = 96×64), used by the
     // parity tests in tests/.
     specialize!(res = 96x64, config = tiny);

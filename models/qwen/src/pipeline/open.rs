@@ -13,8 +13,8 @@ use qwen_runtime::__private::mlx_rs::memory as mlx_memory;
 use super::checks::{check_configs, check_model_index, check_token_ids, latents_stats};
 use super::memory::{load_at_open, Sizes};
 use super::{
-    detect_config, find_variant, variant_by_name, Checkpoints, Network, Pipeline, PipelineError,
-    Resolution, Result, VARIANTS,
+    detect_config, find_one_text_variant, find_variant, variant_by_name, Checkpoints, Network,
+    Pipeline, PipelineError, Resolution, Result, VARIANTS,
 };
 use crate::quantize::Quantization;
 
@@ -116,6 +116,11 @@ impl Pipeline {
                 }
                 v
             }
+            // without a negative pass, a module of one text per call where there is one
+            None if options.lightning => match find_one_text_variant(resolution, config) {
+                Some(v) => v,
+                None => find_variant(resolution, config)?,
+            },
             None => find_variant(resolution, config)?,
         };
         check_configs(&dir, config, variant.name())?;

@@ -153,6 +153,19 @@ pub fn find_variant(resolution: Resolution, config: ModelConfig) -> Result<&'sta
         })
 }
 
+/// A variant of one text per transformer call for a resolution and config, if one exists:
+/// for runs without a negative pass (Lightning), where a joint-CFG module would compute a
+/// second half and throw it away.
+pub fn find_one_text_variant(
+    resolution: Resolution,
+    config: ModelConfig,
+) -> Option<&'static dyn Variant> {
+    VARIANTS
+        .iter()
+        .copied()
+        .find(|v| v.resolution() == resolution && v.config() == config && !v.joint_cfg())
+}
+
 /// A variant by module name (e.g. `res96x64_tiny` to force two transformer calls per step).
 pub fn variant_by_name(name: &str) -> Option<&'static dyn Variant> {
     VARIANTS.iter().copied().find(|v| v.name() == name)
