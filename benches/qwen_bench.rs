@@ -205,6 +205,7 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         quantize: quantization(common)?,
         loras: common.lora.clone(),
         lightning: common.lightning,
+        negative_pass: common.cfg > 1.0,
         ..Options::default()
     };
     let pipeline = Pipeline::open(qwen::model_dir::resolve(&common.model)?, &options)
@@ -390,7 +391,13 @@ fn warm(args: &WarmArgs) -> Result<()> {
         let mean_step = t.denoise * 1e3 / args.steps as f64;
         let run = ("run", Value::from(i));
         let rss = ("rss_gb", rss_hwm_gb().map(|g| round(g, 2)).into());
-        rows.push("image", image_ms, peak, &[run.clone(), rss])?;
+        let stages: Map<String, Value> = g
+            .peaks
+            .iter()
+            .map(|(stage, bytes)| (stage.to_string(), round(*bytes as f64 / 1e9, 2).into()))
+            .collect();
+        let stages = ("stage_peaks_gb", Value::Object(stages));
+        rows.push("image", image_ms, peak, &[run.clone(), rss, stages])?;
         let mean = ("mean_ms", round(mean_step, 2).into());
         let step = median(steps).unwrap_or(mean_step);
         rows.push("step", step, peak, &[run.clone(), mean])?;

@@ -199,6 +199,27 @@ fn seeded_runs_are_reproducible_and_overwrite_the_output() {
     );
 }
 
+/// Without a negative pass (`--cfg 1`, and `--lightning`'s default) the demo size runs its
+/// module of one text per call; with one, the joint-CFG module.
+#[test]
+fn the_module_follows_the_negative_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.png");
+    let o = out.to_str().unwrap();
+    for (args, module) in [
+        (&["--cfg", "1"][..], "module res96x64_tiny,"),
+        (&["--lightning", "4"][..], "module res96x64_tiny,"),
+        (&["--cfg", "4"][..], "module res96x64_tiny_split,"),
+    ] {
+        let mut all = vec!["--prompt", "x", "--steps", "1", "-o", o];
+        all.extend(args);
+        let run = qwen_run(&all);
+        let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert!(run.status.success(), "{args:?}: {}", stderr(&run));
+        assert!(stdout.contains(module), "{args:?}: {stdout}");
+    }
+}
+
 #[test]
 fn empty_prompt_warns() {
     let tmp = tempfile::tempdir().unwrap();

@@ -216,12 +216,14 @@ fn bad_lora_files_are_errors() {
 
 /// The Lightning preset: the release's schedule (`Options::lightning`), 4 steps, no negative
 /// pass, with a LoRA, against diffusers with the same scheduler config; run by the module of
-/// one text per call (batch 1), not the joint-CFG one the same size opens with otherwise.
+/// one text per call (batch 1; `Options::negative_pass` false, as `qwen-run --lightning` sets
+/// it), not the joint-CFG one the same size opens with otherwise.
 #[test]
 fn lightning_schedule_with_a_lora_matches_diffusers() {
     let r = Checkpoint::open(fixture("references/lora.safetensors")).unwrap();
     let mut o = options(vec![(lora("peft_a.safetensors"), 1.0)]);
     o.lightning = true;
+    o.negative_pass = false;
     let p = Pipeline::open(fixture("tiny-qwen-image"), &o).unwrap();
     assert!(!p.variant().joint_cfg(), "{}", p.variant().name());
     let joint = Pipeline::open(fixture("tiny-qwen-image"), &options(vec![])).unwrap();

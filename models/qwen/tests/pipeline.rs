@@ -97,6 +97,18 @@ fn check(res: &str, module: Option<&str>) {
         })
         .unwrap();
     assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
+    // MLX's peak after each stage, in order, never falling (read, never reset, in between)
+    let stages: Vec<&str> = g.peaks.iter().map(|p| p.0).collect();
+    assert_eq!(
+        stages,
+        ["encode", "modulation", "denoiser", "denoise", "decode"]
+    );
+    assert!(
+        g.peaks.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{:?}",
+        g.peaks
+    );
+    assert!(g.peaks[0].1 > 0, "{:?}", g.peaks);
     let e_lat = rel_err(&g.latents, &get("output.latents"));
     let e_dec = rel_err(&g.decoded, &get("output.decoded"));
 

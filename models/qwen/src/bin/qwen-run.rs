@@ -376,6 +376,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
             qwen_runtime::lora::OnQuantized::Separate
         },
         lightning: args.lightning.is_some(),
+        negative_pass: cfg > 1.0,
     };
     let pipeline = Pipeline::open(&model, &options)?;
     let r = pipeline.resolution();

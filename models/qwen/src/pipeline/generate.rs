@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use qwen_runtime::__private::mlx_rs::{error::Exception, ops, transforms, Array, Dtype};
+use qwen_runtime::__private::mlx_rs::{error::Exception, memory, ops, transforms, Array, Dtype};
 use qwen_runtime::guidance::true_cfg;
 use qwen_runtime::scheduler::euler_step_array;
 use qwen_runtime::RgbImage;
@@ -59,6 +59,10 @@ pub struct Generation {
     pub warnings: Vec<Warning>,
     /// Seconds spent: text encoding, denoising, decoding.
     pub timings: Timings,
+    /// MLX's peak memory (bytes, since the caller's last reset) after each stage: `encode`,
+    /// `modulation` (the schedule's modulation table, its network loaded if it was not),
+    /// `denoiser` (loaded), `denoise` (every step), `decode`: where the peak of an image is.
+    pub peaks: Vec<(&'static str, usize)>,
 }
 
 /// Wall-clock seconds of the three stages.
@@ -97,9 +101,18 @@ impl Pipeline {
             None
         };
 
+        let mut peaks = vec![];
+        let mut peak = |stage: &'static str| -> Result<()> {
+            peaks.push((
+                stage,
+                memory::peak_memory().map_err(mlx("reading the peak memory"))?,
+            ));
+            Ok(())
+        };
         let start = std::time::Instant::now();
         let emb = self.encode(&request.prompt, negative, &mut warnings)?;
         let encode_s = start.elapsed().as_secs_f64();
+        peak("encode")?;
         for w in &warnings {
             on_event(Event::Warning(w));
         }
@@ -111,6 +124,11 @@ impl Pipeline {
                 .map_err(mlx("reading the initial latents"))?,
             None => self.noise(request.seed)?,
         };
+        // the stages `denoise` starts with, here so that their peaks are seen apart
+        self.modulation_table(&self.timesteps(request.steps)?)?;
+        peak("modulation")?;
+        self.ensure(Network::Denoiser)?;
+        peak("denoiser")?;
         let latents = self.denoise(
             latents,
             &emb,
@@ -119,11 +137,13 @@ impl Pipeline {
             &mut |done, total| on_event(Event::Step { done, total }),
         )?;
         let denoise_s = start.elapsed().as_secs_f64();
+        peak("denoise")?;
 
         let start = std::time::Instant::now();
         let decoded = self.decode(&latents)?;
         let image = RgbImage::from_array(&decoded)?;
         let decode_s = start.elapsed().as_secs_f64();
+        peak("decode")?;
         Ok(Generation {
             latents,
             decoded,
@@ -134,7 +154,18 @@ impl Pipeline {
                 denoise: denoise_s,
                 decode: decode_s,
             },
+            peaks,
         })
+    }
+
+    /// The transformer's timesteps of a schedule of `steps`: diffusers passes `t / 1000` with
+    /// t = sigma · 1000. Kept in f32 for every run dtype (the generated modulation takes an
+    /// f32 timestep and casts its embedding); a bf16 diffusers run rounds t and t/1000 to bf16
+    /// (spacing 4 near t = 1000), which moved the bf16 result 4× further from the f32
+    /// reference when tried.
+    fn timesteps(&self, steps: usize) -> Result<Vec<f32>> {
+        let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
+        Ok(schedule.timesteps.iter().map(|t| t / 1000.0).collect())
     }
 
     /// The denoise loop from packed latents `[1, L_img, 64]`; returns the final latents (f32).
@@ -148,12 +179,7 @@ impl Pipeline {
     ) -> Result<Array> {
         self.check_latents(&latents)?;
         let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
-        // diffusers passes `t / 1000` with t = sigma · 1000. Kept in f32 for every run dtype
-        // (the generated modulation takes an f32 timestep and casts its embedding); a bf16
-        // diffusers run rounds t and t/1000 to bf16 (spacing 4 near t = 1000), which moved
-        // the bf16 result 4× further from the f32 reference when tried.
-        let timesteps: Vec<f32> = schedule.timesteps.iter().map(|t| t / 1000.0).collect();
-        let table = self.modulation_table(&timesteps)?;
+        let table = self.modulation_table(&self.timesteps(steps)?)?;
         self.ensure(Network::Denoiser)?;
         let loaded = self.loaded.borrow();
         let denoiser = loaded.denoiser.as_deref().expect("ensured");

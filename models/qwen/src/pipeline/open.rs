@@ -41,6 +41,11 @@ pub struct Options {
     /// The schedule of Qwen-Image-Lightning instead of the folder's
     /// ([`qwen_runtime::SchedulerConfig::lightning`]), for a Lightning LoRA.
     pub lightning: bool,
+    /// Whether requests will make a negative pass (CFG scale above 1). Without one, a module
+    /// of one text per call is picked where the size has one (batch 1; a joint-CFG module
+    /// would compute a second half for nothing); requests with CFG still run on it, as two
+    /// calls.
+    pub negative_pass: bool,
 }
 
 impl Default for Options {
@@ -54,6 +59,7 @@ impl Default for Options {
             loras: vec![],
             lora_on_quantized: Default::default(),
             lightning: false,
+            negative_pass: true,
         }
     }
 }
@@ -117,7 +123,7 @@ impl Pipeline {
                 v
             }
             // without a negative pass, a module of one text per call where there is one
-            None if options.lightning => match find_one_text_variant(resolution, config) {
+            None if !options.negative_pass => match find_one_text_variant(resolution, config) {
                 Some(v) => v,
                 None => find_variant(resolution, config)?,
             },
