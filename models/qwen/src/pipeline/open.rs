@@ -212,50 +212,72 @@ impl Pipeline {
             )
         };
         let all = load_at_open(&sizes, budget);
-        std::thread::scope(|scope| -> Result<()> {
-            let mut cks = vec![&vae];
-            if all {
-                cks.extend([&tr, &te]);
-            }
-            for ck in cks {
-                scope.spawn(|| ck.prefetch());
-            }
-            // while the weights are read: MLX compiles the fused kernels (NVRTC, ~1.5 s
-            // each on an H200, once per process) here instead of in the first step
-            if qwen_runtime::kernels::enabled() {
-                variant
-                    .warm_up_kernels(options.dtype)
-                    .map_err(super::mlx("compiling the fused kernels"))?;
-            }
-            Ok(())
-        })?;
-        let vae_decoder = variant.load_vae(&vae, options.dtype)?;
-        let pipeline = Self {
-            dir,
-            variant,
-            dtype: options.dtype,
-            tokenizer,
-            scheduler,
-            latents_mean,
-            latents_std,
-            checkpoints: Checkpoints {
-                text_encoder: te,
-                transformer: tr,
-            },
-            loaded: Default::default(),
-            sizes,
-            budget,
-            quantize: options.quantize.clone(),
-            loras,
-            lightning: options.lightning,
-            stored_quantization,
-            vae: vae_decoder,
+        let kernels = qwen_runtime::kernels::enabled();
+        let beside = kernels && qwen_runtime::kernels::warm_up_beside_load();
+        let warm_up = || {
+            variant
+                .warm_up_kernels(options.dtype)
+                .map_err(super::mlx("compiling the fused kernels"))
         };
-        if all {
-            for n in [Network::Denoiser, Network::Modulation, Network::TextEncoder] {
-                pipeline.ensure(n)?;
-            }
+        if !beside {
+            std::thread::scope(|scope| -> Result<()> {
+                let mut cks = vec![&vae];
+                if all {
+                    cks.extend([&tr, &te]);
+                }
+                for ck in cks {
+                    scope.spawn(|| ck.prefetch());
+                }
+                // while the weights are read: MLX compiles the fused kernels (NVRTC, ~1.5 s
+                // each on an H200, in every process) here instead of in the first step
+                if kernels {
+                    warm_up()?;
+                }
+                Ok(())
+            })?;
         }
-        Ok(pipeline)
+        let load = || -> Result<Self> {
+            let vae_decoder = variant.load_vae(&vae, options.dtype)?;
+            let pipeline = Self {
+                dir,
+                variant,
+                dtype: options.dtype,
+                tokenizer,
+                scheduler,
+                latents_mean,
+                latents_std,
+                checkpoints: Checkpoints {
+                    text_encoder: te,
+                    transformer: tr,
+                },
+                loaded: Default::default(),
+                sizes,
+                budget,
+                quantize: options.quantize.clone(),
+                loras,
+                lightning: options.lightning,
+                stored_quantization,
+                vae: vae_decoder,
+            };
+            if all {
+                for n in [Network::Denoiser, Network::Modulation, Network::TextEncoder] {
+                    pipeline.ensure(n)?;
+                }
+            }
+            Ok(pipeline)
+        };
+        if !beside {
+            return load();
+        }
+        // the warm-up on its own thread (and so its own MLX stream) beside the load
+        std::thread::scope(|scope| {
+            let compiling = scope.spawn(warm_up);
+            let pipeline = load();
+            let compiled = compiling
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            compiled?;
+            pipeline
+        })
     }
 }
