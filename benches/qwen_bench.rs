@@ -133,6 +133,11 @@ struct WarmArgs {
     #[arg(long, default_value_t = 3)]
     images: usize,
 
+    /// Images per generation (`Pipeline::generate_images`: one batch through a module of one
+    /// text per call); rows get `count` and `images_per_s`.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+
     /// Untimed warm-up images before them.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -377,11 +382,16 @@ fn warm(args: &WarmArgs) -> Result<()> {
         memory::reset_peak_memory().context("resetting MLX's peak memory")?;
         let mut stamps = Vec::with_capacity(args.steps);
         let start = Instant::now();
-        let g = pipeline.generate(&request(args.seed + i as u64), &mut |event| match event {
-            Event::Step { .. } => stamps.push(Instant::now()),
-            Event::Warning(w) => eprintln!("warning: {w}"),
-        })?;
+        let mut all = pipeline.generate_images(
+            &request(args.seed + (i * args.count) as u64),
+            args.count,
+            &mut |event| match event {
+                Event::Step { .. } => stamps.push(Instant::now()),
+                Event::Warning(w) => eprintln!("warning: {w}"),
+            },
+        )?;
         let image_ms = start.elapsed().as_secs_f64() * 1e3;
+        let g = all.swap_remove(0);
         let peak = peak_gb()?;
         let t = g.timings;
         let steps: Vec<f64> = stamps
@@ -397,7 +407,15 @@ fn warm(args: &WarmArgs) -> Result<()> {
             .map(|(stage, bytes)| (stage.to_string(), round(*bytes as f64 / 1e9, 2).into()))
             .collect();
         let stages = ("stage_peaks_gb", Value::Object(stages));
-        rows.push("image", image_ms, peak, &[run.clone(), rss, stages])?;
+        let mut extra = vec![run.clone(), rss, stages];
+        if args.count > 1 {
+            extra.push(("count", args.count.into()));
+            extra.push((
+                "images_per_s",
+                round(args.count as f64 / (image_ms / 1e3), 3).into(),
+            ));
+        }
+        rows.push("image", image_ms, peak, &extra)?;
         let mean = ("mean_ms", round(mean_step, 2).into());
         let step = median(steps).unwrap_or(mean_step);
         rows.push("step", step, peak, &[run.clone(), mean])?;

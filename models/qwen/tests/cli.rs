@@ -199,6 +199,55 @@ fn seeded_runs_are_reproducible_and_overwrite_the_output() {
     );
 }
 
+/// `--count 2` writes NAME-1.png and NAME-2.png, the images of two single runs with seeds
+/// SEED and SEED + 1 (one batch without a negative pass, one image after the other with).
+#[test]
+fn count_writes_the_images_of_consecutive_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    for cfg in ["1", "4"] {
+        let many = path(&format!("many{cfg}.png"));
+        let run = qwen_run(&[
+            "--prompt", "x", "--steps", "2", "--cfg", cfg, "--seed", "5", "--count", "2", "-o",
+            &many,
+        ]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        for (i, seed) in [(1, "5"), (2, "6")] {
+            let single = path(&format!("single{cfg}-{seed}.png"));
+            let one = qwen_run(&[
+                "--prompt", "x", "--steps", "2", "--cfg", cfg, "--seed", seed, "-o", &single,
+            ]);
+            assert!(one.status.success(), "{}", stderr(&one));
+            let (w, h, a, meta_a) = png_pixels(&tmp.path().join(format!("many{cfg}-{i}.png")));
+            let (w1, h1, b, meta_b) = png_pixels(Path::new(&single));
+            assert_eq!((w, h), (w1, h1));
+            let max = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+            assert!(max <= 1, "cfg {cfg}, image {i}: {max} levels");
+            assert_eq!(meta_a, meta_b, "the PNG's text names its own seed");
+        }
+        assert!(!Path::new(&many).exists());
+    }
+    for (args, needle) in [
+        (&["--count", "0"][..], "--count must be between 1 and 64"),
+        (&["--count", "65"][..], "--count must be between 1 and 64"),
+        (
+            &[
+                "--count",
+                "2",
+                "--latents-file",
+                "l.safetensors",
+                "--latents-key",
+                "k",
+            ][..],
+            "not with --count",
+        ),
+    ] {
+        let mut all = vec!["--prompt", "x", "--steps", "1"];
+        all.extend(args);
+        assert_fails_with(&qwen_run(&all), needle);
+    }
+}
+
 /// Without a negative pass (`--cfg 1`, and `--lightning`'s default) the demo size runs its
 /// module of one text per call; with one, the joint-CFG module.
 #[test]

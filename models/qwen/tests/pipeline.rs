@@ -257,6 +257,76 @@ fn no_cfg_is_the_same_through_either_module() {
     assert!(e <= 1e-5, "{e:.3e}");
 }
 
+/// `count` images of one request are the images of `count` single runs with the seeds
+/// `seed, seed + 1, …`: batched through the module of one text per call (with and without
+/// CFG), one after another through the joint-CFG one.
+#[test]
+fn several_images_are_the_single_runs_with_consecutive_seeds() {
+    let r = reference();
+    for (module, cfg) in [
+        ("res96x64_tiny", 1.0),
+        ("res96x64_tiny", 4.0),
+        ("res96x64_tiny_split", 4.0),
+    ] {
+        let p = open("96x64", Some(module));
+        let request = |seed| Request {
+            prompt: r.prompt.clone(),
+            negative_prompt: Some(r.negative.clone()),
+            steps: 2,
+            cfg_scale: cfg,
+            seed,
+            latents: None,
+        };
+        let mut steps = 0;
+        let many = p
+            .generate_images(&request(7), 3, &mut |e| {
+                if let Event::Step { .. } = e {
+                    steps += 1
+                }
+            })
+            .unwrap();
+        assert_eq!(many.len(), 3);
+        // one batch: one event per step; one image at a time: one per step of each
+        assert_eq!(
+            steps,
+            if module.ends_with("split") { 6 } else { 2 },
+            "{module}"
+        );
+        for (i, g) in many.iter().enumerate() {
+            let single = p.generate(&request(7 + i as u64), &mut |_| {}).unwrap();
+            let e = rel_err(&g.latents, &single.latents);
+            let max_diff = g
+                .image
+                .pixels
+                .iter()
+                .zip(&single.image.pixels)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            println!("{module} cfg {cfg}: image {i} of 3 vs its single run: latents {e:.3e}, max {max_diff} levels");
+            assert!(
+                e <= 1e-5 && max_diff <= 1,
+                "{module} cfg {cfg} image {i}: {e:.3e}, {max_diff}"
+            );
+        }
+        // three different images
+        assert_ne!(many[0].image.pixels, many[1].image.pixels);
+    }
+    let p = open("96x64", None);
+    let given = Request {
+        latents: Some(r.ck.array("96x64.input.latents").unwrap()),
+        ..Request::new("x")
+    };
+    assert!(matches!(
+        p.generate_images(&given, 2, &mut |_| {}),
+        Err(PipelineError::Request(_))
+    ));
+    assert!(matches!(
+        p.generate_images(&Request::new("x"), 0, &mut |_| {}),
+        Err(PipelineError::Request(_))
+    ));
+}
+
 /// bf16 weights and activations: loose agreement with the f32 reference.
 #[test]
 fn bf16_pipeline_is_close_to_the_f32_reference() {

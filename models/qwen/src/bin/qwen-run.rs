@@ -7,7 +7,7 @@
 //! SIGINT and SIGTERM stop a generation between steps (exit status 130 / 143, one `error:`
 //! line, no file written or left behind); a second one ends the process at once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime};
 
@@ -29,6 +29,7 @@ const DEMO_MODEL: &str = concat!(
 
 /// More steps than any schedule needs (diffusers' default is 50).
 const MAX_STEPS: usize = 10_000;
+const MAX_COUNT: usize = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,6 +94,12 @@ struct Args {
     /// are removed.
     #[arg(long, short, default_value = "out.png")]
     output: PathBuf,
+
+    /// Images of the prompt, seeds SEED, SEED+1, …, written as NAME-1.png … (for
+    /// --output NAME.png); one batch through the model when the size has a module of one
+    /// text per call and no negative pass runs (see --cfg), one after another otherwise.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    count: usize,
 
     /// Device to run on: the GPU when the loaded libmlx has one, else the CPU.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
@@ -329,11 +336,23 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         Some(m) => qwen::model_dir::resolve(m)?,
         None => std::fs::canonicalize(DEMO_MODEL).unwrap_or_else(|_| PathBuf::from(DEMO_MODEL)),
     };
+    if !(1..=MAX_COUNT).contains(&args.count) {
+        bail!(
+            "--count must be between 1 and {MAX_COUNT}, got {}",
+            args.count
+        );
+    }
+    if args.count > 1 && args.latents_file.is_some() {
+        bail!("--latents-file gives the initial latents of one image: not with --count");
+    }
+    let outputs = numbered(&args.output, args.count);
     let mut inputs = vec![model.as_path()];
     inputs.extend(args.latents_file.as_deref());
-    check_output(&args.output, &inputs)?;
-    for stale in remove_stale_temp_files(&args.output, started) {
-        println!("removed {} (left by a killed run)", stale.display());
+    for output in &outputs {
+        check_output(output, &inputs)?;
+        for stale in remove_stale_temp_files(output, started) {
+            println!("removed {} (left by a killed run)", stale.display());
+        }
     }
 
     if let Some(r) = args.res {
@@ -412,9 +431,10 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         ProgressStyle::with_template("denoise {bar:30} {pos}/{len} steps [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let result = pipeline.generate(&request, &mut |event| match event {
+    let result = pipeline.generate_images(&request, args.count, &mut |event| match event {
         Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
         Event::Step { done, total } => {
+            bar.set_length(total as u64);
             bar.set_position(done as u64);
             // The pipeline's callback cannot stop its loop: leave from here (no file is
             // open during the steps).
@@ -427,8 +447,8 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         }
     });
     bar.finish_and_clear();
-    let generation = result?;
-    let t = generation.timings;
+    let generations = result?;
+    let t = generations[0].timings;
     println!(
         "encode: {:.2} s, denoise: {:.2} s ({:.3} s/step), decode: {:.2} s",
         t.encode,
@@ -441,18 +461,48 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         println!("peak memory: {:.2} GB", peak as f64 / 1e9);
     }
 
-    let meta = pipeline.metadata(&request);
-    let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    stop_if_signalled(|| "before writing".into())?;
-    let written = generation
-        .image
-        .write_png_unless(&args.output, &text, &|| signals::received().is_some())
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    if !written {
-        stop_if_signalled(|| "while writing".into())?;
+    for (i, (generation, output)) in generations.iter().zip(&outputs).enumerate() {
+        let seeded = Request {
+            seed: request.seed.wrapping_add(i as u64),
+            ..request.clone()
+        };
+        let meta = pipeline.metadata(&seeded);
+        let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        stop_if_signalled(|| "before writing".into())?;
+        let written = generation
+            .image
+            .write_png_unless(output, &text, &|| signals::received().is_some())
+            .with_context(|| format!("writing {}", output.display()))?;
+        if !written {
+            stop_if_signalled(|| "while writing".into())?;
+        }
+        if args.count > 1 {
+            println!("wrote {} (seed {})", output.display(), seeded.seed);
+        } else {
+            println!("wrote {}", output.display());
+        }
     }
-    println!("wrote {}", args.output.display());
     Ok(())
+}
+
+/// `--output` for `count` images: itself for one, else `NAME-1.EXT` … `NAME-count.EXT`.
+fn numbered(output: &Path, count: usize) -> Vec<PathBuf> {
+    if count == 1 {
+        return vec![output.to_path_buf()];
+    }
+    let stem = output
+        .file_stem()
+        .map_or_else(Default::default, |s| s.to_string_lossy().into_owned());
+    let ext = output.extension().map(|e| e.to_string_lossy().into_owned());
+    (1..=count)
+        .map(|i| {
+            let name = match &ext {
+                Some(e) => format!("{stem}-{i}.{e}"),
+                None => format!("{stem}-{i}"),
+            };
+            output.with_file_name(name)
+        })
+        .collect()
 }
 
 /// Multiplies two seeded random N×N matrices `iters` times and reports the mean time.

@@ -81,6 +81,42 @@ impl Pipeline {
         request: &Request,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<Generation> {
+        let mut one = self.generate_images(request, 1, on_event)?;
+        Ok(one.remove(0))
+    }
+
+    /// `count` images of one request, seeds `seed, seed + 1, …`: the images `count` runs of
+    /// [`Pipeline::generate`] with those seeds make. A module of one text per call denoises
+    /// them as one batch (the text encoded once, every step one call of batch `count`, or two
+    /// with CFG); a joint-CFG module takes one image per call, so each is made in turn. Each
+    /// [`Generation`] carries the timings and peaks of the whole batch.
+    pub fn generate_images(
+        &self,
+        request: &Request,
+        count: usize,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Vec<Generation>> {
+        if count == 0 {
+            return Err(PipelineError::Request(
+                "the image count must be at least 1".into(),
+            ));
+        }
+        if count > 1 && request.latents.is_some() {
+            return Err(PipelineError::Request(
+                "given initial latents make one image, not several".into(),
+            ));
+        }
+        if count > 1 && self.variant.joint_cfg() {
+            return (0..count)
+                .map(|i| {
+                    let one = Request {
+                        seed: request.seed.wrapping_add(i as u64),
+                        ..request.clone()
+                    };
+                    self.generate(&one, on_event)
+                })
+                .collect();
+        }
         if request.steps == 0 {
             return Err(PipelineError::Request("steps must be at least 1".into()));
         }
@@ -122,7 +158,13 @@ impl Pipeline {
             Some(l) => l
                 .as_dtype(Dtype::Float32)
                 .map_err(mlx("reading the initial latents"))?,
-            None => self.noise(request.seed)?,
+            None if count == 1 => self.noise(request.seed)?,
+            None => {
+                let noise = (0..count)
+                    .map(|i| self.noise(request.seed.wrapping_add(i as u64)))
+                    .collect::<Result<Vec<_>>>()?;
+                ops::concatenate(&noise, 0).map_err(mlx("joining the images' noise"))?
+            }
         };
         // the stages `denoise` starts with, here so that their peaks are seen apart
         self.modulation_table(&self.timesteps(request.steps)?)?;
@@ -140,22 +182,36 @@ impl Pipeline {
         peak("denoise")?;
 
         let start = std::time::Instant::now();
-        let decoded = self.decode(&latents)?;
-        let image = RgbImage::from_array(&decoded)?;
+        // one image at a time: the decode's activations are the largest of a generation
+        let latents = if count == 1 {
+            vec![latents]
+        } else {
+            ops::split_equal(&latents, count as i32, 0).map_err(mlx("splitting the batch"))?
+        };
+        let mut images = Vec::with_capacity(count);
+        for l in latents {
+            let decoded = self.decode(&l)?;
+            let image = RgbImage::from_array(&decoded)?;
+            images.push((l, decoded, image));
+        }
         let decode_s = start.elapsed().as_secs_f64();
         peak("decode")?;
-        Ok(Generation {
-            latents,
-            decoded,
-            image,
-            warnings,
-            timings: Timings {
-                encode: encode_s,
-                denoise: denoise_s,
-                decode: decode_s,
-            },
-            peaks,
-        })
+        let timings = Timings {
+            encode: encode_s,
+            denoise: denoise_s,
+            decode: decode_s,
+        };
+        Ok(images
+            .into_iter()
+            .map(|(latents, decoded, image)| Generation {
+                latents,
+                decoded,
+                image,
+                warnings: warnings.clone(),
+                timings,
+                peaks: peaks.clone(),
+            })
+            .collect())
     }
 
     /// The transformer's timesteps of a schedule of `steps`: diffusers passes `t / 1000` with
@@ -168,7 +224,8 @@ impl Pipeline {
         Ok(schedule.timesteps.iter().map(|t| t / 1000.0).collect())
     }
 
-    /// The denoise loop from packed latents `[1, L_img, 64]`; returns the final latents (f32).
+    /// The denoise loop from packed latents `[N, L_img, 64]` (N > 1: a module of one text per
+    /// call); returns the final latents (f32).
     pub fn denoise(
         &self,
         latents: Array,
@@ -177,7 +234,7 @@ impl Pipeline {
         cfg_scale: f32,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Array> {
-        self.check_latents(&latents)?;
+        self.check_latents_batch(&latents)?;
         let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
         let table = self.modulation_table(&self.timesteps(steps)?)?;
         self.ensure(Network::Denoiser)?;

@@ -34,7 +34,23 @@ impl Pipeline {
 
     /// An error unless `latents` are `[1, L_img, 64]`.
     pub(super) fn check_latents(&self, latents: &Array) -> Result<()> {
-        let expected = vec![1, self.image_seq_len() as i32, PACKED_CHANNELS as i32];
+        self.check_latents_of(latents, 1)
+    }
+
+    /// An error unless `latents` are `[N, L_img, 64]`, N ≥ 1 (N > 1 only where the module
+    /// takes a batch: one text per call).
+    pub(super) fn check_latents_batch(&self, latents: &Array) -> Result<()> {
+        let n = latents.shape().first().copied().unwrap_or(0);
+        let batch = if n > 1 && !self.variant.joint_cfg() {
+            n
+        } else {
+            1
+        };
+        self.check_latents_of(latents, batch)
+    }
+
+    fn check_latents_of(&self, latents: &Array, batch: i32) -> Result<()> {
+        let expected = vec![batch, self.image_seq_len() as i32, PACKED_CHANNELS as i32];
         if latents.shape() != expected.as_slice() {
             return Err(PipelineError::LatentsShape {
                 expected,

@@ -226,9 +226,17 @@ macro_rules! one_text {
         impl Step for Bound<'_> {
             fn velocity(&self, x: &Array, i: usize) -> Result<(Array, Option<Array>), Exception> {
                 let (ic, is) = &self.img;
-                let [mi, mt, mo] = self.modulation.step(i, 1)?;
+                // a batch of images of one text: the text and the step's modulation repeated
+                let n = x.shape()[0];
+                let [mi, mt, mo] = self.modulation.step(i, n)?;
                 let call = |(c, tc, ts): &(Array, Array, Array)| {
-                    $m::transformer(self.w, x, c, &mi, &mt, &mo, ic, is, tc, ts)
+                    let c = if n > 1 {
+                        let s = c.shape();
+                        ops::broadcast_to(c, &[n, s[1], s[2]])?
+                    } else {
+                        c.clone()
+                    };
+                    $m::transformer(self.w, x, &c, &mi, &mt, &mo, ic, is, tc, ts)
                 };
                 let cond = call(&self.cond)?;
                 let uncond = self.uncond.as_ref().map(call).transpose()?;
