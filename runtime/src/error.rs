@@ -301,3 +301,47 @@ pub enum ImageError {
         source: std::io::Error,
     },
 }
+
+/// The first `shown` of a list of names or problems joined by `sep`, then `and N more`: how
+/// error messages list what went wrong without running on for a page.
+pub struct Listed<'a> {
+    pub items: &'a [String],
+    pub shown: usize,
+    pub sep: &'static str,
+}
+
+impl std::fmt::Display for Listed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, item) in self.items.iter().take(self.shown).enumerate() {
+            if i > 0 {
+                f.write_str(self.sep)?;
+            }
+            f.write_str(item)?;
+        }
+        if self.items.len() > self.shown {
+            write!(f, "{}and {} more", self.sep, self.items.len() - self.shown)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod listed_tests {
+    use super::Listed;
+
+    #[test]
+    fn the_first_items_then_how_many_more() {
+        let items: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let l = |shown, sep| {
+            Listed {
+                items: &items,
+                shown,
+                sep,
+            }
+            .to_string()
+        };
+        assert_eq!(l(2, "; "), "a; b; and 1 more");
+        assert_eq!(l(3, ", "), "a, b, c");
+        assert_eq!(l(9, ", "), "a, b, c");
+    }
+}

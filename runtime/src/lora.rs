@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use mlx_rs::error::Exception;
 use mlx_rs::{ops, Array, Dtype as MlxDtype};
 
+use crate::error::Listed;
 use crate::quant::{LowRank, Plan, QuantSpec, Quantized};
 use crate::weights::{Checkpoint, TensorSpec};
 use crate::WeightError;
@@ -31,23 +32,13 @@ pub enum LoraError {
     /// (the error names the file)
     #[error("LoRA: {source}")]
     Open { path: PathBuf, source: WeightError },
-    #[error("LoRA {}: {} key(s) match no weight of this model: {}", path.display(), keys.len(), shown(keys))]
+    #[error("LoRA {}: {} key(s) match no weight of this model: {}", path.display(), keys.len(), Listed { items: keys, shown: 20, sep: ", " })]
     Unmatched { path: PathBuf, keys: Vec<String> },
     #[error("LoRA {}: {}", path.display(), problems.join("; "))]
     Invalid {
         path: PathBuf,
         problems: Vec<String>,
     },
-}
-
-/// The first keys of a list, and how many more.
-fn shown(keys: &[String]) -> String {
-    const SHOWN: usize = 20;
-    let mut s = keys[..keys.len().min(SHOWN)].join(", ");
-    if keys.len() > SHOWN {
-        s += &format!(", and {} more", keys.len() - SHOWN);
-    }
-    s
 }
 
 /// One low-rank pair of one layer: `scale · up @ down`.

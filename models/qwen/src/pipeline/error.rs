@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use qwen_runtime::__private::mlx_rs::error::Exception;
+use qwen_runtime::error::Listed;
 use qwen_runtime::{ImageError, SchedulerError, TokenizerError, WeightError};
 
 use super::{ModelConfig, Resolution};
@@ -89,7 +90,7 @@ pub enum PipelineError {
     /// (the message shows the first [`SHOWN_PROBLEMS`] on one line).
     #[error(
         "the checkpoint in {} does not fit the generated module {module} ({}): {}",
-        path.display(), Count(problems.len(), "problem"), Listed(problems)
+        path.display(), Count(problems.len(), "problem"), Listed { items: problems, shown: SHOWN_PROBLEMS, sep: "; " }
     )]
     Mismatch {
         path: PathBuf,
@@ -142,23 +143,6 @@ impl fmt::Display for Count {
 
 /// Problems shown in a [`PipelineError::Mismatch`] message.
 pub const SHOWN_PROBLEMS: usize = 10;
-
-struct Listed<'a>(&'a [String]);
-
-impl fmt::Display for Listed<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().take(SHOWN_PROBLEMS).enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            f.write_str(p)?;
-        }
-        if self.0.len() > SHOWN_PROBLEMS {
-            write!(f, "; and {} more", self.0.len() - SHOWN_PROBLEMS)?;
-        }
-        Ok(())
-    }
-}
 
 pub(super) type Result<T, E = PipelineError> = std::result::Result<T, E>;
 
