@@ -42,6 +42,9 @@ pub struct Spec {
     pub consts: Vec<(String, usize)>,
     /// Import these graphs (and the helpers) from a shared module instead of emitting them.
     pub shared: Option<Shared>,
+    /// Items the caller adds to the module as they are (e.g. a model's dispatch over the
+    /// generated functions).
+    pub extra: proc_macro2::TokenStream,
 }
 
 /// Generate and format in one go (for tests and debugging).

@@ -30,6 +30,7 @@ fn spec(shared: Option<Shared>) -> Spec {
         title: "test".into(),
         consts: vec![],
         shared,
+        extra: Default::default(),
     }
 }
 

@@ -30,6 +30,7 @@ pub mod kernels;
 pub mod lora;
 pub mod quant;
 pub mod scheduler;
+pub mod tiles;
 pub mod tokenizer;
 pub mod weights;
 

@@ -470,7 +470,10 @@ fn collect_blocks(graphs: &[Graph]) -> Result<BTreeMap<String, Graph>> {
     for g in graphs {
         for (name, b) in &g.blocks {
             match blocks.get(name) {
-                Some(prev) if prev != b => return Err(CodegenError::DuplicateGraph(name.clone())),
+                // (the kept copy carries its caller's block table: compare the bodies alone)
+                Some(prev) if bare(prev) != bare(b) => {
+                    return Err(CodegenError::DuplicateGraph(name.clone()))
+                }
                 _ => {
                     let mut b = b.clone();
                     b.blocks = g.blocks.clone();
@@ -576,6 +579,7 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
     );
     let helpers = helper_items;
     let warm_up = fused::warm_up(blocks.values().chain(graphs.iter()));
+    let extra = &spec.extra;
     Ok(quote! {
         #[doc = #header]
         #[allow(unused_variables, unused_imports, clippy::all)]
@@ -595,6 +599,8 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
             #(#items)*
 
             #warm_up
+
+            #extra
 
             #(#tables)*
         }

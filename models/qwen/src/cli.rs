@@ -77,3 +77,25 @@ pub fn parse_lora(s: &str) -> Result<(std::path::PathBuf, f32), String> {
     }
     Ok((std::path::PathBuf::from(s), 1.0))
 }
+
+/// `--vae-tiling`: when the VAE decodes in tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VaeTilingArg {
+    /// When the untiled decode would not fit the memory budget.
+    Auto,
+    /// Always (where the image is larger than one tile: 256 px).
+    On,
+    /// Never.
+    Off,
+}
+
+impl VaeTilingArg {
+    pub fn mode(self) -> crate::pipeline::VaeTiling {
+        use crate::pipeline::VaeTiling;
+        match self {
+            VaeTilingArg::Auto => VaeTiling::Auto,
+            VaeTilingArg::On => VaeTiling::On,
+            VaeTilingArg::Off => VaeTiling::Off,
+        }
+    }
+}

@@ -62,7 +62,7 @@ pub use error::{PipelineError, Warning, SHOWN_PROBLEMS};
 pub use generate::{Event, Generation, Request, Timings};
 pub use latents::{pack, unpack_nhwc};
 pub use memory::Network;
-pub use open::Options;
+pub use open::{Options, VaeTiling};
 pub use prompt::{
     format_prompt, Embeddings, MAX_SEQUENCE_LENGTH, PROMPT_TEMPLATE, TEMPLATE_DROP,
     TOKENIZER_MAX_LENGTH,
@@ -94,6 +94,8 @@ pub struct Pipeline {
     loras: qwen_runtime::lora::Loras,
     /// The Lightning schedule instead of the folder's.
     lightning: bool,
+    /// When the VAE decodes in tiles.
+    vae_tiling: VaeTiling,
     /// How a transformer folder `qwen-run quantize` wrote is quantized (its quantized
     /// layers are loaded as stored).
     stored_quantization: Option<crate::quantize_folder::StoredQuantization>,

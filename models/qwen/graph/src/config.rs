@@ -93,7 +93,51 @@ pub enum ConfigName {
     Tiny,
 }
 
+/// Tiled VAE decoding as diffusers' `AutoencoderKLQwenImage.tiled_decode` does it, in pixels:
+/// tiles of `min` × `min` (the latents' `min / 8`) every `stride`, blended over `min − stride`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VaeTiling {
+    pub min: usize,
+    pub stride: usize,
+}
+
+impl VaeTiling {
+    /// Latent rows or columns per tile and between tiles (the VAE scales by 8).
+    pub fn latent(self) -> (usize, usize) {
+        (self.min / 8, self.stride / 8)
+    }
+
+    /// The distinct tile lengths along a latent axis of `n`: `min(tile, n − i)` for
+    /// `i = 0, stride, …` (none when `n` fits one tile: diffusers then decodes untiled).
+    pub fn tile_lengths(self, n: usize) -> Vec<usize> {
+        let (tile, stride) = self.latent();
+        if n <= tile || stride == 0 {
+            return vec![];
+        }
+        let mut v: Vec<usize> = (0..n).step_by(stride).map(|i| tile.min(n - i)).collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.dedup();
+        v
+    }
+}
+
 impl ConfigName {
+    /// The tiling of the VAE decode: diffusers' defaults for the real model (256 px tiles
+    /// every 192); 32 every 24 for the tiny one, so that its 96×64 and 64² fixtures have
+    /// tiles (its parity test runs diffusers with the same).
+    pub fn vae_tiling(self) -> VaeTiling {
+        match self {
+            ConfigName::Real => VaeTiling {
+                min: 256,
+                stride: 192,
+            },
+            ConfigName::Tiny => VaeTiling {
+                min: 32,
+                stride: 24,
+            },
+        }
+    }
+
     /// The configuration.
     pub fn config(self) -> Result<Config, serde_json::Error> {
         match self {
@@ -165,6 +209,18 @@ mod tests {
         assert_eq!(t.vae.decoder_dims(), vec![64, 64, 64, 32, 16]);
         assert_eq!(t.vae.up_block_io(1), (32, 64));
         assert_eq!(t.text_encoder.head_dim(), 8);
+    }
+
+    #[test]
+    fn tile_lengths_are_diffusers_tiles() {
+        let real = ConfigName::Real.vae_tiling();
+        // 1024²: latents 128, tiles of 32 at 0, 24, …, 96, and 8 at 120
+        assert_eq!(real.tile_lengths(128), vec![32, 8]);
+        assert_eq!(real.tile_lengths(166), vec![32, 22]);
+        assert_eq!(real.tile_lengths(32), Vec::<usize>::new());
+        let tiny = ConfigName::Tiny.vae_tiling();
+        assert_eq!(tiny.tile_lengths(12), vec![4, 3]);
+        assert_eq!(tiny.tile_lengths(8), vec![4, 2]);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Built {
     pub title: String,
     pub consts: Vec<(String, usize)>,
     pub graphs: Vec<Graph>,
+    /// The latent sizes (h, w) of the tile decoders among `graphs` (`vae::tile_name`).
+    pub vae_tiles: Vec<(usize, usize)>,
 }
 
 /// Why a specialization could not be built.
@@ -122,11 +124,29 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
         ..pc.clone()
     };
     let t = &cfg.transformer;
-    let graphs = [
+    let mut graphs = vec![
         passes::run(&transformer::rope(t)?, &pc)?,
         passes::run(&transformer::transformer(t)?, &pc_dit)?,
         passes::run(&vae::decoder(&cfg.vae)?, &pc)?,
     ];
+    // a decoder per tile size of a tiled decode at this size, its shapes bound to the tile
+    let tiling = r.config.vae_tiling();
+    let (lh, lw) = (bindings["h"], bindings["w"]);
+    let (hs, ws) = (tiling.tile_lengths(lh), tiling.tile_lengths(lw));
+    let mut vae_tiles = vec![];
+    if !hs.is_empty() || !ws.is_empty() {
+        let or_all = |v: Vec<usize>, n: usize| if v.is_empty() { vec![n] } else { v };
+        for &th in &or_all(hs, lh) {
+            for &tw in &or_all(ws.clone(), lw) {
+                let mut tile = pc.clone();
+                tile.bindings.insert("h".into(), th);
+                tile.bindings.insert("w".into(), tw);
+                tile.bindings.insert("L_lat".into(), th * tw);
+                graphs.push(passes::run(&vae::tile_decoder(&cfg.vae, th, tw)?, &tile)?);
+                vae_tiles.push((th, tw));
+            }
+        }
+    }
     let (gh, gw) = (bindings["gh"], bindings["gw"]);
     let consts = vec![
         ("width".into(), r.width),
@@ -136,6 +156,8 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
         ("grid_h".into(), gh),
         ("grid_w".into(), gw),
         ("img_tokens".into(), bindings["L_img"]),
+        ("vae_tile_latent".into(), tiling.latent().0),
+        ("vae_tile_stride_latent".into(), tiling.latent().1),
         ("packed_channels".into(), t.in_channels),
         ("num_layers".into(), t.num_layers),
         (
@@ -155,7 +177,8 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
             config_name(r.config)
         ),
         consts,
-        graphs: graphs.to_vec(),
+        graphs,
+        vae_tiles,
     })
 }
 
@@ -188,6 +211,7 @@ pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
         ),
         consts: vec![],
         graphs,
+        vae_tiles: vec![],
     })
 }
 

@@ -110,9 +110,10 @@ fn joint_attention(
             MaskKind::None,
             None,
         )?;
-        let o = b.transpose(o, &[0, 2, 1, 3])?; // [B, L, H, Dh], a view
-                                                // rows split before the reshape to [B, L, D]: each part is copied once into its
-                                                // layout (with the CFG halves batched, the image rows of both halves in one join)
+        // [B, L, H, Dh], a view; the rows are split before the reshape to [B, L, D], so that
+        // each part is copied once into its layout (with the CFG halves batched, the image
+        // rows of both halves in one join)
+        let o = b.transpose(o, &[0, 2, 1, 3])?;
         let l = l_txt().add(&l_img());
         let txt = b.slice(o, 1, 0, l_txt())?;
         let img = b.slice(o, 1, l_txt(), l)?;

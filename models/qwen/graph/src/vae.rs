@@ -126,8 +126,24 @@ fn upsample(b: &mut GraphBuilder, name: &str, x: Tensor, c: usize) -> Result<Ten
 /// and the final clamp (spec §4.3): `z` (de-normalized latents) → image in [−1, 1].
 // z: [B, 1, h, w, z_dim] -> [B, 1, H, W, 3] (NHWC [B, H, W, 3] after the layout pass)
 pub fn decoder(c: &VaeConfig) -> Result<Graph> {
+    decoder_named(c, "vae_decoder", true)
+}
+
+/// The decoder as [`decoder`] for one tile of a tiled decode, named for its latent size
+/// (`vae_tile_{h}x{w}`, its shapes bound to that size), without the final clamp: diffusers
+/// blends the tiles unclamped.
+pub fn tile_decoder(c: &VaeConfig, h: usize, w: usize) -> Result<Graph> {
+    decoder_named(c, &tile_name(h, w), false)
+}
+
+/// The name of the tile decoder of `h × w` latents.
+pub fn tile_name(h: usize, w: usize) -> String {
+    format!("vae_tile_{h}x{w}")
+}
+
+fn decoder_named(c: &VaeConfig, name: &str, clamp: bool) -> Result<Graph> {
     let dims = c.decoder_dims();
-    let mut b = GraphBuilder::new("vae_decoder");
+    let mut b = GraphBuilder::new(name);
     let (bb, h, w) = (Dim::sym("B"), Dim::sym("h"), Dim::sym("w"));
     let z = b.input(
         "z",
@@ -165,7 +181,7 @@ pub fn decoder(c: &VaeConfig) -> Result<Graph> {
         let x = b.silu(x)?;
         b.causal_conv3d("conv_out", x, last, 3, 3, true)
     })?;
-    let y = b.clamp(y, -1.0, 1.0)?;
+    let y = if clamp { b.clamp(y, -1.0, 1.0)? } else { y };
     b.output("image", y)?;
     Ok(b.finish())
 }

@@ -86,11 +86,18 @@ pub fn expand(a: Args) -> TokenStream {
             )
         }
     };
+    // a resolution module (the shared one has no decoder)
+    let extra = if a.shared {
+        TokenStream::new()
+    } else {
+        vae_decode_tile(&built.vae_tiles)
+    };
     let spec = graph_codegen::Spec {
         module: module.clone(),
         title: built.title,
         consts: built.consts,
         shared,
+        extra,
     };
     match graph_codegen::generate(&spec, &built.graphs) {
         Ok(ts) => ts,
@@ -99,4 +106,42 @@ pub fn expand(a: Args) -> TokenStream {
             Some(module),
         ),
     }
+}
+
+/// `vae_decode_tile(w, z)`: the generated tile decoder of z's latent size, run with the
+/// full decoder's weights (the tile decoders are the same graph at other sizes, so their
+/// weights structs hold the same arrays in the same order); `None` for a size without one.
+fn vae_decode_tile(tiles: &[(usize, usize)]) -> TokenStream {
+    let arms = tiles.iter().map(|&(h, w)| {
+        let name = qwen_graph::vae::tile_name(h, w);
+        let f = format_ident!("{}", name);
+        let weights = format_ident!("{}Weights", camel(&name));
+        let (h, w) = (h as i32, w as i32);
+        quote! {
+            (#h, #w) => Ok(Some(#f(&#weights::from_arrays(&w.arrays()), z)?)),
+        }
+    });
+    quote! {
+        /// The VAE decoder on one tile of a tiled decode (latents `[B, h, w, C]`, NHWC), without
+        /// the final clamp, for the tile sizes this resolution's tiling makes; `None` for others.
+        pub fn vae_decode_tile(w: &VaeDecoderWeights, z: &Array) -> Result<Option<Array>, Exception> {
+            let s = z.shape();
+            match (s[s.len() - 3], s[s.len() - 2]) {
+                #(#arms)*
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+/// `vae_tile_32x8` → `VaeTile32x8`, as the codegen names a graph's weights struct.
+fn camel(name: &str) -> String {
+    name.split('_')
+        .map(|part| {
+            let mut c = part.chars();
+            c.next()
+                .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }

@@ -48,6 +48,7 @@ fn module(name: &str, b: &Built, shared: Option<ConfigName>) -> syn::ItemMod {
             path: format!("super::{}", shared_module(c)),
             graphs: build_shared(c).unwrap().graphs,
         }),
+        extra: Default::default(),
     };
     let file: syn::File = syn::parse2(elide_literals(generate(&spec, &b.graphs).unwrap())).unwrap();
     match <[Item; 1]>::try_from(file.items) {
@@ -351,6 +352,7 @@ fn generation_is_deterministic() {
             title: b.title.clone(),
             consts: b.consts.clone(),
             shared: None,
+            extra: Default::default(),
         };
         generate(&spec, &b.graphs).unwrap().to_string()
     };

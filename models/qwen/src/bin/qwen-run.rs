@@ -101,6 +101,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     count: usize,
 
+    /// VAE decoding in tiles of 256 px every 192, blended as diffusers' `enable_tiling`
+    /// does: auto = when the untiled decode would not fit the memory limit beside what
+    /// stays loaded.
+    #[arg(long, value_enum, default_value_t = qwen::cli::VaeTilingArg::Auto)]
+    vae_tiling: qwen::cli::VaeTilingArg,
+
     /// Device to run on: the GPU when the loaded libmlx has one, else the CPU.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
@@ -396,6 +402,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         },
         lightning: args.lightning.is_some(),
         negative_pass: cfg > 1.0,
+        vae_tiling: args.vae_tiling.mode(),
     };
     let pipeline = Pipeline::open(&model, &options)?;
     let r = pipeline.resolution();

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use qwen_runtime::__private::mlx_rs::{error::Exception, memory, ops, transforms, Array, Dtype};
 use qwen_runtime::guidance::true_cfg;
 use qwen_runtime::scheduler::euler_step_array;
+use qwen_runtime::tiles::tiled_decode;
 use qwen_runtime::RgbImage;
 
 use super::latents::{unpack_nhwc, LATENT_CHANNELS};
-use super::{mlx, Embeddings, Network, Pipeline, PipelineError, Result, Warning};
+use super::{mlx, Embeddings, Network, Pipeline, PipelineError, Result, VaeTiling, Warning};
 
 /// One generation.
 #[derive(Debug, Clone)]
@@ -279,10 +280,18 @@ impl Pipeline {
     }
 
     /// Packed latents → decoder output `[1, 3, H, W]` f32, clamped to [−1, 1]. Frees what
-    /// the decode's activations need room for (see [`super::memory`]).
+    /// the decode's activations need room for (see [`super::memory`]); decodes in tiles as
+    /// `Options::vae_tiling` says (automatically: when even then they would not fit).
     pub fn decode(&self, latents: &Array) -> Result<Array> {
         self.make_room(super::memory::Stage::Decode)?;
         let (gh, gw) = self.grid();
+        let tiling = self.variant.vae_tiling();
+        let tiled = tiling.applies(2 * gh as i32, 2 * gw as i32)
+            && match self.vae_tiling {
+                VaeTiling::On => true,
+                VaeTiling::Off => false,
+                VaeTiling::Auto => !self.decode_fits(),
+            };
         let run = || -> Result<Array, Exception> {
             let z = unpack_nhwc(&latents.as_dtype(Dtype::Float32)?, gh, gw)?;
             // diffusers: z / (1 / std) + mean, in f32.
@@ -290,7 +299,16 @@ impl Pipeline {
             let inv = Array::from_slice(&inv, &[LATENT_CHANNELS as i32]);
             let mean = Array::from_slice(&self.latents_mean, &[LATENT_CHANNELS as i32]);
             let z = ops::add(&ops::divide(&z, &inv)?, &mean)?.as_dtype(self.dtype)?;
-            let y = self.vae.decode(&z)?;
+            let y = if tiled {
+                let mut tile = |t: &Array| {
+                    self.vae.decode_tile(t)?.ok_or_else(|| {
+                        Exception::custom(format!("no tile decoder for latents {:?}", t.shape()))
+                    })
+                };
+                tiled_decode(&z, tiling, &mut tile)?
+            } else {
+                self.vae.decode(&z)?
+            };
             let y = ops::clip(&y.as_dtype(Dtype::Float32)?, (-1.0f32, 1.0f32))?;
             let y = ops::transpose_axes(&y, &[0, 3, 1, 2])?;
             y.eval()?;

@@ -289,6 +289,14 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether the untiled VAE decode's working memory fits beside what is loaded now
+    /// (after [`Pipeline::make_room`] for the decode: `Options::vae_tiling`'s `Auto`).
+    pub(super) fn decode_fits(&self) -> bool {
+        let l = self.loaded.borrow();
+        let held: usize = l.loaded().iter().map(|n| self.sizes.weights(*n)).sum();
+        self.sizes.vae + self.sizes.loras + held + self.sizes.decode_work <= self.budget
+    }
+
     /// Frees what `need` does not leave room for (see the module doc), then loads `need`
     /// if it is not loaded.
     pub(super) fn ensure(&self, need: Network) -> Result<()> {

@@ -46,6 +46,19 @@ pub struct Options {
     /// would compute a second half for nothing); requests with CFG still run on it, as two
     /// calls.
     pub negative_pass: bool,
+    /// Tiled VAE decoding (diffusers' tiles and blending): always, never, or when the
+    /// untiled decode would not fit the memory budget ([`super::memory`]).
+    pub vae_tiling: VaeTiling,
+}
+
+/// When the VAE decodes in tiles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VaeTiling {
+    /// When the untiled decode's working memory would not fit beside what stays loaded.
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 impl Default for Options {
@@ -60,6 +73,7 @@ impl Default for Options {
             lora_on_quantized: Default::default(),
             lightning: false,
             negative_pass: true,
+            vae_tiling: VaeTiling::Auto,
         }
     }
 }
@@ -256,6 +270,7 @@ impl Pipeline {
                 quantize: options.quantize.clone(),
                 loras,
                 lightning: options.lightning,
+                vae_tiling: options.vae_tiling,
                 stored_quantization,
                 vae: vae_decoder,
             };

@@ -55,6 +55,8 @@ pub trait Variant: Sync {
     /// Compiles every fused kernel the module's networks use (one tiny call each; see the
     /// generated `warm_up_kernels`).
     fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception>;
+    /// The tiles of a tiled VAE decode (diffusers' defaults for the real model).
+    fn vae_tiling(&self) -> qwen_runtime::tiles::Tiling;
 }
 
 /// A loaded text encoder: token ids `[1, S]` (int32) → final-norm states `[1, S, hidden]`.
@@ -124,6 +126,9 @@ pub trait Step {
 /// A loaded VAE decoder: NHWC latents `[1, h, w, 16]` (de-normalised) → `[1, H, W, 3]`.
 pub trait Decoder {
     fn decode(&self, z: &Array) -> Result<Array, Exception>;
+    /// One tile of a tiled decode (latents `[1, th, tw, 16]`, no final clamp), for the tile
+    /// sizes the module's tiling makes ([`Variant::vae_tiling`]); `None` for other sizes.
+    fn decode_tile(&self, z: &Array) -> Result<Option<Array>, Exception>;
 }
 
 /// Every generated module the pipeline can run, one per `specialize!(res = …)` line of

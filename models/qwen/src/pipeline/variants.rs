@@ -106,6 +106,9 @@ macro_rules! variant {
                 fn decode(&self, z: &Array) -> Result<Array, Exception> {
                     m::vae_decoder(&self.0, z)
                 }
+                fn decode_tile(&self, z: &Array) -> Result<Option<Array>, Exception> {
+                    m::vae_decode_tile(&self.0, z)
+                }
             }
 
             $transformer!(m);
@@ -175,6 +178,13 @@ macro_rules! variant {
                 }
                 fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception> {
                     m::warm_up_kernels(dtype)
+                }
+                fn vae_tiling(&self) -> qwen_runtime::tiles::Tiling {
+                    qwen_runtime::tiles::Tiling {
+                        tile: m::VAE_TILE_LATENT as i32,
+                        stride: m::VAE_TILE_STRIDE_LATENT as i32,
+                        scale: 8,
+                    }
                 }
                 fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>> {
                     let w = loaded("vae", || m::VaeDecoderWeights::load(ck, "", dtype), m::VaeDecoderWeights::arrays)?;
