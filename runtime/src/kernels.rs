@@ -320,6 +320,7 @@ pub fn set_pipeline_blocks(on: bool) {
 /// thread of its own while the weights load, instead of first: MLX 0.32 gives each thread its
 /// own default stream, and compiles custom kernels with NVRTC in every process (it keeps no
 /// disk cache of them), ~7.5 s of a cold 1024² `qwen-run` on an H200 before the ~7 s load.
+/// With it, no page-cache prefetch runs first either (the loading threads read the pages).
 /// Off unless `QWEN_WARM_UP_BESIDE_LOAD=1` until measured on a GPU.
 pub fn warm_up_beside_load() -> bool {
     std::env::var("QWEN_WARM_UP_BESIDE_LOAD").is_ok_and(|v| v == "1")

@@ -175,6 +175,9 @@ pub struct Checkpoint {
     path: PathBuf,
     shards: Vec<Shard>,
     tensors: BTreeMap<String, Entry>,
+    /// Arrays made by [`Checkpoint::array`] (what the staging tests observe).
+    #[cfg(test)]
+    made: std::sync::atomic::AtomicUsize,
 }
 
 impl fmt::Debug for Checkpoint {
@@ -218,6 +221,8 @@ impl Checkpoint {
             path: file.to_path_buf(),
             shards: Vec::new(),
             tensors: BTreeMap::new(),
+            #[cfg(test)]
+            made: Default::default(),
         };
         let shard = Shard::open(file)?;
         for (name, entry) in shard.entries(0)? {
@@ -336,6 +341,8 @@ impl Checkpoint {
 
     /// The tensor as an MLX array of the stored dtype and shape (a copy of its bytes).
     pub fn array(&self, name: &str) -> Result<mlx_rs::Array, WeightError> {
+        #[cfg(test)]
+        self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let entry = self
             .tensors
             .get(name)

@@ -227,6 +227,15 @@ fn count_writes_the_images_of_consecutive_seeds() {
         }
         assert!(!Path::new(&many).exists());
     }
+    // a folder given as the output is refused as for one image, not numbered beside it
+    let folder = tmp.path().join("out");
+    std::fs::create_dir(&folder).unwrap();
+    let f = folder.to_str().unwrap();
+    assert_fails_with(
+        &qwen_run(&["--prompt", "x", "--steps", "1", "--count", "2", "-o", f]),
+        "is a folder",
+    );
+    assert!(!tmp.path().join("out-1").exists());
     for (args, needle) in [
         (&["--count", "0"][..], "--count must be between 1 and 64"),
         (&["--count", "65"][..], "--count must be between 1 and 64"),

@@ -97,18 +97,19 @@ fn check(res: &str, module: Option<&str>) {
         })
         .unwrap();
     assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
-    // MLX's peak after each stage, in order, never falling (read, never reset, in between)
+    // MLX's peak after each stage, in order
     let stages: Vec<&str> = g.peaks.iter().map(|p| p.0).collect();
     assert_eq!(
         stages,
         ["encode", "modulation", "denoiser", "denoise", "decode"]
     );
+    // once the denoiser is loaded, the peak holds at least its weights
+    let denoiser = pipeline.memory_sizes().denoiser;
     assert!(
-        g.peaks.windows(2).all(|w| w[0].1 <= w[1].1),
-        "{:?}",
+        g.peaks[2].1 >= denoiser && denoiser > 0,
+        "{:?} vs {denoiser}",
         g.peaks
     );
-    assert!(g.peaks[0].1 > 0, "{:?}", g.peaks);
     let e_lat = rel_err(&g.latents, &get("output.latents"));
     let e_dec = rel_err(&g.decoded, &get("output.decoded"));
 
@@ -312,6 +313,43 @@ fn several_images_are_the_single_runs_with_consecutive_seeds() {
         // three different images
         assert_ne!(many[0].image.pixels, many[1].image.pixels);
     }
+    // a batch that does not fit the memory budget is denoised one image at a time
+    let tight = Pipeline::open(
+        fixture("tiny-qwen-image"),
+        &Options {
+            resolution: Some("96x64".parse::<Resolution>().unwrap()),
+            dtype: Dtype::Float32,
+            module: Some("res96x64_tiny".into()),
+            memory_limit: Some(1_000_000),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let mut steps = 0;
+    let request = Request {
+        steps: 2,
+        cfg_scale: 1.0,
+        seed: 7,
+        ..Request::new(r.prompt.clone())
+    };
+    let many = tight
+        .generate_images(&request, 2, &mut |e| {
+            if let Event::Step { .. } = e {
+                steps += 1
+            }
+        })
+        .unwrap();
+    assert_eq!(steps, 4);
+    let single = tight
+        .generate(
+            &Request {
+                seed: 8,
+                ..request.clone()
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(rel_err(&many[1].latents, &single.latents), 0.0);
     let p = open("96x64", None);
     let given = Request {
         latents: Some(r.ck.array("96x64.input.latents").unwrap()),

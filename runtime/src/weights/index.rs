@@ -69,6 +69,8 @@ impl Checkpoint {
             path: index.to_path_buf(),
             shards,
             tensors,
+            #[cfg(test)]
+            made: Default::default(),
         })
     }
 }

@@ -112,29 +112,40 @@ impl Checkpoint {
             }),
             changed: Condvar::new(),
         };
-        let index: HashMap<&str, usize> = order
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.as_str(), i))
-            .collect();
+        // a name listed twice is staged once (its first place)
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in order.iter().enumerate() {
+            index.entry(n.as_str()).or_insert(i);
+        }
         std::thread::scope(|scope| {
             for _ in 0..staging.threads {
                 scope.spawn(|| shared.work(staging.ahead_bytes));
             }
-            let out = load(&mut |name| match index.get(name) {
+            // the workers stop when the loader returns, and when it panics (else they would
+            // wait for room forever and the scope for them)
+            let _stop = StopOnDrop(&shared);
+            load(&mut |name| match index.get(name) {
                 Some(&i) => shared.take(i),
                 None => self.array(name),
-            });
-            shared.lock().stop = true;
-            shared.changed.notify_all();
-            out
+            })
         })
+    }
+}
+
+/// Tells the workers to stop, when dropped.
+struct StopOnDrop<'a, 'b>(&'a Shared<'b>);
+
+impl Drop for StopOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        self.0.lock().stop = true;
+        self.0.changed.notify_all();
     }
 }
 
 impl Shared<'_> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // a worker that panicked has left consistent slots behind: go on with them
+        // no panic happens while the lock is held (a worker's panicking copy is made
+        // outside it and undone under it), so a poisoned lock still guards consistent slots
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -169,8 +180,23 @@ impl Shared<'_> {
                     st = self.wait(st);
                 }
             };
-            let made = self.ck.array(&self.names[i]);
-            self.lock().slots[i] = Slot::Ready(made);
+            let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.ck.array(&self.names[i])
+            }));
+            match made {
+                Ok(made) => self.lock().slots[i] = Slot::Ready(made),
+                Err(panic) => {
+                    // give the tensor back (the loader makes it itself, and meets the
+                    // panic there if it is the tensor's), then end this worker with it
+                    let mut st = self.lock();
+                    st.slots[i] = Slot::Pending;
+                    st.next = st.next.min(i);
+                    st.ahead -= self.bytes[i];
+                    drop(st);
+                    self.changed.notify_all();
+                    std::panic::resume_unwind(panic);
+                }
+            }
             self.changed.notify_all();
         }
     }
@@ -263,6 +289,56 @@ mod tests {
             });
             assert_eq!(got, asked.map(|i| 100 * i), "{staging:?}");
         }
+    }
+
+    /// A loader that panics ends the load with its panic (the workers stop instead of
+    /// waiting for room forever), with a budget that keeps them waiting.
+    #[test]
+    fn a_panicking_loader_does_not_hang_the_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = checkpoint(dir.path(), 6);
+        let order: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
+        let staging = Staging {
+            threads: 4,
+            ahead_bytes: 256,
+        };
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ck.staged_with(staging, &order, |get| {
+                let _ = get("t0");
+                panic!("the loader fails");
+            })
+        }));
+        assert!(run.is_err());
+    }
+
+    /// Copies are made ahead: before the loader asks for anything, workers have made the
+    /// first tensors (the budget allows all six here).
+    #[test]
+    fn workers_copy_ahead_of_the_loader() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = checkpoint(dir.path(), 6);
+        let order: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
+        let staging = Staging {
+            threads: 2,
+            ahead_bytes: 1 << 20,
+        };
+        let ahead = ck.staged_with(staging, &order, |get| {
+            let start = std::time::Instant::now();
+            // wait (a bounded time) for the workers to have made every copy: the loader has
+            // made none yet
+            let made = || ck.made.load(std::sync::atomic::Ordering::SeqCst);
+            while made() < 6 && start.elapsed() < std::time::Duration::from_secs(10) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let n = made();
+            for name in &order {
+                get(name).unwrap();
+            }
+            n
+        });
+        assert_eq!(ahead, 6);
+        // and the loader took those copies instead of making its own
+        assert_eq!(ck.made.load(std::sync::atomic::Ordering::SeqCst), 6);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `--bench-matmul N` instead times a matrix multiply on the chosen device.
 //!
 //! SIGINT and SIGTERM stop a generation between steps (exit status 130 / 143, one `error:`
-//! line, no file written or left behind); a second one ends the process at once.
+//! line, no file written or left behind; with `--count`, images already written stay); a
+//! second one ends the process at once.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -96,8 +97,9 @@ struct Args {
     output: PathBuf,
 
     /// Images of the prompt, seeds SEED, SEED+1, …, written as NAME-1.png … (for
-    /// --output NAME.png); one batch through the model when the size has a module of one
-    /// text per call and no negative pass runs (see --cfg), one after another otherwise.
+    /// --output NAME.png) one after another once all are made; one batch through the model
+    /// when the size has a module of one text per call and no negative pass runs (see
+    /// --cfg) and the batch fits the memory budget, one image after another otherwise.
     #[arg(long, value_name = "N", default_value_t = 1)]
     count: usize,
 
@@ -351,9 +353,12 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     if args.count > 1 && args.latents_file.is_some() {
         bail!("--latents-file gives the initial latents of one image: not with --count");
     }
-    let outputs = numbered(&args.output, args.count);
     let mut inputs = vec![model.as_path()];
     inputs.extend(args.latents_file.as_deref());
+    // the path as given is checked too (a folder, `.`, or a name ending in `/` is refused as
+    // it is for one image, not numbered into a sibling)
+    check_output(&args.output, &inputs)?;
+    let outputs = numbered(&args.output, args.count);
     for output in &outputs {
         check_output(output, &inputs)?;
         for stale in remove_stale_temp_files(output, started) {
@@ -492,21 +497,21 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     Ok(())
 }
 
-/// `--output` for `count` images: itself for one, else `NAME-1.EXT` … `NAME-count.EXT`.
+/// `--output` for `count` images: itself for one, else `NAME-1.EXT` … `NAME-count.EXT`
+/// beside it (the name's bytes kept as given).
 fn numbered(output: &Path, count: usize) -> Vec<PathBuf> {
     if count == 1 {
         return vec![output.to_path_buf()];
     }
-    let stem = output
-        .file_stem()
-        .map_or_else(Default::default, |s| s.to_string_lossy().into_owned());
-    let ext = output.extension().map(|e| e.to_string_lossy().into_owned());
+    let stem = output.file_stem().unwrap_or_default();
     (1..=count)
         .map(|i| {
-            let name = match &ext {
-                Some(e) => format!("{stem}-{i}.{e}"),
-                None => format!("{stem}-{i}"),
-            };
+            let mut name = stem.to_os_string();
+            name.push(format!("-{i}"));
+            if let Some(ext) = output.extension() {
+                name.push(".");
+                name.push(ext);
+            }
             output.with_file_name(name)
         })
         .collect()

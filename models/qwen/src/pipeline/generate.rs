@@ -87,10 +87,12 @@ impl Pipeline {
     }
 
     /// `count` images of one request, seeds `seed, seed + 1, …`: the images `count` runs of
-    /// [`Pipeline::generate`] with those seeds make. A module of one text per call denoises
-    /// them as one batch (the text encoded once, every step one call of batch `count`, or two
-    /// with CFG); a joint-CFG module takes one image per call, so each is made in turn. Each
-    /// [`Generation`] carries the timings and peaks of the whole batch.
+    /// [`Pipeline::generate`] with those seeds make. The text is encoded once; a module of one
+    /// text per call denoises the images as one batch (every step one call of batch `count`,
+    /// two with CFG) where their working memory fits beside what stays loaded
+    /// ([`super::memory`]), else (and through a joint-CFG module, which takes one image per
+    /// call) one after another; then each is decoded. Each [`Generation`] carries the
+    /// timings and peaks of the whole run.
     pub fn generate_images(
         &self,
         request: &Request,
@@ -106,17 +108,6 @@ impl Pipeline {
             return Err(PipelineError::Request(
                 "given initial latents make one image, not several".into(),
             ));
-        }
-        if count > 1 && self.variant.joint_cfg() {
-            return (0..count)
-                .map(|i| {
-                    let one = Request {
-                        seed: request.seed.wrapping_add(i as u64),
-                        ..request.clone()
-                    };
-                    self.generate(&one, on_event)
-                })
-                .collect();
         }
         if request.steps == 0 {
             return Err(PipelineError::Request("steps must be at least 1".into()));
@@ -155,42 +146,60 @@ impl Pipeline {
         }
 
         let start = std::time::Instant::now();
-        let latents = match &request.latents {
-            Some(l) => l
-                .as_dtype(Dtype::Float32)
-                .map_err(mlx("reading the initial latents"))?,
-            None if count == 1 => self.noise(request.seed)?,
-            None => {
-                let noise = (0..count)
-                    .map(|i| self.noise(request.seed.wrapping_add(i as u64)))
-                    .collect::<Result<Vec<_>>>()?;
-                ops::concatenate(&noise, 0).map_err(mlx("joining the images' noise"))?
-            }
-        };
         // the stages `denoise` starts with, here so that their peaks are seen apart
         self.modulation_table(&self.timesteps(request.steps)?)?;
         peak("modulation")?;
         self.ensure(Network::Denoiser)?;
         peak("denoiser")?;
-        let latents = self.denoise(
-            latents,
-            &emb,
-            request.steps,
-            request.cfg_scale,
-            &mut |done, total| on_event(Event::Step { done, total }),
-        )?;
+        let per_call = if self.variant.joint_cfg() || !self.batch_fits(count) {
+            1
+        } else {
+            count
+        };
+        let seeds: Vec<u64> = (0..count as u64)
+            .map(|i| request.seed.wrapping_add(i))
+            .collect();
+        let mut finals = Vec::with_capacity(count);
+        for batch in seeds.chunks(per_call) {
+            let latents = match &request.latents {
+                Some(l) => l
+                    .as_dtype(Dtype::Float32)
+                    .map_err(mlx("reading the initial latents"))?,
+                None => {
+                    let mut noise = batch
+                        .iter()
+                        .map(|&seed| self.noise(seed))
+                        .collect::<Result<Vec<_>>>()?;
+                    if noise.len() == 1 {
+                        noise.remove(0)
+                    } else {
+                        ops::concatenate(&noise, 0).map_err(mlx("joining the images' noise"))?
+                    }
+                }
+            };
+            let out = self.denoise(
+                latents,
+                &emb,
+                request.steps,
+                request.cfg_scale,
+                &mut |done, total| on_event(Event::Step { done, total }),
+            )?;
+            if batch.len() == 1 {
+                finals.push(out);
+            } else {
+                finals.extend(
+                    ops::split_equal(&out, batch.len() as i32, 0)
+                        .map_err(mlx("splitting the batch"))?,
+                );
+            }
+        }
         let denoise_s = start.elapsed().as_secs_f64();
         peak("denoise")?;
 
         let start = std::time::Instant::now();
         // one image at a time: the decode's activations are the largest of a generation
-        let latents = if count == 1 {
-            vec![latents]
-        } else {
-            ops::split_equal(&latents, count as i32, 0).map_err(mlx("splitting the batch"))?
-        };
         let mut images = Vec::with_capacity(count);
-        for l in latents {
+        for l in finals {
             let decoded = self.decode(&l)?;
             let image = RgbImage::from_array(&decoded)?;
             images.push((l, decoded, image));

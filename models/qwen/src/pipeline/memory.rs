@@ -289,6 +289,21 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether `count` images denoised as one batch fit beside what is loaded now: the
+    /// denoiser and the working memory of `count` images (the estimate is for one image's
+    /// two CFG halves, so `⌈count / 2⌉` of it) beside the loaded networks, the VAE and the
+    /// LoRA pairs.
+    pub(super) fn batch_fits(&self, count: usize) -> bool {
+        let l = self.loaded.borrow();
+        let mut held: Vec<Network> = l.loaded();
+        if !held.contains(&Network::Denoiser) {
+            held.push(Network::Denoiser);
+        }
+        let weights: usize = held.iter().map(|n| self.sizes.weights(*n)).sum();
+        let work = self.sizes.denoise_work * count.div_ceil(2).max(1);
+        self.sizes.vae + self.sizes.loras + weights + work <= self.budget
+    }
+
     /// Whether the untiled VAE decode's working memory fits beside what is loaded now
     /// (after [`Pipeline::make_room`] for the decode: `Options::vae_tiling`'s `Auto`).
     pub(super) fn decode_fits(&self) -> bool {

@@ -24,6 +24,17 @@ fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineErr
     }
 }
 
+/// A stored tensor in GPU memory by the time its layer is loaded: a stored dtype other
+/// than `dtype` is converted by the GPU anyway (the loader's `as_dtype`), the same one is
+/// copied ([`in_gpu_memory`]).
+fn resident(a: Array, dtype: Dtype) -> Result<Array, Exception> {
+    if a.dtype() == dtype {
+        in_gpu_memory(a)
+    } else {
+        Ok(a)
+    }
+}
+
 /// What a generated loader asks its `get` for, in the order it asks: the tensors of `specs`
 /// the checkpoint stores as floats (packed quantized weights are read where the
 /// quantization plan reads them), for [`Checkpoint::staged`] to copy ahead.
@@ -149,7 +160,7 @@ macro_rules! variant {
                     plan: &dyn Plan,
                 ) -> Result<Box<dyn TextEncoder>> {
                     let order = staging_order(ck, &m::TextEncoderWeights::specs(""));
-                    let w = loaded("text_encoder", || ck.staged_with(staging, &order, |get| m::TextEncoderWeights::load_from(&mut |k| Ok(in_gpu_memory(get(k)?)?), plan, "", dtype)), m::TextEncoderWeights::arrays)?;
+                    let w = loaded("text_encoder", || ck.staged_with(staging, &order, |get| m::TextEncoderWeights::load_from(&mut |k| Ok(resident(get(k)?, dtype)?), plan, "", dtype)), m::TextEncoderWeights::arrays)?;
                     Ok(Box::new(Te(w)))
                 }
                 fn load_modulation(
@@ -161,7 +172,7 @@ macro_rules! variant {
                     loras: &Loras,
                 ) -> Result<Box<dyn Modulator>> {
                     let order = staging_order(ck, &m::TimestepModulationWeights::specs(""));
-                    let w = loaded("transformer", || ck.staged_with(staging, &order, |get| m::TimestepModulationWeights::load_from(&mut |k| Ok(loras.load(k, in_gpu_memory(get(k)?)?, plan)?), &loras.plan(plan), "", dtype)), m::TimestepModulationWeights::arrays)?;
+                    let w = loaded("transformer", || ck.staged_with(staging, &order, |get| m::TimestepModulationWeights::load_from(&mut |k| Ok(loras.load(k, resident(get(k)?, dtype)?, plan)?), &loras.plan(plan), "", dtype)), m::TimestepModulationWeights::arrays)?;
                     Ok(Box::new(Md(w)))
                 }
                 fn load_transformer(
@@ -173,7 +184,7 @@ macro_rules! variant {
                     loras: &Loras,
                 ) -> Result<Box<dyn Denoiser>> {
                     let order = staging_order(ck, &m::TransformerWeights::specs(""));
-                    let w = loaded("transformer", || ck.staged_with(staging, &order, |get| m::TransformerWeights::load_from(&mut |k| Ok(loras.load(k, in_gpu_memory(get(k)?)?, plan)?), &loras.plan(plan), "", dtype)), m::TransformerWeights::arrays)?;
+                    let w = loaded("transformer", || ck.staged_with(staging, &order, |get| m::TransformerWeights::load_from(&mut |k| Ok(loras.load(k, resident(get(k)?, dtype)?, plan)?), &loras.plan(plan), "", dtype)), m::TransformerWeights::arrays)?;
                     Ok(Box::new(Tr(w)))
                 }
                 fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception> {
