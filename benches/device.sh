@@ -18,6 +18,8 @@
 #                       MEM_RUNS picks some ("bf16 8 4"); also a background step (peaks do not depend on the other GPU)
 #     lightning         a random Lightning-layout LoRA, LIGHTNING_STEPS (8) steps without CFG: qwen, then diffusers
 #                       (LIGHTNING_DIFFUSERS=0: qwen only)
+#     sizes             SIZES ("1328 1664x928 2048"), SIZE_STEPS (20) steps, one image each: qwen, then diffusers
+#     count             --count COUNT (4) against 1 at RES (rows with count, images_per_s)
 #     diffusers-timing  diffusers_qwen_e2e.py, timing only (SKIP_DUMP=1): load, 1 warm-up + IMAGES images, encode, decode
 #     compare           compare_tensors.py: qwen f32 / qwen bf16 / diffusers bf16 against diffusers f32, for the
 #                       dumps that exist and have no fidelity rows yet
@@ -290,6 +292,40 @@ phase_lightning() {
         2> >(tee "$QA/lightning-diffusers.log" >&2)
 }
 
+# Issue 12: other sizes, each a fresh qwen-bench warm (1 warm-up + 1 image, SIZE_STEPS steps, bf16; 2048² decodes
+# in tiles when its decode does not fit) and diffusers_qwen_e2e.py at the same size (timing only), one after another.
+phase_sizes() {
+    mlx_env
+    need_model
+    need_bin qwen-bench
+    need_file $B/diffusers_qwen_e2e.py
+    local r steps=${SIZE_STEPS:-20}
+    for r in ${SIZES:-1328 1664x928 2048}; do
+        say "sizes: $r, $steps steps, qwen then diffusers"
+        "$QA/bin/qwen-bench" warm --model "$QA/model" --res "$r" --dtype bf16 --steps "$steps" --cfg "$CFG" \
+            --prompt "$PROMPT" --negative "$NEG" --images 1 --gpu "$(gpu_name)" --device "$DEVICE" --out "$RESULTS" \
+            2> >(tee -a "$QA/sizes.log" >&2) || say "sizes: qwen $r failed"
+        SKIP_DUMP=1 IMAGES=1 STEPS=$steps rows python3 $B/diffusers_qwen_e2e.py "$QA/model" "$QA/latents.safetensors" \
+            "$QA/sizes-diffusers.safetensors" "$DUMP_STEPS" "$CFG" "$PROMPT" "$NEG" "$r" \
+            2> >(tee -a "$QA/sizes.log" >&2) || say "sizes: diffusers $r failed"
+    done
+}
+
+# Issue 12: `--count` at RES: qwen-bench warm with --count COUNT (4) against --count 1, CFG as set (rows with count and
+# images_per_s).
+phase_count() {
+    mlx_env
+    need_model
+    need_bin qwen-bench
+    local n
+    for n in 1 "${COUNT:-4}"; do
+        say "count: $n images per generation, $RES, $STEPS steps, cfg $CFG"
+        "$QA/bin/qwen-bench" warm --model "$QA/model" --res "$RES" --dtype bf16 --steps "$STEPS" --cfg "$CFG" \
+            --prompt "$PROMPT" --negative "$NEG" --images 1 --count "$n" --gpu "$(gpu_name)" --device "$DEVICE" \
+            --out "$RESULTS" 2> >(tee -a "$QA/count.log" >&2) || say "count: $n failed"
+    done
+}
+
 diffusers_dump() { # DTYPE
     need_mlx
     need_model
@@ -544,6 +580,8 @@ timing = {}
 for r in rows:
     if r.get("what") == "fidelity" or r.get("ms") is None: continue
     note = r.get("note", "")
+    if (r.get("width"), r.get("height")) != (1024, 1024): note = ("%sx%s " % (r.get("width"), r.get("height"))) + note
+    if r.get("count"): note = ("count %d " % r["count"]) + note
     if r.get("lightning"): note = ("lightning %s steps " % r.get("steps")) + note
     if r.get("quantize"): note = ("q%s " % r["quantize"].split(",")[0].split("=")[-1]) + note
     if r.get("memory_limit_gb"): note = ("limit %g GB " % r["memory_limit_gb"]) + note
@@ -624,6 +662,8 @@ run_phase() { # NAME [ARG]
     qwen-dump-q4) qwen_dump bf16 4 ;;
     qwen-memory) phase_qwen_memory ;;
     lightning) phase_lightning ;;
+    sizes) phase_sizes ;;
+    count) phase_count ;;
     diffusers-timing) phase_diffusers_timing ;;
     diffusers-dump-f32) diffusers_dump f32 ;;
     diffusers-dump-bf16) diffusers_dump bf16 ;;
@@ -668,7 +708,7 @@ while [ $# -gt 0 ]; do
             shift
         else todo+=("bg-wait:420"); fi
         ;;
-    setup | bg-start | bg-status | qwen-warm | qwen-cold | qwen-memory | lightning | qwen-dump-f32 | qwen-dump-bf16 | \
+    setup | bg-start | bg-status | qwen-warm | qwen-cold | qwen-memory | lightning | sizes | count | qwen-dump-f32 | qwen-dump-bf16 | \
         qwen-dump-q8 | qwen-dump-q4 | diffusers-timing | \
         diffusers-dump-f32 | diffusers-dump-bf16 | compile | compare | table) todo+=("$1") ;;
     *) die "unknown phase $1 (setup bg-start bg-wait [S] bg-status qwen-warm qwen-cold diffusers-timing compare table plan; $BG_KNOWN; groups qwen qwen-dump diffusers diffusers-dump)" ;;
