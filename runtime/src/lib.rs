@@ -22,6 +22,7 @@
 //! `models/qwen`.
 
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod files;
 pub mod guidance;
