@@ -51,6 +51,7 @@ mod generate;
 mod latents;
 pub mod memory;
 mod open;
+mod parallel;
 mod prompt;
 mod variant;
 mod variants;

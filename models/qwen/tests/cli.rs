@@ -668,3 +668,91 @@ fn a_run_removes_what_a_killed_run_left_behind() {
     want.sort();
     assert_eq!(names_in(tmp.path()), want);
 }
+
+/// `--gpus 2`: the two CFG halves in two processes (here on the CPU, through MLX's TCP ring,
+/// as `QWEN_RANKS_ON_CPU=1` allows for tests; NCCL between GPUs), the image of one process.
+#[test]
+fn two_ranks_make_the_image_of_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one.png"), tmp.path().join("two.png"));
+    let common = ["--prompt", "x", "--steps", "3", "--seed", "4"];
+    let single = qwen_run(&[&common[..], &["-o", one.to_str().unwrap()]].concat());
+    assert!(single.status.success(), "{}", stderr(&single));
+    let ranks = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args(["--device", "cpu", "--gpus", "2"])
+        .args(common)
+        .args(["-o", two.to_str().unwrap()])
+        .env("QWEN_RANKS_ON_CPU", "1")
+        .output()
+        .unwrap();
+    assert!(ranks.status.success(), "{}", stderr(&ranks));
+    assert!(stderr(&ranks).contains("ranks: 2"), "{}", stderr(&ranks));
+    let (w, h, a, _) = png_pixels(&one);
+    let (w2, h2, b, _) = png_pixels(&two);
+    assert_eq!((w, h), (w2, h2));
+    let max = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    assert!(max <= 1, "{max} levels");
+    for (args, needle) in [
+        (&["--gpus", "2"][..], "no GPU here"),
+        (&["--gpus", "3"][..], "only 2 is built"),
+        (&["--gpus", "2", "--cfg", "1"][..], "needs a negative pass"),
+        (&["--gpus", "2", "--count", "2"][..], "not with --count"),
+    ] {
+        let mut all = vec!["--prompt", "x", "--steps", "1"];
+        all.extend(args);
+        assert_fails_with(&qwen_run(&all), needle);
+    }
+}
+
+/// A rank that dies mid-run (killed) ends the run: the other is stopped and `qwen-run`
+/// fails, naming the rank, within 30 s.
+#[test]
+fn a_killed_rank_ends_the_other() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("k.png");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args([
+            "--device", "cpu", "--gpus", "2", "--prompt", "x", "--steps", "10000",
+        ])
+        .args(["-o", out.to_str().unwrap()])
+        .env("QWEN_RANKS_ON_CPU", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(run.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("ranks:") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no ranks line");
+    }
+    // "ranks: 2 (pids A, B)"
+    let pids: Vec<&str> = line
+        .trim()
+        .trim_end_matches(')')
+        .split("pids ")
+        .nth(1)
+        .unwrap()
+        .split(", ")
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(3)); // into the steps
+    let killed = Command::new("kill").args(["-9", pids[1]]).status().unwrap();
+    assert!(killed.success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "still running 30 s after rank 1 died"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(!status.success());
+    assert!(rest.contains("rank 1 of 2 ended"), "{rest}");
+    assert!(!out.exists());
+}

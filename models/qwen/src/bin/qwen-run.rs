@@ -103,6 +103,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     count: usize,
 
+    /// GPUs to run on: 2 puts the two halves of true CFG on one GPU each (one process per
+    /// GPU, MLX's NCCL backend between them; rank 0 decodes and writes). Needs a negative
+    /// pass (see --cfg) and as many GPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    gpus: usize,
+
     /// VAE decoding in tiles of 256 px every 192, blended as diffusers' `enable_tiling`
     /// does: auto = when the untiled decode would not fit the memory limit beside what
     /// stays loaded.
@@ -337,6 +343,22 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     if !(1..=MAX_STEPS).contains(&steps) {
         bail!("--steps must be between 1 and {MAX_STEPS}, got {steps}");
     }
+    let rank = ranks::this_rank();
+    if args.gpus > 1 && rank.is_none() {
+        if args.gpus != 2 {
+            bail!(
+                "--gpus {}: only 2 is built (the two CFG halves, one per GPU); splitting the image over more GPUs is not",
+                args.gpus
+            );
+        }
+        if cfg <= 1.0 {
+            bail!("--gpus 2 puts the two CFG halves on two GPUs: it needs a negative pass (--cfg above 1)");
+        }
+        if args.count > 1 {
+            bail!("--gpus 2 makes one image: not with --count");
+        }
+        return ranks::launch(2, chosen);
+    }
     let started = SystemTime::now();
     signals::install().context("installing the SIGINT/SIGTERM handlers")?;
     let dtype = args.dtype.unwrap_or_else(|| DtypeArg::default_for(chosen));
@@ -406,7 +428,8 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
             qwen_runtime::lora::OnQuantized::Separate
         },
         lightning: args.lightning.is_some(),
-        negative_pass: cfg > 1.0,
+        // a rank runs one CFG half: one text per call
+        negative_pass: cfg > 1.0 && rank.is_none(),
         vae_tiling: args.vae_tiling.mode(),
     };
     let pipeline = Pipeline::open(&model, &options)?;
@@ -438,12 +461,21 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         latents,
     };
 
-    let bar = ProgressBar::new(steps as u64);
+    // rank 1 of --gpus 2 runs along rank 0: one bar
+    let bar = if rank.is_some_and(|r| r > 0) {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps as u64)
+    };
     bar.set_style(
         ProgressStyle::with_template("denoise {bar:30} {pos}/{len} steps [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let result = pipeline.generate_images(&request, args.count, &mut |event| match event {
+    let group = match rank {
+        Some(_) => Some(ranks::join(chosen)?),
+        None => None,
+    };
+    let on_event = &mut |event: Event| match event {
         Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
         Event::Step { done, total } => {
             bar.set_length(total as u64);
@@ -457,9 +489,19 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
                 std::process::exit(code.into());
             }
         }
-    });
+    };
+    let result = match &group {
+        Some(g) => pipeline
+            .generate_cfg_parallel(&request, g, on_event)
+            .map(|one| one.into_iter().collect::<Vec<_>>()),
+        None => pipeline.generate_images(&request, args.count, on_event),
+    };
     bar.finish_and_clear();
     let generations = result?;
+    if generations.is_empty() {
+        // rank 1: its half is done; rank 0 writes the image
+        return Ok(());
+    }
     let t = generations[0].timings;
     println!(
         "encode: {:.2} s, denoise: {:.2} s ({:.3} s/step), decode: {:.2} s",
@@ -633,5 +675,161 @@ mod tests {
             err.to_string().starts_with("no gpu in the loaded libmlx"),
             "{err}"
         );
+    }
+}
+
+/// `--gpus 2`: one process per GPU, started by the one the user runs.
+mod ranks {
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use anyhow::{bail, Context, Result};
+    use qwen_runtime::device::{self, Backend, ChosenDevice};
+    use qwen_runtime::distributed::Group;
+
+    /// The rank this process is (set by [`launch`] in its children).
+    pub fn this_rank() -> Option<usize> {
+        std::env::var("QWEN_RANK").ok()?.parse().ok()
+    }
+
+    /// Whether ranks may run on the CPU (MLX's TCP ring between them): for tests only.
+    fn on_cpu_allowed() -> bool {
+        std::env::var("QWEN_RANKS_ON_CPU").is_ok_and(|v| v == "1")
+    }
+
+    /// Starts `n` copies of this process, rank `r` on GPU `r`, and waits for them: the first
+    /// that fails ends the others, and its failure is this one's.
+    pub fn launch(n: usize, chosen: &ChosenDevice) -> Result<()> {
+        let gpu = chosen.backend == Backend::Gpu;
+        if gpu {
+            let have = device::count(Backend::Gpu);
+            if have < n {
+                bail!("--gpus {n}: this machine has {have} GPU(s) MLX can use");
+            }
+        } else if !on_cpu_allowed() {
+            bail!("--gpus {n}: no GPU here (the loaded libmlx runs on the CPU)");
+        }
+        let exe = std::env::current_exe().context("finding this program")?;
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let port = |what: &str| -> Result<u16> {
+            Ok(TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .with_context(|| format!("finding a free port for {what}"))?
+                .port())
+        };
+        // the GPUs the user gave (CUDA_VISIBLE_DEVICES), one per rank
+        let visible: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
+            .map(|v| v.split(',').map(str::to_owned).collect())
+            .unwrap_or_else(|_| (0..n).map(|i| i.to_string()).collect());
+        let hostfile: Option<PathBuf> = if gpu {
+            None
+        } else {
+            let ports: Vec<u16> = (0..n).map(|_| port("the ring")).collect::<Result<_>>()?;
+            let hosts: Vec<String> = ports
+                .iter()
+                .map(|p| format!("[\"127.0.0.1:{p}\"]"))
+                .collect();
+            let f =
+                std::env::temp_dir().join(format!("qwen-run-ranks-{}.json", std::process::id()));
+            std::fs::write(&f, format!("[{}]", hosts.join(", ")))
+                .context("writing the ranks' host file")?;
+            Some(f)
+        };
+        let nccl_port = port("NCCL")?;
+        let mut children: Vec<Child> = vec![];
+        for rank in 0..n {
+            let mut c = Command::new(&exe);
+            c.args(&args)
+                .env("QWEN_RANK", rank.to_string())
+                .env("MLX_RANK", rank.to_string())
+                .env("MLX_WORLD_SIZE", n.to_string());
+            if gpu {
+                c.env(
+                    "CUDA_VISIBLE_DEVICES",
+                    visible.get(rank).map_or("", String::as_str),
+                )
+                .env("NCCL_HOST_IP", "127.0.0.1")
+                .env("NCCL_PORT", nccl_port.to_string());
+            }
+            if let Some(f) = &hostfile {
+                c.env("MLX_HOSTFILE", f);
+            }
+            if rank > 0 {
+                c.stdout(Stdio::null());
+            }
+            let child = c.spawn().with_context(|| format!("starting rank {rank}"));
+            match child {
+                Ok(ch) => children.push(ch),
+                Err(e) => {
+                    stop(&mut children);
+                    return Err(e);
+                }
+            }
+        }
+        eprintln!(
+            "ranks: {} (pids {})",
+            n,
+            children
+                .iter()
+                .map(|c| c.id().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let result = wait(&mut children);
+        if let Some(f) = hostfile {
+            let _ = std::fs::remove_file(f);
+        }
+        result
+    }
+
+    /// Waits for every rank; the first to fail has the others killed (a rank whose peer is
+    /// gone would wait in the exchange forever).
+    fn wait(children: &mut [Child]) -> Result<()> {
+        let mut done = vec![false; children.len()];
+        loop {
+            for (rank, c) in children.iter_mut().enumerate() {
+                if done[rank] {
+                    continue;
+                }
+                if let Some(status) = c.try_wait().context("waiting for a rank")? {
+                    done[rank] = true;
+                    if !status.success() {
+                        stop(children);
+                        bail!(
+                            "rank {rank} of {} ended ({status}): the others were stopped",
+                            children.len()
+                        );
+                    }
+                }
+            }
+            if done.iter().all(|d| *d) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(children: &mut [Child]) {
+        for c in children.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Joins the group [`launch`] set up: NCCL between GPUs, MLX's TCP ring on the CPU.
+    pub fn join(chosen: &ChosenDevice) -> Result<Group> {
+        let backend = if chosen.backend == Backend::Gpu {
+            "nccl"
+        } else {
+            "ring"
+        };
+        let g =
+            Group::init(backend, true).with_context(|| format!("joining the ranks ({backend})"))?;
+        if g.size() != 2 {
+            bail!("the group has {} ranks, not 2", g.size());
+        }
+        Ok(g)
     }
 }

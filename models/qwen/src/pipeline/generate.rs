@@ -229,7 +229,7 @@ impl Pipeline {
     /// f32 timestep and casts its embedding); a bf16 diffusers run rounds t and t/1000 to bf16
     /// (spacing 4 near t = 1000), which moved the bf16 result 4× further from the f32
     /// reference when tried.
-    fn timesteps(&self, steps: usize) -> Result<Vec<f32>> {
+    pub(super) fn timesteps(&self, steps: usize) -> Result<Vec<f32>> {
         let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
         Ok(schedule.timesteps.iter().map(|t| t / 1000.0).collect())
     }
