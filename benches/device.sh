@@ -20,6 +20,7 @@
 #                       (LIGHTNING_DIFFUSERS=0: qwen only)
 #     sizes             SIZES ("1328 1664x928 2048"), SIZE_STEPS (20) steps, one image each: qwen, then diffusers
 #     count             --count COUNT (4) against 1 at RES (rows with count, images_per_s)
+#     gpus              qwen-run on GPU FG_GPU, then --gpus 2 on FG_GPU and BG_GPU (rows with gpus; PNGs compared)
 #     diffusers-timing  diffusers_qwen_e2e.py, timing only (SKIP_DUMP=1): load, 1 warm-up + IMAGES images, encode, decode
 #     compare           compare_tensors.py: qwen f32 / qwen bf16 / diffusers bf16 against diffusers f32, for the
 #                       dumps that exist and have no fidelity rows yet
@@ -326,6 +327,28 @@ phase_count() {
     done
 }
 
+# Issue 11: qwen-run on one GPU, then `--gpus 2` (GPUs 0 and 1: run it on nvidia-h200-x2 with no background job),
+# same seed: rows `image` (encode + denoise + decode as qwen-run prints them) with a `gpus` field, and the two PNGs'
+# largest difference in 8-bit levels.
+phase_gpus() {
+    mlx_env
+    need_model
+    need_bin qwen-run
+    local n t log
+    for n in 1 2; do
+        log=$QA/gpus-$n.log
+        say "gpus: qwen-run --gpus $n, $RES, $STEPS steps, cfg $CFG"
+        CUDA_VISIBLE_DEVICES=$([ "$n" = 1 ] && echo "$FG_GPU" || echo "$FG_GPU,$BG_GPU") \
+            "$QA/bin/qwen-run" --gpus "$n" --model "$QA/model" --res "$RES" --dtype bf16 --steps "$STEPS" --cfg "$CFG" \
+            --device "$DEVICE" --seed 0 --prompt "$PROMPT" --negative-prompt "$NEG" --output "$QA/gpus-$n.png" 2>&1 | tee "$log"
+        t=$(python3 -c 'import re,sys; t=open(sys.argv[1]).read(); m=re.search(r"encode: ([\d.]+) s, denoise: ([\d.]+) s.*decode: ([\d.]+) s", t); print(round(sum(float(x) for x in m.groups()) * 1000, 1) if m else "")' "$log")
+        [ -n "$t" ] || { say "gpus: no timings from --gpus $n"; continue; }
+        rows echo "{\"system\": \"qwen-aot\", \"gpu\": \"$(gpu_name)\", \"width\": $W, \"height\": $H, \"steps\": $STEPS, \"cfg\": $CFG, \"dtype\": \"bf16\", \"what\": \"image\", \"ms\": $t, \"peak_gb\": null, \"gpus\": $n}"
+    done
+    python3 -c 'import sys; from PIL import Image; import numpy as np; a, b = (np.asarray(Image.open(f)).astype(int) for f in sys.argv[1:]); print("gpus: PNGs of 1 and 2 GPUs, max difference", abs(a - b).max(), "levels")' \
+        "$QA/gpus-1.png" "$QA/gpus-2.png" || say "gpus: could not compare the PNGs"
+}
+
 diffusers_dump() { # DTYPE
     need_mlx
     need_model
@@ -581,6 +604,7 @@ for r in rows:
     if r.get("what") == "fidelity" or r.get("ms") is None: continue
     note = r.get("note", "")
     if (r.get("width"), r.get("height")) != (1024, 1024): note = ("%sx%s " % (r.get("width"), r.get("height"))) + note
+    if r.get("gpus"): note = ("gpus %d " % r["gpus"]) + note
     if r.get("count"): note = ("count %d " % r["count"]) + note
     if r.get("lightning"): note = ("lightning %s steps " % r.get("steps")) + note
     if r.get("quantize"): note = ("q%s " % r["quantize"].split(",")[0].split("=")[-1]) + note
@@ -663,6 +687,7 @@ run_phase() { # NAME [ARG]
     qwen-memory) phase_qwen_memory ;;
     lightning) phase_lightning ;;
     sizes) phase_sizes ;;
+    gpus) phase_gpus ;;
     count) phase_count ;;
     diffusers-timing) phase_diffusers_timing ;;
     diffusers-dump-f32) diffusers_dump f32 ;;
@@ -708,7 +733,7 @@ while [ $# -gt 0 ]; do
             shift
         else todo+=("bg-wait:420"); fi
         ;;
-    setup | bg-start | bg-status | qwen-warm | qwen-cold | qwen-memory | lightning | sizes | count | qwen-dump-f32 | qwen-dump-bf16 | \
+    setup | bg-start | bg-status | qwen-warm | qwen-cold | qwen-memory | lightning | sizes | count | gpus | qwen-dump-f32 | qwen-dump-bf16 | \
         qwen-dump-q8 | qwen-dump-q4 | diffusers-timing | \
         diffusers-dump-f32 | diffusers-dump-bf16 | compile | compare | table) todo+=("$1") ;;
     *) die "unknown phase $1 (setup bg-start bg-wait [S] bg-status qwen-warm qwen-cold diffusers-timing compare table plan; $BG_KNOWN; groups qwen qwen-dump diffusers diffusers-dump)" ;;
