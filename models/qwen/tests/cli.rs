@@ -692,6 +692,21 @@ fn two_ranks_make_the_image_of_one_process() {
     assert_eq!((w, h), (w2, h2));
     let max = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
     assert!(max <= 1, "{max} levels");
+    // a size with only a joint-CFG module: the same image, with a warning that it is no faster
+    let joint = tmp.path().join("joint.png");
+    let run = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args(["--device", "cpu", "--gpus", "2", "--res", "64"])
+        .args(common)
+        .args(["-o", joint.to_str().unwrap()])
+        .env("QWEN_RANKS_ON_CPU", "1")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("no faster than one GPU"),
+        "{}",
+        stderr(&run)
+    );
     for (args, needle) in [
         (&["--gpus", "2"][..], "no GPU here"),
         (&["--gpus", "3"][..], "only 2 is built"),

@@ -442,6 +442,12 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         dtype.name()
     );
     println!("resolution: {}x{} (W×H)", r.width, r.height);
+    if rank == Some(0) && pipeline.variant().joint_cfg() {
+        eprintln!(
+            "warning: --gpus 2: no module of one text per call is generated at {}x{}: each GPU runs both CFG halves of its text (no faster than one GPU)",
+            r.width, r.height
+        );
+    }
     println!("load: {:.2} s", start.elapsed().as_secs_f64());
     stop_if_signalled(|| "while loading".into())?;
 
