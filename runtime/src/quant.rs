@@ -267,9 +267,11 @@ pub fn stored(
             ops::concatenate(&xs, 0)
         }
     };
-    let packed = join(&|p| p.0.clone())?;
-    let scales = join(&|p| p.1.scales.clone())?.as_dtype(dtype)?;
-    let biases = join(&|p| p.1.biases.clone())?.as_dtype(dtype)?;
+    // made by the GPU (in its memory by the time the layer is loaded, as the dense weights)
+    let gpu = crate::weights::in_gpu_memory;
+    let packed = gpu(join(&|p| p.0.clone())?)?;
+    let scales = gpu(join(&|p| p.1.scales.clone())?.as_dtype(dtype)?)?;
+    let biases = gpu(join(&|p| p.1.biases.clone())?.as_dtype(dtype)?)?;
     // now, so the parts are freed at load and no step pays for the join
     mlx_rs::transforms::eval([&packed, &scales, &biases])?;
     Ok(Some((
