@@ -54,7 +54,10 @@ pub fn tiled_decode(
         let mut row = vec![];
         for j in starts(w) {
             let t = slice(&slice(z, 1, i, (i + tile).min(h))?, 2, j, (j + tile).min(w))?;
-            row.push(decode(&t)?);
+            // evaluated here: one tile's activations at a time (tiling is for when memory is short)
+            let d = decode(&t)?;
+            d.eval()?;
+            row.push(d);
         }
         rows.push(row);
     }

@@ -14,7 +14,7 @@ qwen_macros::specializations! {
     // seven sizes Qwen-Image was trained for (`--res 1:1`, `16:9`, … as diffusers rounds
     // them to multiples of 16: 1140 → 1136), then 512² and 2048². Each line adds ~0.8 s to a
     // release build of qwen-run and ~0.2 MB to the binary, plus ~1.1 s and ~0.07 MB for its
-    // four VAE tile decoders (2-core machine, 2026-11-30: rebuilding the qwen crate took 26.3 s
+    // four to six VAE tile decoders (2-core machine, 2026-11-30: rebuilding the qwen crate took 26.3 s
     // before the tile decoders and 41.8 s after, the binary 12.8 → 13.8 MB).
     specialize!(res = 1024, cfg = split);
     specialize!(res = 1328, cfg = split);

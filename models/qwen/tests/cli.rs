@@ -771,3 +771,60 @@ fn a_killed_rank_ends_the_other() {
     assert!(rest.contains("rank 1 of 2 ended"), "{rest}");
     assert!(!out.exists());
 }
+
+/// SIGTERM to the process the user ran with `--gpus 2` stops its ranks too (it waits for them
+/// and exits as an interrupted run: 143), and leaves no rank behind.
+#[test]
+fn a_signal_to_the_launcher_stops_the_ranks() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s.png");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args([
+            "--device", "cpu", "--gpus", "2", "--prompt", "x", "--steps", "10000",
+        ])
+        .args(["-o", out.to_str().unwrap()])
+        .env("QWEN_RANKS_ON_CPU", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(run.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("ranks:") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no ranks line");
+    }
+    let pids: Vec<String> = line
+        .trim()
+        .trim_end_matches(')')
+        .split("pids ")
+        .nth(1)
+        .unwrap()
+        .split(", ")
+        .map(String::from)
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    send("-TERM", run.id());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(143));
+    for pid in pids {
+        let alive = Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!alive.success(), "rank {pid} still runs");
+    }
+    assert!(!out.exists());
+}

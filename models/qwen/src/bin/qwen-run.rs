@@ -344,6 +344,9 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         bail!("--steps must be between 1 and {MAX_STEPS}, got {steps}");
     }
     let rank = ranks::this_rank();
+    if args.gpus == 0 {
+        bail!("--gpus must be at least 1");
+    }
     if args.gpus > 1 && rank.is_none() {
         if args.gpus != 2 {
             bail!(
@@ -351,12 +354,14 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
                 args.gpus
             );
         }
-        if cfg <= 1.0 {
+        if !(cfg > 1.0) {
             bail!("--gpus 2 puts the two CFG halves on two GPUs: it needs a negative pass (--cfg above 1)");
         }
         if args.count > 1 {
             bail!("--gpus 2 makes one image: not with --count");
         }
+        // the ranks' stops are this process's to order (Ctrl-C reaches them too)
+        signals::install().context("installing the SIGINT/SIGTERM handlers")?;
         return ranks::launch(2, chosen);
     }
     let started = SystemTime::now();
@@ -697,6 +702,7 @@ mod ranks {
 
     /// The rank this process is (set by [`launch`] in its children).
     pub fn this_rank() -> Option<usize> {
+        std::env::var_os("MLX_WORLD_SIZE")?;
         std::env::var("QWEN_RANK").ok()?.parse().ok()
     }
 
@@ -712,10 +718,16 @@ mod ranks {
         if gpu {
             let have = device::count(Backend::Gpu);
             if have < n {
-                bail!("--gpus {n}: this machine has {have} GPU(s) MLX can use");
+                bail!(
+                    "--gpus {n}: MLX sees {have} GPU(s) here (CUDA_VISIBLE_DEVICES may hide some)"
+                );
             }
         } else if !on_cpu_allowed() {
             bail!("--gpus {n}: no GPU here (the loaded libmlx runs on the CPU)");
+        }
+        let backend = if gpu { "nccl" } else { "ring" };
+        if !Group::is_available(backend) {
+            bail!("--gpus {n}: the loaded libmlx has no {backend} backend");
         }
         let exe = std::env::current_exe().context("finding this program")?;
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -744,7 +756,10 @@ mod ranks {
             Some(f)
         };
         let nccl_port = port("NCCL")?;
-        let mut children: Vec<Child> = vec![];
+        let mut ranks = Ranks {
+            children: vec![],
+            hostfile,
+        };
         for rank in 0..n {
             let mut c = Command::new(&exe);
             c.args(&args)
@@ -752,49 +767,71 @@ mod ranks {
                 .env("MLX_RANK", rank.to_string())
                 .env("MLX_WORLD_SIZE", n.to_string());
             if gpu {
-                c.env(
-                    "CUDA_VISIBLE_DEVICES",
-                    visible.get(rank).map_or("", String::as_str),
-                )
-                .env("NCCL_HOST_IP", "127.0.0.1")
-                .env("NCCL_PORT", nccl_port.to_string());
+                c.env("CUDA_VISIBLE_DEVICES", device_of(&visible, rank, n)?)
+                    .env("NCCL_HOST_IP", "127.0.0.1")
+                    .env("NCCL_PORT", nccl_port.to_string());
             }
-            if let Some(f) = &hostfile {
+            if let Some(f) = &ranks.hostfile {
                 c.env("MLX_HOSTFILE", f);
             }
             if rank > 0 {
                 c.stdout(Stdio::null());
             }
-            let child = c.spawn().with_context(|| format!("starting rank {rank}"));
-            match child {
-                Ok(ch) => children.push(ch),
-                Err(e) => {
-                    stop(&mut children);
-                    return Err(e);
-                }
+            ranks
+                .children
+                .push(c.spawn().with_context(|| format!("starting rank {rank}"))?);
+        }
+        let pids: Vec<String> = ranks.children.iter().map(|c| c.id().to_string()).collect();
+        eprintln!("ranks: {n} (pids {})", pids.join(", "));
+        wait(&mut ranks.children)
+    }
+
+    /// `CUDA_VISIBLE_DEVICES` of rank `rank`: the `rank`-th of the GPUs given.
+    fn device_of(visible: &[String], rank: usize, n: usize) -> Result<String> {
+        match visible.get(rank) {
+            Some(d) => Ok(d.clone()),
+            None => bail!("--gpus {n}: CUDA_VISIBLE_DEVICES names fewer GPUs"),
+        }
+    }
+
+    /// The started ranks and their host file: whatever ends `launch` (an error, a panic)
+    /// kills the ranks still running and removes the file.
+    struct Ranks {
+        children: Vec<Child>,
+        hostfile: Option<PathBuf>,
+    }
+
+    impl Drop for Ranks {
+        fn drop(&mut self) {
+            stop(&mut self.children);
+            if let Some(f) = &self.hostfile {
+                let _ = std::fs::remove_file(f);
             }
         }
-        eprintln!(
-            "ranks: {} (pids {})",
-            n,
-            children
-                .iter()
-                .map(|c| c.id().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let result = wait(&mut children);
-        if let Some(f) = hostfile {
-            let _ = std::fs::remove_file(f);
-        }
-        result
     }
 
     /// Waits for every rank; the first to fail has the others killed (a rank whose peer is
     /// gone would wait in the exchange forever).
     fn wait(children: &mut [Child]) -> Result<()> {
         let mut done = vec![false; children.len()];
+        let interrupted = |children: &mut [Child]| -> Option<anyhow::Error> {
+            let (signal, code) = super::signals::received()?;
+            stop(children);
+            Some(
+                super::Interrupted {
+                    signal,
+                    code,
+                    when: "while the ranks ran".into(),
+                }
+                .into(),
+            )
+        };
         loop {
+            // a signal to this process (Ctrl-C reaches the ranks too): they stop at once, and
+            // the run ends as an interrupted one-process run does
+            if let Some(e) = interrupted(children) {
+                return Err(e);
+            }
             for (rank, c) in children.iter_mut().enumerate() {
                 if done[rank] {
                     continue;
@@ -802,6 +839,9 @@ mod ranks {
                 if let Some(status) = c.try_wait().context("waiting for a rank")? {
                     done[rank] = true;
                     if !status.success() {
+                        if let Some(e) = interrupted(children) {
+                            return Err(e);
+                        }
                         stop(children);
                         bail!(
                             "rank {rank} of {} ended ({status}): the others were stopped",
@@ -819,7 +859,9 @@ mod ranks {
 
     fn stop(children: &mut [Child]) {
         for c in children.iter_mut() {
-            let _ = c.kill();
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+            }
             let _ = c.wait();
         }
     }
