@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use qwen_runtime::__private::mlx_rs::{error::Exception, memory, ops, transforms, Array, Dtype};
+use qwen_runtime::distributed::Group;
 use qwen_runtime::guidance::true_cfg;
 use qwen_runtime::scheduler::euler_step_array;
 use qwen_runtime::tiles::tiled_decode;
@@ -244,6 +245,21 @@ impl Pipeline {
         cfg_scale: f32,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Array> {
+        self.denoise_with(latents, emb, None, steps, cfg_scale, on_step)
+    }
+
+    /// The denoise loop; with `ranks`, this process runs the half of CFG its rank has text
+    /// for in `emb` (rank 0 the prompt, rank 1 the negative) and the two velocities are
+    /// summed over the group every step ([`super::parallel`]).
+    pub(super) fn denoise_with(
+        &self,
+        latents: Array,
+        emb: &Embeddings,
+        ranks: Option<&Group>,
+        steps: usize,
+        cfg_scale: f32,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Array> {
         self.check_latents_batch(&latents)?;
         let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
         let table = self.modulation_table(&self.timesteps(steps)?)?;
@@ -251,18 +267,27 @@ impl Pipeline {
         let loaded = self.loaded.borrow();
         let denoiser = loaded.denoiser.as_deref().expect("ensured");
         let cast = |a: &Array| a.as_dtype(self.dtype).map_err(mlx("casting"));
-        let bound = denoiser
-            .bind(
+        let (cond, uncond) = match ranks {
+            Some(g) => (cast(super::parallel::text_of_rank(emb, g)?)?, None),
+            None => (
                 cast(&emb.prompt)?,
                 emb.negative.as_ref().map(cast).transpose()?,
-                &table,
-            )
+            ),
+        };
+        let bound = denoiser
+            .bind(cond, uncond, &table)
             .map_err(mlx("building the rope tables"))?;
-        let mut x = cast(&latents)?;
+        let mut x = latents.as_dtype(self.dtype).map_err(mlx("casting"))?;
         for i in 0..schedule.steps() {
             let (cond, uncond) = bound
                 .velocity(&x, i)
                 .map_err(mlx("running the transformer"))?;
+            let (cond, uncond) = match ranks {
+                Some(g) => {
+                    super::parallel::exchange(g, cond).map_err(mlx("exchanging the velocities"))?
+                }
+                None => (cond, uncond),
+            };
             let v = match uncond {
                 Some(u) => true_cfg(&cond, &u, cfg_scale).map_err(mlx("combining cfg"))?,
                 None => cond,
