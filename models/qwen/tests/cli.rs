@@ -719,13 +719,16 @@ fn two_ranks_make_the_image_of_one_process() {
     }
 }
 
-/// A rank that dies mid-run (killed) ends the run: the other is stopped and `qwen-run`
-/// fails, naming the rank, within 30 s.
-#[test]
-fn a_killed_rank_ends_the_other() {
-    use std::io::{BufRead, BufReader};
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("k.png");
+/// `qwen-run --gpus 2` on the CPU with many steps, writing `out`: the launcher, its stderr
+/// after the `ranks:` line, and the ranks' pids from that line.
+fn start_ranks(
+    out: &Path,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+    Vec<String>,
+) {
+    use std::io::BufRead;
     let mut run = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
         .args([
             "--device", "cpu", "--gpus", "2", "--prompt", "x", "--steps", "10000",
@@ -736,35 +739,53 @@ fn a_killed_rank_ends_the_other() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(run.stderr.take().unwrap());
+    let mut err = std::io::BufReader::new(run.stderr.take().unwrap());
     let mut line = String::new();
     while !line.starts_with("ranks:") {
         line.clear();
         assert!(err.read_line(&mut line).unwrap() > 0, "no ranks line");
     }
     // "ranks: 2 (pids A, B)"
-    let pids: Vec<&str> = line
+    let pids = line
         .trim()
         .trim_end_matches(')')
         .split("pids ")
         .nth(1)
         .unwrap()
-        .split(", ")
-        .collect();
+        .split(", ");
+    let pids = pids.map(String::from).collect();
     std::thread::sleep(std::time::Duration::from_secs(3)); // into the steps
-    let killed = Command::new("kill").args(["-9", pids[1]]).status().unwrap();
-    assert!(killed.success());
+    (run, err, pids)
+}
+
+/// The launcher's exit status, failing the test when it runs 30 s more (`after` says since what).
+fn ends_within_30_s(run: &mut std::process::Child, after: &str) -> std::process::ExitStatus {
     let start = std::time::Instant::now();
-    let status = loop {
+    loop {
         if let Some(s) = run.try_wait().unwrap() {
-            break s;
+            return s;
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(30),
-            "still running 30 s after rank 1 died"
+            "still running 30 s after {after}"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    }
+}
+
+/// A rank that dies mid-run (killed) ends the run: the other is stopped and `qwen-run`
+/// fails, naming the rank, within 30 s.
+#[test]
+fn a_killed_rank_ends_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("k.png");
+    let (mut run, mut err, pids) = start_ranks(&out);
+    let killed = Command::new("kill")
+        .args(["-9", &pids[1]])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = ends_within_30_s(&mut run, "rank 1 died");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     assert!(!status.success());
@@ -776,47 +797,11 @@ fn a_killed_rank_ends_the_other() {
 /// and exits as an interrupted run: 143), and leaves no rank behind.
 #[test]
 fn a_signal_to_the_launcher_stops_the_ranks() {
-    use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("s.png");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
-        .args([
-            "--device", "cpu", "--gpus", "2", "--prompt", "x", "--steps", "10000",
-        ])
-        .args(["-o", out.to_str().unwrap()])
-        .env("QWEN_RANKS_ON_CPU", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(run.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("ranks:") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "no ranks line");
-    }
-    let pids: Vec<String> = line
-        .trim()
-        .trim_end_matches(')')
-        .split("pids ")
-        .nth(1)
-        .unwrap()
-        .split(", ")
-        .map(String::from)
-        .collect();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (mut run, _err, pids) = start_ranks(&out);
     send("-TERM", run.id());
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = run.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "still running 30 s after SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let status = ends_within_30_s(&mut run, "SIGTERM");
     assert_eq!(status.code(), Some(143));
     for pid in pids {
         let alive = Command::new("kill")
