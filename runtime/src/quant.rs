@@ -273,16 +273,24 @@ pub fn stored(
     let scales = gpu(join(&|p| p.1.scales.clone())?.as_dtype(dtype)?)?;
     let biases = gpu(join(&|p| p.1.biases.clone())?.as_dtype(dtype)?)?;
     // now, so the parts are freed at load and no step pays for the join
+    evaluated(packed, scales, biases, spec).map(Some)
+}
+
+/// A quantized weight, evaluated now (so that what it was made from is freed at load).
+fn evaluated(
+    packed: Array,
+    scales: Array,
+    biases: Array,
+    spec: QuantSpec,
+) -> Result<(Array, Option<Quantized>), Exception> {
     mlx_rs::transforms::eval([&packed, &scales, &biases])?;
-    Ok(Some((
-        packed,
-        Some(Quantized {
-            scales,
-            biases,
-            spec,
-            low_rank: vec![],
-        }),
-    )))
+    let q = Quantized {
+        scales,
+        biases,
+        spec,
+        low_rank: vec![],
+    };
+    Ok((packed, Some(q)))
 }
 
 /// Quantizes nothing.
@@ -309,16 +317,7 @@ pub fn quantize(
         return Ok((w, None));
     }
     let (packed, scales, biases) = ops::quantize(&w, spec.group_size, spec.bits)?;
-    mlx_rs::transforms::eval([&packed, &scales, &biases])?;
-    Ok((
-        packed,
-        Some(Quantized {
-            scales,
-            biases,
-            spec,
-            low_rank: vec![],
-        }),
-    ))
+    evaluated(packed, scales, biases, spec)
 }
 
 /// From this many rows of `x`, a quantized weight is dequantized to the compute dtype and
