@@ -220,6 +220,7 @@ print(json.dumps({"system": "qwen-aot", "gpu": gpu, "width": int(w), "height": i
                   "smi_peak_gb": round(max(mib) * 2**20 / 1e9, 2) if mib else None,
                   "load_ms": ms(r"load: ([\d.]+) s"), "encode_ms": ms(r"encode: ([\d.]+) s"),
                   "denoise_ms": ms(r"denoise: ([\d.]+) s"), "decode_ms": ms(r"decode: ([\d.]+) s"),
+                  "weights_ms": ms(r"weights ([\d.]+) s"), "kernels_ms": ms(r"kernels compiled[a-z ]* in ([\d.]+) s"),
                   **({"env": env} if (env := {k: v for k, v in os.environ.items() if k.startswith("QWEN_")}) else {})}))
 EOF
     rows cat "$QA/cold.row"

@@ -351,6 +351,7 @@ fn warm(args: &WarmArgs) -> Result<()> {
         .chain(c.lightning.then(|| ("lightning", true.into())))
         .collect(),
     )?;
+    let opened = pipeline.open_timings();
     rows.push(
         "load",
         load_ms,
@@ -358,6 +359,12 @@ fn warm(args: &WarmArgs) -> Result<()> {
         &[
             ("module", pipeline.variant().name().into()),
             ("rss_gb", rss_hwm_gb().map(|g| round(g, 2)).into()),
+            ("weights_ms", round(opened.weights * 1000.0, 1).into()),
+            (
+                "kernels_ms",
+                opened.kernels.map(|k| round(k * 1000.0, 1)).into(),
+            ),
+            ("kernels_beside", opened.kernels_beside.into()),
         ],
     )?;
 

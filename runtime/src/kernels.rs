@@ -300,28 +300,83 @@ pub fn compile_blocks() -> bool {
     default_device_is_gpu() && explicit.unwrap_or_else(|| !enabled())
 }
 
-/// True when generated code should start evaluating each repeated block as soon as its
-/// graph is built (`async_eval` of the carried values) and then wait for the block before
-/// it: the GPU runs block `i` while the CPU builds block `i + 1`, and the CPU never gets
-/// more than one block ahead (MLX keeps the buffers of everything queued, so an unbounded
-/// lead raised the 1024² step's peak by 7 GB on an H200). On a GPU unless
-/// `QWEN_PIPELINE_BLOCKS=0`. Measured there: 261.7 → 252.0 ms per CFG step unbounded.
-pub fn pipeline_blocks() -> bool {
-    switch(&PIPELINE, "QWEN_PIPELINE_BLOCKS") && default_device_is_gpu()
+/// How generated code evaluates its repeated blocks (the transformer's 60, the text
+/// encoder's 28): what [`block_eval`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockEval {
+    /// One graph for all blocks, evaluated by the caller (the CPU, where MLX runs ops as they
+    /// are evaluated anyway; or `QWEN_PIPELINE_BLOCKS=0`).
+    Lazy,
+    /// `async_eval` of each block as soon as its graph is built, then a wait for the block
+    /// before it: the GPU runs block `i` while the CPU builds block `i + 1`, and the CPU
+    /// never gets more than one block ahead (MLX keeps the buffers of everything queued until
+    /// it has run, so an unbounded lead raised the 1024² step's peak by 7 GB on an H200).
+    /// Measured there: 261.7 → 252.0 ms per CFG step against one unbounded graph.
+    Pipelined,
+    /// `eval` of each block before the next is built: one block's buffers in flight instead
+    /// of two (1024² CFG step on an H200: ~1.3 GB less), the GPU idle while the CPU builds
+    /// the next block. What a memory budget too small for [`BlockEval::Pipelined`] gets.
+    OneAtATime,
+}
+
+thread_local! {
+    /// The mode [`BlockEval::scoped`] set on this thread, if any.
+    static BLOCK_EVAL: std::cell::Cell<Option<BlockEval>> = const { std::cell::Cell::new(None) };
+}
+
+/// How generated code on this thread evaluates its repeated blocks: the mode a live
+/// [`BlockEvalScope`] set, else [`BlockEval::Pipelined`] on a GPU unless
+/// `QWEN_PIPELINE_BLOCKS=0` (or [`set_pipeline_blocks`]) says otherwise, else
+/// [`BlockEval::Lazy`].
+pub fn block_eval() -> BlockEval {
+    if let Some(mode) = BLOCK_EVAL.with(|m| m.get()) {
+        return mode;
+    }
+    if switch(&PIPELINE, "QWEN_PIPELINE_BLOCKS") && default_device_is_gpu() {
+        BlockEval::Pipelined
+    } else {
+        BlockEval::Lazy
+    }
+}
+
+/// Sets [`block_eval`]'s answer on this thread until it is dropped (then the mode before it
+/// is back).
+#[must_use = "the mode holds only while the scope lives"]
+pub struct BlockEvalScope {
+    before: Option<BlockEval>,
+}
+
+impl BlockEval {
+    /// This mode on this thread while the returned scope lives.
+    pub fn scoped(self) -> BlockEvalScope {
+        BlockEvalScope {
+            before: BLOCK_EVAL.with(|m| m.replace(Some(self))),
+        }
+    }
+}
+
+impl Drop for BlockEvalScope {
+    fn drop(&mut self) {
+        BLOCK_EVAL.with(|m| m.set(self.before));
+    }
 }
 
 /// Turns per-block `async_eval` on or off for this process (overrides
-/// `QWEN_PIPELINE_BLOCKS`).
+/// `QWEN_PIPELINE_BLOCKS`; a [`BlockEvalScope`] overrides both).
 pub fn set_pipeline_blocks(on: bool) {
     PIPELINE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
 /// True when `Pipeline::open` should compile the fused kernels (`warm_up_kernels`) on a
-/// thread of its own while the weights load, instead of first: MLX 0.32 gives each thread its
-/// own default stream, and compiles custom kernels with NVRTC in every process (it keeps no
-/// disk cache of them), ~7.5 s of a cold 1024² `qwen-run` on an H200 before the ~7 s load.
-/// With it, no page-cache prefetch runs first either (the loading threads read the pages).
-/// Off unless `QWEN_WARM_UP_BESIDE_LOAD=1` until measured on a GPU.
+/// thread of its own from the moment the module is known, beside the checks and the load,
+/// rather than before the load: MLX 0.32 gives each thread its own default stream, and
+/// compiles custom kernels with NVRTC in every process (it keeps no disk cache of them),
+/// 6-12 s on an H200. Measured there (2026-11-30, 1024², bf16, 50 steps): a cold `qwen-run`
+/// 24.85 s with it (load 9.95 s), 29.6 s before (load 15.1 s). The loading thread's own
+/// MLX work (copies, casts, elementwise products, matmuls, quantizing) runs kernels MLX
+/// ships compiled, so only this thread uses MLX's run-time kernel cache, which has no lock;
+/// the compile is joined before `open` returns, before any step. On unless
+/// `QWEN_WARM_UP_BESIDE_LOAD=0`.
 pub fn warm_up_beside_load() -> bool {
-    std::env::var("QWEN_WARM_UP_BESIDE_LOAD").is_ok_and(|v| v == "1")
+    !std::env::var("QWEN_WARM_UP_BESIDE_LOAD").is_ok_and(|v| v == "0")
 }

@@ -21,6 +21,7 @@
 //! This crate knows nothing about Qwen or the graph DSL; model knowledge lives in
 //! `models/qwen`.
 
+pub mod attention;
 pub mod device;
 pub mod distributed;
 pub mod error;

@@ -588,6 +588,7 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
             use ::qwen_runtime::weights::{Checkpoint, Dtype as WeightDtype, TensorSpec};
             use ::qwen_runtime::WeightError;
             use ::qwen_runtime::kernels as __kernels;
+            use ::qwen_runtime::attention as __attention;
             use ::qwen_runtime::quant::{quantize as __quantize, Quantized};
 
             #(#consts)*

@@ -63,7 +63,7 @@ pub use error::{PipelineError, Warning, SHOWN_PROBLEMS};
 pub use generate::{Event, Generation, Request, Timings};
 pub use latents::{pack, unpack_nhwc};
 pub use memory::Network;
-pub use open::{Options, VaeTiling};
+pub use open::{OpenTimings, Options, VaeTiling};
 pub use prompt::{
     format_prompt, Embeddings, MAX_SEQUENCE_LENGTH, PROMPT_TEMPLATE, TEMPLATE_DROP,
     TOKENIZER_MAX_LENGTH,
@@ -101,6 +101,8 @@ pub struct Pipeline {
     /// layers are loaded as stored).
     stored_quantization: Option<crate::quantize_folder::StoredQuantization>,
     vae: Box<dyn Decoder>,
+    /// Where the open's time went.
+    open_timings: OpenTimings,
 }
 
 /// The opened (memory-mapped, checked) checkpoints networks are loaded from.

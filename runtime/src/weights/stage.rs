@@ -25,10 +25,11 @@ pub struct Staging {
 }
 
 impl Default for Staging {
-    /// One thread per core up to 16, 2 GiB ahead.
+    /// One thread per core but one (the loader's own thread evaluates the layers; a cold
+    /// `qwen-run` compiles the fused kernels on one more), at least 1, at most 16; 2 GiB ahead.
     fn default() -> Self {
         Staging {
-            threads: std::thread::available_parallelism().map_or(4, |n| n.get().min(16)),
+            threads: std::thread::available_parallelism().map_or(4, |n| (n.get() - 1).clamp(1, 16)),
             ahead_bytes: 2 << 30,
         }
     }

@@ -1,5 +1,6 @@
 //! Lowerings of attention: `fast::scaled_dot_product_attention` (no mask, causal, key
-//! padding) and the two RoPE layouts. RoPE tables must be folded to constants by the
+//! padding; without a mask, in query row blocks where the head size has no fused kernel:
+//! `qwen_runtime::attention`) and the two RoPE layouts. RoPE tables must be folded to constants by the
 //! `rope_fold` pass first.
 
 use graph_dsl::{MaskKind, Op, RopeLayout};
@@ -17,7 +18,15 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
             let (q, kk, v) = (n.a(0), n.a(1), n.a(2));
             let s = lit_f32(*scale);
             let o = out(cx, k, 0, name);
+            // MLX has fused attention kernels for head sizes up to 256; above (the VAE's
+            // single 384-channel head) it makes the whole score matrix, which past 2³¹
+            // entries (the VAE at 2048²) it cannot index: the queries go in row blocks
+            let head = n.ishape(0).0.get(3).and_then(|d| d.as_const());
+            let unfused = head.is_some_and(|d| d > 256);
             match mask {
+                MaskKind::None if unfused => quote! {
+                    let #o = __attention::sdpa_in_query_chunks(#q, #kk, #v, #s, __attention::MAX_SCORES)?;
+                },
                 MaskKind::None => quote! {
                     let #o = fast::scaled_dot_product_attention(#q, #kk, #v, #s, None::<fast::ScaledDotProductAttentionMask>, None)?;
                 },
@@ -82,6 +91,33 @@ mod tests {
     use insta::assert_snapshot;
 
     use super::super::test_util::{render, x};
+
+    /// A head size without MLX's fused kernels (the VAE's 384) runs in query row blocks.
+    #[test]
+    fn unfused_head_sizes_attend_in_query_chunks() {
+        let code = render(|b| {
+            let i = x(
+                b,
+                &[Dim::Const(1), Dim::Const(1), Dim::sym("L"), Dim::Const(384)],
+            );
+            b.sdpa(i, i, i, 0.05, MaskKind::None, None).unwrap()
+        });
+        let call: String = code.split_whitespace().collect();
+        assert!(
+            call.contains(
+                "__attention::sdpa_in_query_chunks(x,x,x,0.05f32,__attention::MAX_SCORES,)?"
+            ),
+            "{code}"
+        );
+        let code = render(|b| {
+            let i = x(
+                b,
+                &[Dim::Const(1), Dim::Const(1), Dim::sym("L"), Dim::Const(256)],
+            );
+            b.sdpa(i, i, i, 0.05, MaskKind::None, None).unwrap()
+        });
+        assert!(!code.contains("sdpa_in_query_chunks"), "{code}");
+    }
 
     #[test]
     fn attention_family() {

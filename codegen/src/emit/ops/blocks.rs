@@ -131,18 +131,24 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
             };
             let pipeline = (carry > 0).then(|| {
                 quote! {
-                    if pipelined {
+                    match block_eval {
                         // start this block, then wait for the one before: the GPU always
                         // has the next block queued, and at most two are in flight
-                        mlx::transforms::async_eval([#(&#state),*])?;
-                        mlx::transforms::eval(&running)?;
-                        running = vec![#((#state).clone()),*];
+                        __kernels::BlockEval::Pipelined => {
+                            mlx::transforms::async_eval([#(&#state),*])?;
+                            mlx::transforms::eval(&running)?;
+                            running = vec![#((#state).clone()),*];
+                        }
+                        __kernels::BlockEval::OneAtATime => {
+                            mlx::transforms::eval([#(&#state),*])?;
+                        }
+                        __kernels::BlockEval::Lazy => {}
                     }
                 }
             });
             let pipeline_init = (carry > 0).then(|| {
                 quote! {
-                    let pipelined = __kernels::pipeline_blocks();
+                    let block_eval = __kernels::block_eval();
                     let mut running: Vec<Array> = vec![];
                 }
             });
@@ -192,7 +198,7 @@ mod tests {
                 let dim_b = x.shape()[0];
                 let mut layers_state0 = (x).clone();
                 let compiled = __kernels::compile_blocks();
-                let pipelined = __kernels::pipeline_blocks();
+                let block_eval = __kernels::block_eval();
                 let mut running: Vec<Array> = vec![];
                 for layer in &w.layers {
                     let layers_next0 = if compiled {
@@ -201,10 +207,16 @@ mod tests {
                         resblock(layer, &layers_state0)?
                     };
                     layers_state0 = layers_next0;
-                    if pipelined {
-                        mlx::transforms::async_eval([&layers_state0])?;
-                        mlx::transforms::eval(&running)?;
-                        running = vec![(layers_state0).clone()];
+                    match block_eval {
+                        __kernels::BlockEval::Pipelined => {
+                            mlx::transforms::async_eval([&layers_state0])?;
+                            mlx::transforms::eval(&running)?;
+                            running = vec![(layers_state0).clone()];
+                        }
+                        __kernels::BlockEval::OneAtATime => {
+                            mlx::transforms::eval([&layers_state0])?;
+                        }
+                        __kernels::BlockEval::Lazy => {}
                     }
                 }
                 let layers_0 = layers_state0;
@@ -259,7 +271,7 @@ mod tests {
                     .collect::<Result<Vec<Array>, Exception>>()?;
                 let mut layers_stack1: Vec<Array> = Vec::with_capacity(3);
                 let compiled = __kernels::compile_blocks();
-                let pipelined = __kernels::pipeline_blocks();
+                let block_eval = __kernels::block_eval();
                 let mut running: Vec<Array> = vec![];
                 for (layer_index, layer) in w.layers.iter().enumerate() {
                     let (layers_next0, layers_next1) = if compiled {
@@ -269,10 +281,16 @@ mod tests {
                     };
                     layers_state0 = layers_next0;
                     layers_stack1.push(layers_next1);
-                    if pipelined {
-                        mlx::transforms::async_eval([&layers_state0])?;
-                        mlx::transforms::eval(&running)?;
-                        running = vec![(layers_state0).clone()];
+                    match block_eval {
+                        __kernels::BlockEval::Pipelined => {
+                            mlx::transforms::async_eval([&layers_state0])?;
+                            mlx::transforms::eval(&running)?;
+                            running = vec![(layers_state0).clone()];
+                        }
+                        __kernels::BlockEval::OneAtATime => {
+                            mlx::transforms::eval([&layers_state0])?;
+                        }
+                        __kernels::BlockEval::Lazy => {}
                     }
                 }
                 let layers_0 = layers_state0;

@@ -264,6 +264,8 @@ impl Pipeline {
         let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
         let table = self.modulation_table(&self.timesteps(steps)?)?;
         self.ensure(Network::Denoiser)?;
+        let images = latents.shape()[0] as usize;
+        let _blocks = self.denoise_block_eval(images).scoped();
         let loaded = self.loaded.borrow();
         let denoiser = loaded.denoiser.as_deref().expect("ensured");
         let cast = |a: &Array| a.as_dtype(self.dtype).map_err(mlx("casting"));

@@ -25,6 +25,7 @@
 use std::cell::RefCell;
 
 use qwen_runtime::__private::mlx_rs::{memory, Array, Dtype};
+use qwen_runtime::kernels::BlockEval;
 use qwen_runtime::quant::{Dense, Plan, Stored};
 use qwen_runtime::weights::{Checkpoint, Staging, TensorSpec};
 
@@ -57,9 +58,11 @@ pub struct Sizes {
     /// LoRA pairs, held for the whole run (a network that is loaded again fuses them again);
     /// counted like the VAE, always.
     pub loras: usize,
-    /// Activations of a denoising step (both CFG halves, two blocks in flight) at this
-    /// resolution, and the kept modulation table.
+    /// Activations of a denoising step (both CFG halves) with one block in flight
+    /// ([`BlockEval::OneAtATime`]) at this resolution, and the kept modulation table.
     pub denoise_work: usize,
+    /// What a second block in flight adds ([`BlockEval::Pipelined`], the faster way).
+    pub pipeline_work: usize,
     /// Activations of the VAE decode at this resolution.
     pub decode_work: usize,
     /// Activations of the text encoder for a long prompt.
@@ -89,10 +92,12 @@ pub fn loaded_bytes(specs: &[TensorSpec], dtype: Dtype, plan: &dyn Plan) -> usiz
 
 impl Sizes {
     /// The sizes for a generated module in `dtype`. The working memory is an estimate for
-    /// bf16 at 1024², from MLX's peaks on an H200 (2026-11-29): a step's activations with
-    /// two blocks in flight ~1 GB; the VAE decode's full-resolution convolutions ~7.2 GB
-    /// (everything loaded: weights 55.1 GB, image peak 62.3 GB; q8 in 24 GB: denoiser
-    /// 14.5 GB, peak 22.0 GB), scaled with the pixels and the dtype's width.
+    /// bf16 at 1024², from MLX's peaks on an H200, scaled with the pixels and the dtype's
+    /// width: the denoise 2.36 GB over the loaded weights and the schedule's table with one
+    /// block in flight (2026-11-30, 30 GB budget: peak 29.91 GB over 27.55), 3.13 GB with two
+    /// (everything loaded: `stage_peaks_gb` 55.59 → 58.72); the VAE decode's full-resolution
+    /// convolutions ~7.2 GB (2026-11-29: everything loaded, weights 55.1 GB, image peak
+    /// 62.3 GB; q8 in 24 GB: denoiser 14.5 GB, peak 22.0 GB).
     pub fn of(
         variant: &dyn Variant,
         dtype: Dtype,
@@ -115,7 +120,8 @@ impl Sizes {
             denoiser: loaded_bytes(&variant.transformer_specs(), dtype, tr.as_ref()),
             vae: loaded_bytes(&variant.vae_specs(), dtype, &Dense),
             loras: 0,
-            denoise_work: work(2.0, 0.25),
+            denoise_work: work(2.25, 0.25),
+            pipeline_work: work(0.75, 0.1),
             decode_work: work(7.0, 0.25),
             encode_work: work(0.0, 1.0),
         }
@@ -258,6 +264,16 @@ pub fn staging_room(sizes: &Sizes, loaded: &[Network], need: Network, budget: us
         .clamp(64 << 20, 2 << 30)
 }
 
+/// Whether `images` images denoise with a second block in flight
+/// ([`BlockEval::Pipelined`]) beside the `loaded` networks, the VAE and the LoRA pairs within
+/// `budget` bytes (the working memory is for one image's two CFG halves, so `⌈images / 2⌉`
+/// of it, as [`Pipeline::batch_fits`] counts it).
+pub fn pipeline_fits(sizes: &Sizes, loaded: &[Network], images: usize, budget: usize) -> bool {
+    let held: usize = loaded.iter().map(|n| sizes.weights(*n)).sum();
+    let work = (sizes.denoise_work + sizes.pipeline_work) * images.div_ceil(2).max(1);
+    sizes.vae + sizes.loras + held + work <= budget
+}
+
 /// The networks [`Pipeline::open`] loads: all of them when everything fits the budget,
 /// else none (each stage loads its own).
 pub fn load_at_open(sizes: &Sizes, budget: usize) -> bool {
@@ -268,6 +284,11 @@ impl Pipeline {
     /// The sizes the rule works with.
     pub fn memory_sizes(&self) -> Sizes {
         self.sizes
+    }
+
+    /// Where [`Pipeline::open`]'s time went.
+    pub fn open_timings(&self) -> super::OpenTimings {
+        self.open_timings
     }
 
     /// Frees what `stage` does not leave room for (see the module doc). Before the decode,
@@ -302,6 +323,27 @@ impl Pipeline {
         let weights: usize = held.iter().map(|n| self.sizes.weights(*n)).sum();
         let work = self.sizes.denoise_work * count.div_ceil(2).max(1);
         self.sizes.vae + self.sizes.loras + weights + work <= self.budget
+    }
+
+    /// How the denoiser's blocks are evaluated while `images` images denoise as one batch:
+    /// [`qwen_runtime::kernels::block_eval`]'s mode, except that [`BlockEval::Pipelined`]
+    /// becomes [`BlockEval::OneAtATime`] where the second block in flight would not fit
+    /// beside what is loaded (bf16 at 1024² in 30 GB: 27.4 GB of weights, 3.1 GB pipelined).
+    pub(super) fn denoise_block_eval(&self, images: usize) -> BlockEval {
+        let mode = qwen_runtime::kernels::block_eval();
+        if mode != BlockEval::Pipelined {
+            return mode;
+        }
+        if pipeline_fits(
+            &self.sizes,
+            &self.loaded.borrow().loaded(),
+            images,
+            self.budget,
+        ) {
+            BlockEval::Pipelined
+        } else {
+            BlockEval::OneAtATime
+        }
     }
 
     /// Whether the untiled VAE decode's working memory fits beside what is loaded now
@@ -387,6 +429,7 @@ mod tests {
             vae: GIB / 4,
             loras: 0,
             denoise_work: 2 * GIB,
+            pipeline_work: GIB,
             decode_work: 7 * GIB,
             encode_work: GIB,
         }
@@ -431,6 +474,17 @@ mod tests {
             gb(q8.modulation),
             gb(q8.denoiser)
         );
+        let q4 = Sizes::of(
+            v,
+            Dtype::Bfloat16,
+            Some(&Quantization::new(4).unwrap()),
+            None,
+        );
+        println!(
+            "q4: modulation {:.2} GB, denoiser {:.2}",
+            gb(q4.modulation),
+            gb(q4.denoiser)
+        );
         assert!(q8.denoiser < s.denoiser * 6 / 10);
         // 30 GB: the denoise runs alone with the VAE, the decode without the denoiser
         let budget = 30_000_000_000;
@@ -440,9 +494,25 @@ mod tests {
             [Modulation, TextEncoder]
         );
         assert!(s.vae + s.denoiser + s.denoise_work <= budget);
+        // there one block at a time: the second in flight took the peak to 30.97 GB
+        assert!(!pipeline_fits(&s, &[Denoiser], 1, budget));
+        assert!(pipeline_fits(&s, &[Denoiser], 1, 32_000_000_000));
+        // everything loaded on an H200 (MLX's limit: 95 % of 141 GB)
+        assert!(pipeline_fits(
+            &s,
+            &[TextEncoder, Modulation, Denoiser],
+            4,
+            133_000_000_000
+        ));
         assert_eq!(to_free(&s, &[Denoiser], Stage::Decode, budget), [Denoiser]);
         // q8 in 24 GB: the decode keeps the denoiser (22.0 GB measured)
         assert!(to_free(&q8, &[Denoiser], Stage::Decode, 24_000_000_000).is_empty());
+        // q4 in 24 GB: the text encoder (bf16) goes before the denoise (kept, the peak was
+        // 24.21 GB with a working memory estimated 0.5 GB short)
+        assert_eq!(
+            to_free(&q4, &[TextEncoder], Stage::Run(Denoiser), 24_000_000_000),
+            [TextEncoder]
+        );
     }
 
     #[test]

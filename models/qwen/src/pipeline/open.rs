@@ -1,6 +1,7 @@
 //! Opening a model folder: [`Options`] and [`Pipeline::open`].
 
 use std::path::Path;
+use std::time::Instant;
 
 use qwen_runtime::__private::mlx_rs::Dtype;
 use qwen_runtime::lora::Loras;
@@ -14,7 +15,7 @@ use super::checks::{check_configs, check_model_index, check_token_ids, latents_s
 use super::memory::{load_at_open, Sizes};
 use super::{
     detect_config, find_one_text_variant, find_variant, variant_by_name, Checkpoints, Network,
-    Pipeline, PipelineError, Resolution, Result, VARIANTS,
+    Pipeline, PipelineError, Resolution, Result, Variant, VARIANTS,
 };
 use crate::quantize::Quantization;
 
@@ -144,6 +145,11 @@ impl Pipeline {
             None => find_variant(resolution, config)?,
         };
         check_configs(&dir, config, variant.name())?;
+        // MLX compiles the fused kernels (NVRTC, in every process) on a thread of its own
+        // from here on, beside the checks and the load below
+        let kernels = qwen_runtime::kernels::enabled();
+        let compiling = (kernels && qwen_runtime::kernels::warm_up_beside_load())
+            .then(|| Compiling::start(variant, options.dtype));
 
         // Open and check every component before loading any.
         let open = |component: &'static str, sub: &str| {
@@ -226,15 +232,12 @@ impl Pipeline {
             )
         };
         let all = load_at_open(&sizes, budget);
-        let kernels = qwen_runtime::kernels::enabled();
-        let beside = kernels && qwen_runtime::kernels::warm_up_beside_load();
-        let warm_up = || {
-            variant
-                .warm_up_kernels(options.dtype)
-                .map_err(super::mlx("compiling the fused kernels"))
+        let mut timings = OpenTimings {
+            kernels_beside: compiling.is_some(),
+            ..OpenTimings::default()
         };
-        if !beside {
-            std::thread::scope(|scope| -> Result<()> {
+        if compiling.is_none() {
+            timings.kernels = std::thread::scope(|scope| -> Result<Option<f64>> {
                 let mut cks = vec![&vae];
                 if all {
                     cks.extend([&tr, &te]);
@@ -242,57 +245,94 @@ impl Pipeline {
                 for ck in cks {
                     scope.spawn(|| ck.prefetch());
                 }
-                // while the weights are read: MLX compiles the fused kernels (NVRTC, ~1.5 s
-                // each on an H200, in every process) here instead of in the first step
-                if kernels {
-                    warm_up()?;
-                }
-                Ok(())
+                // while the weights are read: the fused kernels compile here instead of in
+                // the first step
+                kernels
+                    .then(|| Compiling::start(variant, options.dtype).finish())
+                    .transpose()
             })?;
         }
-        let load = || -> Result<Self> {
-            let vae_decoder = variant.load_vae(&vae, options.dtype)?;
-            let pipeline = Self {
-                dir,
-                variant,
-                dtype: options.dtype,
-                tokenizer,
-                scheduler,
-                latents_mean,
-                latents_std,
-                checkpoints: Checkpoints {
-                    text_encoder: te,
-                    transformer: tr,
-                },
-                loaded: Default::default(),
-                sizes,
-                budget,
-                quantize: options.quantize.clone(),
-                loras,
-                lightning: options.lightning,
-                vae_tiling: options.vae_tiling,
-                stored_quantization,
-                vae: vae_decoder,
-            };
-            if all {
-                for n in [Network::Denoiser, Network::Modulation, Network::TextEncoder] {
-                    pipeline.ensure(n)?;
-                }
-            }
-            Ok(pipeline)
+        let start = Instant::now();
+        let vae_decoder = variant.load_vae(&vae, options.dtype)?;
+        let mut pipeline = Self {
+            dir,
+            variant,
+            dtype: options.dtype,
+            tokenizer,
+            scheduler,
+            latents_mean,
+            latents_std,
+            checkpoints: Checkpoints {
+                text_encoder: te,
+                transformer: tr,
+            },
+            loaded: Default::default(),
+            sizes,
+            budget,
+            quantize: options.quantize.clone(),
+            loras,
+            lightning: options.lightning,
+            vae_tiling: options.vae_tiling,
+            stored_quantization,
+            vae: vae_decoder,
+            open_timings: timings,
         };
-        if !beside {
-            return load();
+        if all {
+            for n in [Network::Denoiser, Network::Modulation, Network::TextEncoder] {
+                pipeline.ensure(n)?;
+            }
         }
-        // the warm-up on its own thread (and so its own MLX stream) beside the load
-        std::thread::scope(|scope| {
-            let compiling = scope.spawn(warm_up);
-            let pipeline = load();
-            let compiled = compiling
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            compiled?;
-            pipeline
-        })
+        pipeline.open_timings.weights = start.elapsed().as_secs_f64();
+        if let Some(c) = compiling {
+            pipeline.open_timings.kernels = Some(c.finish()?);
+        }
+        Ok(pipeline)
     }
+}
+
+/// The fused kernels compiling on a thread of their own (and so on an MLX stream of its own:
+/// MLX 0.32 gives each thread its own default stream); dropping it waits for them.
+struct Compiling(Option<std::thread::JoinHandle<Result<f64>>>);
+
+impl Compiling {
+    fn start(variant: &'static dyn Variant, dtype: Dtype) -> Self {
+        Compiling(Some(std::thread::spawn(move || {
+            let start = Instant::now();
+            variant
+                .warm_up_kernels(dtype)
+                .map_err(super::mlx("compiling the fused kernels"))?;
+            Ok(start.elapsed().as_secs_f64())
+        })))
+    }
+
+    /// Waits for the compilation: its seconds.
+    fn finish(mut self) -> Result<f64> {
+        let handle = self.0.take().expect("joined once");
+        handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for Compiling {
+    fn drop(&mut self) {
+        // an open that fails before the end still waits: no MLX work left running
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Where [`Pipeline::open`]'s time went, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OpenTimings {
+    /// MLX compiling the fused kernels (`None` where they do not run: CPU, Metal).
+    pub kernels: Option<f64>,
+    /// Whether that compilation ran on a thread of its own from the moment the module was
+    /// known, beside the checks and the load (`qwen_runtime::kernels::warm_up_beside_load`),
+    /// rather than beside a page-cache prefetch, before them.
+    pub kernels_beside: bool,
+    /// Loading the VAE decoder and the networks that load at open (all of them where they
+    /// fit the memory budget, else none).
+    pub weights: f64,
 }
