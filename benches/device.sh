@@ -19,7 +19,7 @@
 #     lightning         a random Lightning-layout LoRA, LIGHTNING_STEPS (8) steps without CFG: qwen, then diffusers
 #                       (LIGHTNING_DIFFUSERS=0: qwen only)
 #     sizes             SIZES ("1328 1664x928 2048"), SIZE_STEPS (20) steps, one image each: qwen, then diffusers
-#     count             --count COUNT (4) against 1 at RES (rows with count, images_per_s)
+#     count             --count COUNT (4) against 1 at RES (rows with count, images_per_s); the batch's 2nd PNG vs a single run
 #     gpus              qwen-run on GPU FG_GPU, then --gpus 2 on FG_GPU and BG_GPU (rows with gpus; PNGs compared)
 #     diffusers-timing  diffusers_qwen_e2e.py, timing only (SKIP_DUMP=1): load, 1 warm-up + IMAGES images, encode, decode
 #     compare           compare_tensors.py: qwen f32 / qwen bf16 / diffusers bf16 against diffusers f32, for the
@@ -314,18 +314,27 @@ phase_sizes() {
 }
 
 # Issue 12: `--count` at RES: qwen-bench warm with --count COUNT (4) against --count 1, CFG as set (rows with count and
-# images_per_s).
+# images_per_s); then, unless COUNT_CHECK=0, the GPU check of the batch: qwen-run --count COUNT --seed 0 and a single
+# qwen-run --seed 1, whose PNG must be the batch's second image (largest difference in 8-bit levels printed).
 phase_count() {
     mlx_env
     need_model
     need_bin qwen-bench
-    local n
-    for n in 1 "${COUNT:-4}"; do
+    local n c=${COUNT:-4}
+    for n in 1 "$c"; do
         say "count: $n images per generation, $RES, $STEPS steps, cfg $CFG"
         "$QA/bin/qwen-bench" warm --model "$QA/model" --res "$RES" --dtype bf16 --steps "$STEPS" --cfg "$CFG" \
             --prompt "$PROMPT" --negative "$NEG" --images 1 --count "$n" --gpu "$(gpu_name)" --device "$DEVICE" \
             --out "$RESULTS" 2> >(tee -a "$QA/count.log" >&2) || say "count: $n failed"
     done
+    [ "${COUNT_CHECK:-1}" = 1 ] || return 0
+    need_bin qwen-run
+    local run=("$QA/bin/qwen-run" --model "$QA/model" --res "$RES" --dtype bf16 --steps "$STEPS" --cfg "$CFG"
+        --device "$DEVICE" --prompt "$PROMPT" --negative-prompt "$NEG")
+    "${run[@]}" --count "$c" --seed 0 --output "$QA/count.png" 2>&1 | tee -a "$QA/count.log"
+    "${run[@]}" --seed 1 --output "$QA/count-single.png" 2>&1 | tee -a "$QA/count.log"
+    python3 -c 'import sys; from PIL import Image; import numpy as np; a, b = (np.asarray(Image.open(f)).astype(int) for f in sys.argv[1:]); print("count: image 2 of the batch against its single run, max difference", abs(a - b).max(), "levels")' \
+        "$QA/count-2.png" "$QA/count-single.png" || say "count: could not compare the PNGs"
 }
 
 # Issue 11: qwen-run on one GPU, then `--gpus 2` (GPUs 0 and 1: run it on nvidia-h200-x2 with no background job),

@@ -199,23 +199,38 @@ fn emit_fn(g: &Graph, tables: &mut Vec<(Ident, Vec<u8>)>) -> Result<TokenStream>
         param_idents.push(i.clone());
         params.push(quote!(#i: &Array));
     }
-    // runtime dims: read from the first input that carries the symbol, else a parameter
+    // runtime dims: read from the first input that carries the symbol (else from one that
+    // carries a multiple of it, `c·S`, divided by c), else a parameter
     let mut prologue = vec![];
     for s in symbols(g) {
         let id = cx.names.fresh(&format!("dim_{s}"));
-        let found = g.inputs.iter().enumerate().find_map(|(k, inp)| {
-            inp.ty
-                .shape
-                .0
-                .iter()
-                .position(|d| *d == Dim::Sym(s.clone()))
-                .map(|ax| (k, ax))
+        let find = |factor: &dyn Fn(&Dim) -> Option<i64>| {
+            g.inputs.iter().enumerate().find_map(|(k, inp)| {
+                let dims = &inp.ty.shape.0;
+                dims.iter()
+                    .enumerate()
+                    .find_map(|(ax, d)| factor(d).map(|c| (k, ax, c)))
+            })
+        };
+        let found = find(&|d| (*d == Dim::Sym(s.clone())).then_some(1)).or_else(|| {
+            find(&|d| match d {
+                Dim::Affine { terms, konst: 0 } if terms.len() == 1 && terms[0].0 == s => {
+                    (terms[0].1 > 0).then_some(terms[0].1)
+                }
+                _ => None,
+            })
         });
         match found {
-            Some((k, ax)) => {
+            Some((k, ax, 1)) => {
                 let p = &param_idents[k];
                 let ax = Literal::usize_unsuffixed(ax);
                 prologue.push(quote!(let #id = #p.shape()[#ax];));
+            }
+            Some((k, ax, c)) => {
+                let p = &param_idents[k];
+                let ax = Literal::usize_unsuffixed(ax);
+                let c = Literal::i32_unsuffixed(c as i32);
+                prologue.push(quote!(let #id = #p.shape()[#ax] / #c;));
             }
             None => params.push(quote!(#id: i32)),
         }
@@ -528,10 +543,16 @@ pub fn generate(spec: &Spec, graphs: &[Graph]) -> Result<TokenStream> {
     }
     let mut items = vec![];
     let mut tables = vec![];
-    let mut seen = std::collections::BTreeSet::new();
+    // a graph that is also a block of another one (the VAE encoder's residual blocks) is
+    // emitted once
+    let mut seen: BTreeMap<String, Graph> = BTreeMap::new();
     for g in blocks.values().chain(graphs.iter()) {
-        if !seen.insert(g.name.clone()) {
-            return Err(CodegenError::DuplicateGraph(g.name.clone()));
+        match seen.get(&g.name) {
+            Some(prev) if *prev == bare(g) => continue,
+            Some(_) => return Err(CodegenError::DuplicateGraph(g.name.clone())),
+            None => {
+                seen.insert(g.name.clone(), bare(g));
+            }
         }
         if let Some(sg) = shared.get(&g.name) {
             if *sg != bare(g) {

@@ -9,19 +9,22 @@
 //! * [`CfgJoin::SplitHalves`]: one call for both halves, each with its own text length
 //!   (`L_txt0`, `L_txt1`), no padding, no mask. (`B` and `L_txt` stand here for the
 //!   model's batch and text-length symbols, given as [`CfgSymbols`].)
-//!   - the image stream (batched values, `B` → 2) runs at batch 2;
+//!   - each half is `N` images of one text (`N` a run-time symbol, [`CfgSymbols::images`]:
+//!     several images of one prompt);
+//!   - the image stream (batched values, `B` → `2N`: the conditional half's `N` images,
+//!     then the unconditional half's) runs at batch `2N`;
 //!   - the text stream (values `[B, L_txt, ..]`) is *packed*: both halves' rows one after
-//!     the other in one `[1, L_txt0 + L_txt1, ..]` value, so its linears, norms and MLPs
-//!     run once for both halves (a batch-1 matmul reads its weights once, not twice). A
+//!     the other in one `[N, L_txt0 + L_txt1, ..]` value, so its linears, norms and MLPs
+//!     run once for both halves (a matmul reads its weights once, not twice). A
 //!     per-sample row `[B, 1, ..]` that meets packed text (the timestep's modulation) is
-//!     expanded to the packed rows: half 0's row for the first `L_txt0` rows, half 1's
+//!     expanded to the packed rows: half 0's rows for the first `L_txt0` rows, half 1's
 //!     for the rest (so the halves may even have different timesteps);
 //!   - every op that mixes rows (attention, the joint heads, slices and reshapes along the
 //!     sequence) runs per half on that half's rows; other text-length values (the RoPE
 //!     tables `[L_txt, ..]`) are per half (`name_0`, `name_1`); a per-half result without
 //!     the text length is joined back into the batch, one with it is packed again.
 //!
-//!   So every attention call is an unmasked batch-1 call over `L_txt_i + L_img` tokens.
+//!   So every attention call is an unmasked batch-`N` call over `L_txt_i + L_img` tokens.
 
 use std::collections::BTreeMap;
 
@@ -42,15 +45,22 @@ pub enum CfgJoin {
     SplitHalves,
 }
 
-/// The model's names for the two symbols the CFG split works on: the batch (`B` → 2
-/// halves) and the text length (one per half: `{text}0`, `{text}1`).
+/// The model's names for the symbols the CFG split works on: the batch (`B` → 2 halves of
+/// `images` each), the text length (one per half: `{text}0`, `{text}1`) and the images per
+/// half, a new run-time symbol.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CfgSymbols {
     pub batch: String,
     pub text: String,
+    pub images: String,
 }
 
 impl CfgSymbols {
+    /// Images per half.
+    fn n(&self) -> Dim {
+        Dim::sym(&self.images)
+    }
+
     /// The text length of half `i`.
     fn half_text(&self, i: usize) -> Dim {
         Dim::sym(&format!("{}{i}", self.text))
@@ -84,9 +94,9 @@ fn reject_masks(g: &Graph) -> Result<()> {
 /// Symbol map for the joined batch (`half = None`) or one half.
 fn symbols(sy: &CfgSymbols, half: Option<usize>) -> BTreeMap<String, Dim> {
     match half {
-        None => BTreeMap::from([(sy.batch.clone(), Dim::Const(2))]),
+        None => BTreeMap::from([(sy.batch.clone(), sy.n().mul(2))]),
         Some(i) => BTreeMap::from([
-            (sy.batch.clone(), Dim::Const(1)),
+            (sy.batch.clone(), sy.n()),
             (sy.text.clone(), sy.half_text(i)),
         ]),
     }
@@ -161,10 +171,10 @@ fn row_wise(op: &Op) -> bool {
     )
 }
 
-/// Symbols of the packed text stream: batch 1, both halves' rows.
+/// Symbols of the packed text stream: batch `N`, both halves' rows.
 fn packed_symbols(sy: &CfgSymbols) -> BTreeMap<String, Dim> {
     BTreeMap::from([
-        (sy.batch.clone(), Dim::Const(1)),
+        (sy.batch.clone(), sy.n()),
         (sy.text.clone(), sy.half_text(0).add(&sy.half_text(1))),
     ])
 }
@@ -172,7 +182,7 @@ fn packed_symbols(sy: &CfgSymbols) -> BTreeMap<String, Dim> {
 /// Memoized conversions between the forms of one value.
 struct Views<'a> {
     sy: &'a CfgSymbols,
-    /// (batched value, half) → its slice on axis 0.
+    /// (batched value, half) → its `N` rows on axis 0.
     batch_half: BTreeMap<(Tensor, usize), Tensor>,
     /// (packed value, half) → that half's rows.
     rows: BTreeMap<(Tensor, usize), Tensor>,
@@ -188,7 +198,8 @@ impl Views<'_> {
             return Ok(*s);
         }
         let name = format!("{}.half{half}", b.name_of(t));
-        let s = b.slice(t, 0, half, half + 1)?;
+        let n = self.sy.n();
+        let s = b.slice(t, 0, n.mul(half), n.mul(half + 1))?;
         let s = b.name(s, &name);
         self.batch_half.insert((t, half), s);
         Ok(s)
@@ -209,8 +220,8 @@ impl Views<'_> {
         Ok(s)
     }
 
-    /// A per-sample row `[B, 1, ..]` as `[1, L_txt0 + L_txt1, ..]`: each half's row repeated
-    /// over that half's packed text rows.
+    /// A per-sample row `[B, 1, ..]` as `[N, L_txt0 + L_txt1, ..]`: each half's rows
+    /// repeated over that half's packed text rows.
     fn row_expanded(
         &mut self,
         b: &mut GraphBuilder,
@@ -233,7 +244,7 @@ impl Views<'_> {
         for half in 0..2 {
             let row = self.batch_half(b, t, half)?;
             let mut dims = shape.0.clone();
-            dims[0] = Dim::Const(1);
+            dims[0] = self.sy.n();
             dims[1] = self.sy.half_text(half);
             parts.push(b.broadcast_to(row, dims)?);
         }
@@ -469,10 +480,12 @@ fn split_halves(g: &Graph, sy: &CfgSymbols) -> Result<Graph> {
 /// Apply the CFG strategy to `g` and its blocks; `SplitHalves` needs the model's batch and
 /// text-length symbols.
 pub fn run(g: &Graph, join: CfgJoin, sy: &CfgSymbols) -> Result<Graph> {
-    if join == CfgJoin::SplitHalves && (sy.batch.is_empty() || sy.text.is_empty()) {
+    if join == CfgJoin::SplitHalves
+        && (sy.batch.is_empty() || sy.text.is_empty() || sy.images.is_empty())
+    {
         return Err(err(
             &g.name,
-            "split halves needs the batch and text-length symbols".into(),
+            "split halves needs the batch, text-length and images-per-half symbols".into(),
         ));
     }
     map_all(g, |g| {
@@ -493,6 +506,7 @@ mod tests {
         CfgSymbols {
             batch: "B".into(),
             text: "L_txt".into(),
+            images: "N".into(),
         }
     }
 
@@ -546,10 +560,10 @@ mod tests {
         assert_eq!(
             ins,
             [
-                "img [2, 1, 6, 4]",
-                "txt_0 [1, 1, L_txt0, 4]",
-                "txt_1 [1, 1, L_txt1, 4]",
-                "scale [2, 1, 1, 4]"
+                "img [2*N, 1, 6, 4]",
+                "txt_0 [N, 1, L_txt0, 4]",
+                "txt_1 [N, 1, L_txt1, 4]",
+                "scale [2*N, 1, 1, 4]"
             ]
         );
         assert_eq!(g.count_op("sdpa"), 2);
@@ -561,7 +575,7 @@ mod tests {
                     mask: MaskKind::None
                 }
             );
-            assert_eq!(n.outputs[0].shape.0[0], Dim::Const(1));
+            assert_eq!(n.outputs[0].shape.0[0], Dim::sym("N"));
         }
         let outs: Vec<String> = g
             .outputs
@@ -571,9 +585,9 @@ mod tests {
         assert_eq!(
             outs,
             [
-                "img [2, 1, 6, 4]",
-                "txt_0 [1, 1, L_txt0, 4]",
-                "txt_1 [1, 1, L_txt1, 4]"
+                "img [2*N, 1, 6, 4]",
+                "txt_0 [N, 1, L_txt0, 4]",
+                "txt_1 [N, 1, L_txt1, 4]"
             ]
         );
     }
@@ -605,14 +619,14 @@ mod tests {
             let i = g.inputs.iter().find(|i| i.name == n).unwrap();
             i.ty.shape.to_string()
         };
-        assert_eq!(shape("txt"), "[1, L_txt0+L_txt1, 4]");
-        assert_eq!(shape("img"), "[2, 6, 4]");
+        assert_eq!(shape("txt"), "[N, L_txt0+L_txt1, 4]");
+        assert_eq!(shape("img"), "[2*N, 6, 4]");
         assert_eq!(g.count_op("binary"), 2); // each row-wise op once for both halves
         assert_eq!(g.count_op("broadcast_to"), 2); // `mod`, one row per half, expanded once
         let (name, out) = &g.outputs[0];
         assert_eq!(
             (name.as_str(), g.ty(*out).shape.to_string().as_str()),
-            ("txt", "[1, L_txt0+L_txt1, 4]")
+            ("txt", "[N, L_txt0+L_txt1, 4]")
         );
     }
 

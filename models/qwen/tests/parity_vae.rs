@@ -32,3 +32,33 @@ fn tiny_vae_decoder_matches_diffusers() {
     println!("vae_decoder 96x64: rel err {e:.3e}");
     assert!(e <= 1e-4, "rel err {e:.3e}");
 }
+
+/// The macro-generated tiny VAE encoder (conv_in, 4 down stages with their downsamplers,
+/// mid block with attention, norm_out, conv_out, quant_conv; the posterior's mean) against
+/// diffusers' `AutoencoderKLQwenImage.encode(...).latent_dist.mean`, at both fixture sizes:
+/// one generated function, its spatial size read from the image at run time.
+#[test]
+fn tiny_vae_encoder_matches_diffusers() {
+    use qwen::specializations::shared_tiny as shared;
+    let ck = Checkpoint::open(fixture("tiny-qwen-image/vae")).unwrap();
+    ck.check(&shared::VaeEncoderWeights::specs(""), Extra::Allow)
+        .unwrap();
+    let w = shared::VaeEncoderWeights::load(&ck, "", Dtype::Float32).unwrap();
+    let r = Checkpoint::open(fixture("references/vae.safetensors")).unwrap();
+    for size in ["96x64", "64x64"] {
+        // NCTHW [1, 3, 1, H, W] -> NHWC [1, H, W, 3]
+        let x = r.array(&format!("{size}.encode.input.image")).unwrap();
+        let s = x.shape().to_vec();
+        let x = ops::reshape(&x, &[s[0], s[1], s[3], s[4]]).unwrap();
+        let x = ops::transpose_axes(&x, &[0, 2, 3, 1]).unwrap();
+        let lat = (s[3] / 8) * (s[4] / 8);
+        let mean = shared::vae_encoder(&w, &x, lat).unwrap(); // [1, H/8, W/8, 16]
+        assert_eq!(mean.shape(), &[1, s[3] / 8, s[4] / 8, 16]);
+        let reference = r.array(&format!("{size}.encode.output.mean")).unwrap(); // [1, 16, 1, h, w]
+        let mean = ops::transpose_axes(&mean, &[0, 3, 1, 2]).unwrap();
+        let mean = ops::reshape(&mean, reference.shape()).unwrap();
+        let e = rel_err(&mean, &reference);
+        println!("vae_encoder {size}: rel err {e:.3e}");
+        assert!(e <= 1e-4, "{size}: rel err {e:.3e}");
+    }
+}

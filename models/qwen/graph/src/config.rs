@@ -67,6 +67,15 @@ impl VaeConfig {
             .collect()
     }
 
+    /// Channels of the encoder: `conv_in`'s output, then each down stage's (spec §4.4: 96,
+    /// 96, 192, 384, 384).
+    pub fn encoder_dims(&self) -> Vec<usize> {
+        std::iter::once(1)
+            .chain(self.dim_mult.iter().copied())
+            .map(|m| m * self.base_dim)
+            .collect()
+    }
+
     /// (in, out) channels of `decoder.up_blocks.{i}.resnets.0`: stages after the first
     /// start from the upsampler's halved width.
     pub fn up_block_io(&self, i: usize) -> (usize, usize) {

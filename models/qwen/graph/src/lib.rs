@@ -103,6 +103,7 @@ fn cfg_symbols() -> CfgSymbols {
     CfgSymbols {
         batch: transformer::BATCH.into(),
         text: transformer::TEXT.into(),
+        images: transformer::IMAGES.into(),
     }
 }
 
@@ -196,8 +197,13 @@ pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
         text_encoder::text_encoder(&cfg.text_encoder)?,
         transformer::timestep_modulation(&cfg.transformer)?,
         vae::residual_block("vae_up1_resnet0", cin, cout)?,
+        vae::encoder(&cfg.vae)?,
     ];
-    for (ci, co) in vae::decoder_resblocks(&cfg.vae) {
+    let mut resblocks = vae::decoder_resblocks(&cfg.vae);
+    resblocks.extend(vae::encoder_resblocks(&cfg.vae));
+    resblocks.sort();
+    resblocks.dedup();
+    for (ci, co) in resblocks {
         graphs.push(vae::residual_block(&vae::resblock_name(ci, co), ci, co)?);
     }
     let graphs = graphs
@@ -206,7 +212,7 @@ pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Built {
         title: format!(
-            "the resolution-independent parts (text encoder, timestep modulation, VAE residual blocks), config = {}",
+            "the resolution-independent parts (text encoder, timestep modulation, VAE encoder, VAE residual blocks), config = {}",
             config_name(config)
         ),
         consts: vec![],
@@ -276,7 +282,9 @@ mod tests {
                 "text_encoder",
                 "timestep_modulation",
                 "vae_up1_resnet0",
+                "vae_encoder",
                 "vae_resblock_16_16",
+                "vae_resblock_16_32",
                 "vae_resblock_32_32",
                 "vae_resblock_32_64",
                 "vae_resblock_64_64"
@@ -336,6 +344,35 @@ mod tests {
         );
     }
 
+    /// The real encoder reads the spec's keys (§4.4: the flat `down_blocks` list with the
+    /// downsamplers at 2, 5 and 8, `conv_out` to 32 channels, `quant_conv`) and keeps the
+    /// size free: NHWC `[B, 8h, 8w, 3]` → the mean `[B, h, w, 16]`.
+    #[test]
+    fn real_vae_encoder_reads_the_published_keys() {
+        let b = build_shared(ConfigName::Real).unwrap();
+        let e = b.graphs.iter().find(|g| g.name == "vae_encoder").unwrap();
+        let keys: Vec<String> = e
+            .weights
+            .iter()
+            .chain(e.blocks.values().flat_map(|bl| bl.weights.iter()))
+            .flat_map(|w| w.stored())
+            .map(|p| format!("{} {:?}", p.key, p.shape))
+            .collect();
+        for want in [
+            "encoder.conv_in.weight [96, 3, 3, 3, 3]",
+            "encoder.down_blocks.2.resample.1.weight [96, 96, 3, 3]",
+            "encoder.down_blocks.5.resample.1.weight [192, 192, 3, 3]",
+            "encoder.down_blocks.8.resample.1.weight [384, 384, 3, 3]",
+            "encoder.conv_out.weight [32, 384, 3, 3, 3]",
+            "quant_conv.weight [32, 32, 1, 1, 1]",
+        ] {
+            assert!(keys.iter().any(|k| k == want), "{want} not in {keys:?}");
+        }
+        assert!(!keys.iter().any(|k| k.contains("time_conv")));
+        assert_eq!(e.inputs[0].ty.shape.to_string(), "[B, 8*h, 8*w, 3]");
+        assert_eq!(e.ty(e.outputs[0].1).shape.to_string(), "[B, h, w, 16]");
+    }
+
     #[test]
     fn split_halves_binds_the_batch() {
         let mut r = req(96, 64, ConfigName::Tiny);
@@ -343,11 +380,12 @@ mod tests {
         let b = build(&r).unwrap();
         let block = &b.graphs[1].blocks["dual_stream_block"];
         assert_eq!(block.count_op("sdpa"), 2);
-        assert_eq!(block.inputs[0].ty.shape.to_string(), "[2, 24, 64]");
-        // the text stream packed: both halves' rows in one value
+        // each half N images of one text: the image stream 2N rows
+        assert_eq!(block.inputs[0].ty.shape.to_string(), "[2*N, 24, 64]");
+        // the text stream packed: both halves' rows in one value per image
         assert_eq!(
             block.inputs[1].ty.shape.to_string(),
-            "[1, L_txt0+L_txt1, 64]"
+            "[N, L_txt0+L_txt1, 64]"
         );
         // its linears run once for both halves; the joint heads once per half
         assert_eq!(block.count_op("linear"), 8); // (qkv, out, up, down) per stream
@@ -357,8 +395,8 @@ mod tests {
         assert_eq!(outs, ["velocity"]);
         // x, packed text, img/txt/out modulation, img cos/sin, txt cos ×2, txt sin ×2
         assert_eq!(t.inputs.len(), 11);
-        assert_eq!(t.inputs[2].ty.shape.to_string(), "[2, 2, 384]"); // [layers, B, 6D]
-                                                                     // the VAE keeps a free batch
+        assert_eq!(t.inputs[2].ty.shape.to_string(), "[2, 2*N, 384]"); // [layers, B, 6D]
+                                                                       // the VAE keeps a free batch
         assert_eq!(b.graphs[2].inputs[0].ty.shape.to_string(), "[B, 8, 12, 16]");
     }
 

@@ -10,6 +10,8 @@ use crate::config::{TransformerConfig, DIT_EPS, DIT_ROPE_THETA, TIMESTEP_CHANNEL
 
 /// The batch symbol (both CFG halves in one call: the `cfg_batch` pass splits on it).
 pub const BATCH: &str = "B";
+/// The images of one text in each CFG half after the CFG split (run time: `--count`).
+pub const IMAGES: &str = "N";
 /// The text-length symbol (run time; one per half after the CFG split).
 pub const TEXT: &str = "L_txt";
 /// The first text RoPE position, bound per resolution (`image_bindings`).

@@ -1,6 +1,6 @@
-//! The VAE decoder pieces (`AutoencoderKLQwenImage`, spec §4), written as the PyTorch model
-//! is: NTHWC with causal 3-D convs. The `layout` pass folds the single frame away, so the
-//! generated code runs NHWC 2-D convs.
+//! The VAE (`AutoencoderKLQwenImage`, spec §4): the decoder and the encoder, written as the
+//! PyTorch model is: NTHWC with causal 3-D convs. The `layout` pass folds the single frame
+//! away, so the generated code runs NHWC 2-D convs.
 
 use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, Result, Tensor};
 
@@ -41,6 +41,19 @@ pub fn residual_block(name: &str, cin: usize, cout: usize) -> Result<Graph> {
 /// The name of the residual block body `cin → cout` (one function per distinct pair).
 pub fn resblock_name(cin: usize, cout: usize) -> String {
     format!("vae_resblock_{cin}_{cout}")
+}
+
+/// The distinct `(cin, cout)` of the encoder's residual blocks, sorted.
+pub fn encoder_resblocks(c: &VaeConfig) -> Vec<(usize, usize)> {
+    let d = c.encoder_dims();
+    let mut v = vec![(d[d.len() - 1], d[d.len() - 1])];
+    for i in 0..d.len() - 1 {
+        v.push((d[i], d[i + 1]));
+        v.push((d[i + 1], d[i + 1]));
+    }
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// The distinct `(cin, cout)` of the decoder's residual blocks, sorted.
@@ -120,6 +133,75 @@ fn upsample(b: &mut GraphBuilder, name: &str, x: Tensor, c: usize) -> Result<Ten
         let y = b.conv2d("resample.1", u, c, c / 2, 3, 1, [(1, 1); 2], true)?;
         frames(b, y, false)
     })
+}
+
+/// `downsample2d`/`downsample3d` for one frame (spec §4.2): zero padding of one row and
+/// column at the bottom and right, then the 3×3 conv `resample.1` with stride 2. The temporal
+/// conv of `downsample3d` is skipped on the first chunk, so a single image never uses it.
+// x: [B, 1, h, w, C] -> [B, 1, h/2, w/2, C]
+fn downsample(b: &mut GraphBuilder, name: &str, x: Tensor, c: usize) -> Result<Tensor> {
+    b.scope(name, |b| {
+        let f = frames(b, x, true)?;
+        let y = b.conv2d("resample.1", f, c, c, 3, 2, [(0, 1); 2], true)?;
+        frames(b, y, false)
+    })
+}
+
+/// The encoder of `AutoencoderKLQwenImage` for one frame, with `quant_conv` after it
+/// (spec §4.4): an image in [−1, 1] → the posterior's mean (what the Qwen pipelines take,
+/// `sample_mode="argmax"`), not yet normalized. The size is a run-time multiple of 8
+/// (`h`, `w`: the latent size), as the edit pipelines' input images are; the mid-block
+/// attention's `L_lat = h·w` is an argument.
+// x: [B, 1, 8h, 8w, 3] -> [B, h, w, z_dim] (NHWC [B, 8h, 8w, 3] after the layout pass)
+pub fn encoder(c: &VaeConfig) -> Result<Graph> {
+    let dims = c.encoder_dims();
+    let mut b = GraphBuilder::new("vae_encoder");
+    let (bb, h, w) = (Dim::sym("B"), Dim::sym("h"), Dim::sym("w"));
+    let x = b.input(
+        "image",
+        [bb, Dim::Const(1), h.mul(8), w.mul(8), Dim::Const(3)],
+        DType::F32,
+    )?;
+    let y = b.scope("encoder", |b| {
+        let mut x = b.causal_conv3d("conv_in", x, 3, dims[0], 3, true)?;
+        let res = |b: &mut GraphBuilder,
+                   x: Tensor,
+                   cin: usize,
+                   cout: usize,
+                   key: &str|
+         -> Result<Tensor> {
+            let body = residual_block(&resblock_name(cin, cout), cin, cout)?;
+            Ok(b.call(&body, key, &[x])?[0])
+        };
+        // `down_blocks` is one flat list: each stage's residual blocks, then its downsampler
+        let mut k = 0;
+        let stages = dims.len() - 1;
+        for i in 0..stages {
+            let (cin, cout) = (dims[i], dims[i + 1]);
+            for j in 0..c.num_res_blocks {
+                let ci = if j == 0 { cin } else { cout };
+                x = res(b, x, ci, cout, &format!("down_blocks.{k}"))?;
+                k += 1;
+            }
+            if i + 1 < stages {
+                x = downsample(b, &format!("down_blocks.{k}"), x, cout)?;
+                k += 1;
+            }
+        }
+        let last = dims[stages];
+        x = res(b, x, last, last, "mid_block.resnets.0")?;
+        x = attention_block(b, "mid_block.attentions.0", x, last)?;
+        x = res(b, x, last, last, "mid_block.resnets.1")?;
+        let x = b.channel_l2_norm("norm_out", x, &[last, 1, 1, 1])?;
+        let x = b.silu(x)?;
+        b.causal_conv3d("conv_out", x, last, 2 * c.z_dim, 3, true)
+    })?;
+    let y = b.causal_conv3d("quant_conv", y, 2 * c.z_dim, 2 * c.z_dim, 1, true)?;
+    // (mean | log-variance) on the channels: the mean, per frame
+    let f = frames(&mut b, y, true)?;
+    let mean = b.slice(f, 3, 0, c.z_dim)?;
+    b.output("mean", mean)?;
+    Ok(b.finish())
 }
 
 /// The decoder of `AutoencoderKLQwenImage` for one frame, with `post_quant_conv` in front

@@ -97,9 +97,9 @@ struct Args {
     output: PathBuf,
 
     /// Images of the prompt, seeds SEED, SEED+1, …, written as NAME-1.png … (for
-    /// --output NAME.png) one after another once all are made; one batch through the model
-    /// when the size has a module of one text per call and no negative pass runs (see
-    /// --cfg) and the batch fits the memory budget, one image after another otherwise.
+    /// --output NAME.png) one after another once all are made; denoised as one batch
+    /// (with CFG both halves of every image in one call) where the batch fits the memory
+    /// budget, one image after another otherwise.
     #[arg(long, value_name = "N", default_value_t = 1)]
     count: usize,
 

@@ -88,11 +88,11 @@ impl Pipeline {
     }
 
     /// `count` images of one request, seeds `seed, seed + 1, …`: the images `count` runs of
-    /// [`Pipeline::generate`] with those seeds make. The text is encoded once; a module of one
-    /// text per call denoises the images as one batch (every step one call of batch `count`,
-    /// two with CFG) where their working memory fits beside what stays loaded
-    /// ([`super::memory`]), else (and through a joint-CFG module, which takes one image per
-    /// call) one after another; then each is decoded. Each [`Generation`] carries the
+    /// [`Pipeline::generate`] with those seeds make. The text is encoded once; the images are
+    /// denoised as one batch where their working memory fits beside what stays loaded
+    /// ([`super::memory`]), else one after another: every step one call of `2 · count` rows
+    /// through a joint-CFG module (both halves of every image), or one call of `count` per
+    /// half through a module of one text per call; then each is decoded. Each [`Generation`] carries the
     /// timings and peaks of the whole run.
     pub fn generate_images(
         &self,
@@ -152,11 +152,7 @@ impl Pipeline {
         peak("modulation")?;
         self.ensure(Network::Denoiser)?;
         peak("denoiser")?;
-        let per_call = if self.variant.joint_cfg() || !self.batch_fits(count) {
-            1
-        } else {
-            count
-        };
+        let per_call = if self.batch_fits(count) { count } else { 1 };
         let seeds: Vec<u64> = (0..count as u64)
             .map(|i| request.seed.wrapping_add(i))
             .collect();
@@ -235,8 +231,8 @@ impl Pipeline {
         Ok(schedule.timesteps.iter().map(|t| t / 1000.0).collect())
     }
 
-    /// The denoise loop from packed latents `[N, L_img, 64]` (N > 1: a module of one text per
-    /// call); returns the final latents (f32).
+    /// The denoise loop from packed latents `[N, L_img, 64]` (N images of one text); returns
+    /// the final latents (f32).
     pub fn denoise(
         &self,
         latents: Array,

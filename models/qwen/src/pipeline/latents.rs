@@ -37,16 +37,10 @@ impl Pipeline {
         self.check_latents_of(latents, 1)
     }
 
-    /// An error unless `latents` are `[N, L_img, 64]`, N ≥ 1 (N > 1 only where the module
-    /// takes a batch: one text per call).
+    /// An error unless `latents` are `[N, L_img, 64]`, N ≥ 1 (N images of one text).
     pub(super) fn check_latents_batch(&self, latents: &Array) -> Result<()> {
         let n = latents.shape().first().copied().unwrap_or(0);
-        let batch = if n > 1 && !self.variant.joint_cfg() {
-            n
-        } else {
-            1
-        };
-        self.check_latents_of(latents, batch)
+        self.check_latents_of(latents, n.max(1))
     }
 
     fn check_latents_of(&self, latents: &Array, batch: i32) -> Result<()> {

@@ -264,13 +264,13 @@ pub fn staging_room(sizes: &Sizes, loaded: &[Network], need: Network, budget: us
         .clamp(64 << 20, 2 << 30)
 }
 
-/// Whether `images` images denoise with a second block in flight
-/// ([`BlockEval::Pipelined`]) beside the `loaded` networks, the VAE and the LoRA pairs within
-/// `budget` bytes (the working memory is for one image's two CFG halves, so `⌈images / 2⌉`
-/// of it, as [`Pipeline::batch_fits`] counts it).
-pub fn pipeline_fits(sizes: &Sizes, loaded: &[Network], images: usize, budget: usize) -> bool {
+/// Whether a transformer call of `pairs` pairs of CFG halves' rows
+/// ([`Pipeline::pairs_per_call`]) runs with a second block in flight ([`BlockEval::Pipelined`])
+/// beside the `loaded` networks, the VAE and the LoRA pairs within `budget` bytes (the working
+/// memory estimates are for one pair).
+pub fn pipeline_fits(sizes: &Sizes, loaded: &[Network], pairs: usize, budget: usize) -> bool {
     let held: usize = loaded.iter().map(|n| sizes.weights(*n)).sum();
-    let work = (sizes.denoise_work + sizes.pipeline_work) * images.div_ceil(2).max(1);
+    let work = (sizes.denoise_work + sizes.pipeline_work) * pairs.max(1);
     sizes.vae + sizes.loras + held + work <= budget
 }
 
@@ -310,10 +310,21 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The rows of one transformer call for `images` images of one text, in pairs of CFG
+    /// halves (the unit of the working-memory estimates): a joint-CFG module runs both halves
+    /// of every image in one call (`images` pairs); a module of one text per call one half of
+    /// each (`⌈images / 2⌉`).
+    pub(super) fn pairs_per_call(&self, images: usize) -> usize {
+        if self.variant.joint_cfg() {
+            images
+        } else {
+            images.div_ceil(2)
+        }
+    }
+
     /// Whether `count` images denoised as one batch fit beside what is loaded now: the
-    /// denoiser and the working memory of `count` images (the estimate is for one image's
-    /// two CFG halves, so `⌈count / 2⌉` of it) beside the loaded networks, the VAE and the
-    /// LoRA pairs.
+    /// denoiser and the working memory of their call ([`Pipeline::pairs_per_call`]) beside the
+    /// loaded networks, the VAE and the LoRA pairs.
     pub(super) fn batch_fits(&self, count: usize) -> bool {
         let l = self.loaded.borrow();
         let mut held: Vec<Network> = l.loaded();
@@ -321,7 +332,7 @@ impl Pipeline {
             held.push(Network::Denoiser);
         }
         let weights: usize = held.iter().map(|n| self.sizes.weights(*n)).sum();
-        let work = self.sizes.denoise_work * count.div_ceil(2).max(1);
+        let work = self.sizes.denoise_work * self.pairs_per_call(count).max(1);
         self.sizes.vae + self.sizes.loras + weights + work <= self.budget
     }
 
@@ -337,7 +348,7 @@ impl Pipeline {
         if pipeline_fits(
             &self.sizes,
             &self.loaded.borrow().loaded(),
-            images,
+            self.pairs_per_call(images),
             self.budget,
         ) {
             BlockEval::Pipelined

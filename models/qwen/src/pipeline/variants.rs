@@ -309,23 +309,21 @@ macro_rules! joint {
         impl Step for Bound<'_> {
             fn velocity(&self, x: &Array, i: usize) -> Result<(Array, Option<Array>), Exception> {
                 let [ic, is, tc0, tc1, ts0, ts1] = &self.ropes;
+                // N images of one text: the conditional half's N, then the unconditional's,
+                // and the packed texts repeated for each image
+                let n = x.shape()[0];
                 let x2 = ops::concatenate(&[x, x], 0)?;
-                let [mi, mt, mo] = self.modulation.step(i, 2)?;
+                let [mi, mt, mo] = self.modulation.step(i, 2 * n)?;
+                let texts = if n > 1 {
+                    let s = self.texts.shape();
+                    ops::broadcast_to(&self.texts, &[n, s[1], s[2]])?
+                } else {
+                    self.texts.clone()
+                };
                 let y = $m::transformer(
-                    self.w,
-                    &x2,
-                    &self.texts,
-                    &mi,
-                    &mt,
-                    &mo,
-                    ic,
-                    is,
-                    tc0,
-                    tc1,
-                    ts0,
-                    ts1,
+                    self.w, &x2, &texts, &mi, &mt, &mo, ic, is, tc0, tc1, ts0, ts1,
                 )?;
-                let mut halves = ops::split_at_indices(&y, &[1], 0)?.into_iter();
+                let mut halves = ops::split_at_indices(&y, &[n], 0)?.into_iter();
                 let cond = halves
                     .next()
                     .ok_or_else(|| Exception::from("no cond half"))?;
