@@ -322,6 +322,22 @@ impl GraphBuilder {
         Ok(self.node_named(name, Op::Linear { bias }, &ins)?[0])
     }
 
+    /// A linear whose weight is stored in another shape of the same size (e.g. a conv
+    /// over whole patches: `[out, C, T, P, P]`), reshaped to `[out, in]` at load.
+    pub fn linear_stored(
+        &mut self,
+        name: &str,
+        x: Tensor,
+        stored: &[usize],
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Tensor> {
+        let reshape = vec![WeightXform::Reshape(vec![d_out, d_in])];
+        let ins = self.layer_inputs(name, x, stored, reshape, bias)?;
+        Ok(self.node_named(name, Op::Linear { bias }, &ins)?[0])
+    }
+
     /// Several linears over the same input as one: `x @ W^T + b` with `name.weight`
     /// `[Σouts, in]` made at load time from the stored `parts[i].weight` `[outs[i], in]`
     /// concatenated along the output axis (and `name.bias` from the `parts[i].bias`), so
@@ -386,6 +402,11 @@ impl GraphBuilder {
     ) -> Result<Tensor> {
         let table = self.scope(name, |b| b.weight("weight", &[vocab, dim]))?;
         Ok(self.node_named(name, Op::Embedding, &[table, ids])?[0])
+    }
+
+    /// Rows `ids` of a computed `[N, D]` value (what [`Self::embedding`] does with a weight).
+    pub fn take_rows(&mut self, table: Tensor, ids: Tensor) -> Result<Tensor> {
+        self.node(Op::Embedding, &[table, ids])
     }
 
     // ---- norms ----
@@ -514,6 +535,10 @@ impl GraphBuilder {
     /// GELU, tanh approximation.
     pub fn gelu_tanh(&mut self, x: Tensor) -> Result<Tensor> {
         self.unary(Unary::GeluTanh, x)
+    }
+    /// GELU with the error function.
+    pub fn gelu(&mut self, x: Tensor) -> Result<Tensor> {
+        self.unary(Unary::Gelu, x)
     }
     /// A binary op with broadcasting.
     pub fn binary(&mut self, op: Binary, a: Tensor, b: Tensor) -> Result<Tensor> {

@@ -137,6 +137,9 @@ pub enum MaskKind {
     Causal,
     /// A fourth input `[B, Lk]` bool: true = attend.
     KeyPadding,
+    /// A fourth input `[Lq, Lk]` f32 added to the scores (0 = attend, −∞ = not): e.g. the
+    /// vision tower's windows, built at bind time.
+    Additive,
 }
 
 /// RoPE layouts.
@@ -162,6 +165,8 @@ pub enum Unary {
     Sigmoid,
     Silu,
     GeluTanh,
+    /// GELU with the error function (PyTorch's `nn.GELU()`).
+    Gelu,
 }
 
 /// Binary elementwise ops (broadcasting).
@@ -424,6 +429,7 @@ impl Op {
                 Unary::Sigmoid => "sigmoid",
                 Unary::Silu => "silu",
                 Unary::GeluTanh => "gelu",
+                Unary::Gelu => "gelu_erf",
             },
             Op::Binary(b) => match b {
                 Binary::Add => "add",

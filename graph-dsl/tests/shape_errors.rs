@@ -249,3 +249,19 @@ fn concatenated_weight_parts_must_fit_and_be_new() {
         "{e:?}"
     );
 }
+
+#[test]
+fn additive_mask_must_cover_queries_and_keys() {
+    let mut b = b();
+    let q = b.input("q", [1usize, 2, 6, 8], DType::F32).unwrap();
+    let ok = b.input("ok", [6usize, 6], DType::F32).unwrap();
+    assert!(b.sdpa(q, q, q, 0.5, MaskKind::Additive, Some(ok)).is_ok());
+    let bad = b.input("bad", [6usize, 5], DType::F32).unwrap();
+    let e = b
+        .sdpa(q, q, q, 0.5, MaskKind::Additive, Some(bad))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("additive mask must be [Lq, Lk]"),
+        "{e}"
+    );
+}

@@ -8,7 +8,8 @@ use crate::shape::{DType, Dim, Shape};
 pub(super) fn infer(cx: &Cx) -> Result<Vec<TensorTy>> {
     match cx.op {
         Op::Sdpa { mask, .. } => {
-            cx.arity(if *mask == MaskKind::KeyPadding { 4 } else { 3 })?;
+            let masked = matches!(mask, MaskKind::KeyPadding | MaskKind::Additive);
+            cx.arity(if masked { 4 } else { 3 })?;
             let (q, k, v) = (cx.s(0), cx.s(1), cx.s(2));
             for x in [q, k, v] {
                 if x.rank() != 4 {
@@ -28,6 +29,9 @@ pub(super) fn infer(cx: &Cx) -> Result<Vec<TensorTy>> {
             }
             if *mask == MaskKind::KeyPadding && cx.s(3).0 != vec![k.0[0].clone(), k.0[2].clone()] {
                 return Err(cx.mismatch(k, cx.s(3), "key-padding mask must be [B, Lk]"));
+            }
+            if *mask == MaskKind::Additive && cx.s(3).0 != vec![q.0[2].clone(), k.0[2].clone()] {
+                return Err(cx.mismatch(q, cx.s(3), "additive mask must be [Lq, Lk]"));
             }
             let mut out = q.0.clone();
             out[3] = v.0[3].clone();

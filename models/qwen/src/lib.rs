@@ -11,3 +11,4 @@ pub mod pipeline;
 pub mod quantize;
 pub mod quantize_folder;
 pub mod specializations;
+pub mod vision;

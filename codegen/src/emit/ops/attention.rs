@@ -33,6 +33,12 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
                 MaskKind::Causal => quote! {
                     let #o = fast::scaled_dot_product_attention(#q, #kk, #v, #s, fast::ScaledDotProductAttentionMask::Causal, None)?;
                 },
+                MaskKind::Additive => {
+                    let m = n.a(3);
+                    quote! {
+                        let #o = fast::scaled_dot_product_attention(#q, #kk, #v, #s, #m, None)?;
+                    }
+                }
                 MaskKind::KeyPadding => {
                     let m = n.a(3);
                     quote! {
@@ -117,6 +123,26 @@ mod tests {
             b.sdpa(i, i, i, 0.05, MaskKind::None, None).unwrap()
         });
         assert!(!code.contains("sdpa_in_query_chunks"), "{code}");
+    }
+
+    /// An additive mask goes to MLX's attention as it is.
+    #[test]
+    fn additive_masks_pass_through() {
+        let code = render(|b| {
+            let i = x(
+                b,
+                &[Dim::Const(1), Dim::Const(2), Dim::sym("L"), Dim::Const(8)],
+            );
+            let m = b
+                .input("m", [Dim::sym("L"), Dim::sym("L")], DType::F32)
+                .unwrap();
+            b.sdpa(i, i, i, 0.25, MaskKind::Additive, Some(m)).unwrap()
+        });
+        let call: String = code.split_whitespace().collect();
+        assert!(
+            call.contains("fast::scaled_dot_product_attention(x,x,x,0.25f32,m,None)?"),
+            "{code}"
+        );
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
                 Unary::Sigmoid => quote!(ops::sigmoid(#x)?),
                 Unary::Silu => quote!(__silu(#x)?),
                 Unary::GeluTanh => quote!(__gelu_tanh(#x)?),
+                // x·Φ(x) = x·(1 + erf(x/√2))/2
+                Unary::Gelu => quote!({
+                    let e = ops::erf(&ops::multiply(#x, &Array::from_f32(std::f32::consts::FRAC_1_SQRT_2))?)?;
+                    ops::multiply(&ops::multiply(#x, &ops::add(&e, &Array::from_f32(1.0))?)?, &Array::from_f32(0.5))?
+                }),
             };
             let o = out(cx, k, 0, name);
             quote!(let #o = #call;)

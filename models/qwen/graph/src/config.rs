@@ -38,6 +38,44 @@ pub struct TextEncoderConfig {
     pub num_key_value_heads: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// The vision tower (Qwen-Image-Edit's image prompts; text-to-image does not use it).
+    pub vision_config: VisionConfig,
+}
+
+/// `text_encoder/config.json`'s `vision_config`: the Qwen2.5-VL vision tower (spec §5.3).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct VisionConfig {
+    pub depth: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    /// The merger's output: the language model's width.
+    pub out_hidden_size: usize,
+    pub in_chans: usize,
+    pub patch_size: usize,
+    pub temporal_patch_size: usize,
+    pub spatial_merge_size: usize,
+    /// Pixels per attention window side.
+    pub window_size: usize,
+    /// The blocks with full attention (the others attend within windows).
+    pub fullatt_block_indexes: Vec<usize>,
+}
+
+impl VisionConfig {
+    /// Values per patch row: channels × temporal patch × patch².
+    pub fn patch_dim(&self) -> usize {
+        self.in_chans * self.temporal_patch_size * self.patch_size * self.patch_size
+    }
+
+    /// Head dim = hidden / heads.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    /// Merged cells per window side (112 px / 14 px / 2 = 4).
+    pub fn window_cells(&self) -> usize {
+        self.window_size / self.spatial_merge_size / self.patch_size
+    }
 }
 
 impl TextEncoderConfig {
@@ -184,6 +222,19 @@ pub fn real() -> Config {
             num_key_value_heads: 4,
             rms_norm_eps: 1e-6,
             rope_theta: 1_000_000.0,
+            vision_config: VisionConfig {
+                depth: 32,
+                hidden_size: 1280,
+                intermediate_size: 3420,
+                num_heads: 16,
+                out_hidden_size: 3584,
+                in_chans: 3,
+                patch_size: 14,
+                temporal_patch_size: 2,
+                spatial_merge_size: 2,
+                window_size: 112,
+                fullatt_block_indexes: vec![7, 15, 23, 31],
+            },
         },
         vae: VaeConfig {
             base_dim: 96,

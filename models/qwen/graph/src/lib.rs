@@ -13,6 +13,7 @@ pub mod config;
 pub mod text_encoder;
 pub mod transformer;
 pub mod vae;
+pub mod vision;
 
 use std::collections::BTreeMap;
 
@@ -195,9 +196,11 @@ pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
     let (cin, cout) = cfg.vae.up_block_io(1);
     let mut graphs = vec![
         text_encoder::text_encoder(&cfg.text_encoder)?,
+        text_encoder::text_encoder_with_images(&cfg.text_encoder)?,
         transformer::timestep_modulation(&cfg.transformer)?,
         vae::residual_block("vae_up1_resnet0", cin, cout)?,
         vae::encoder(&cfg.vae)?,
+        vision::tower(&cfg.text_encoder.vision_config)?,
     ];
     let mut resblocks = vae::decoder_resblocks(&cfg.vae);
     resblocks.extend(vae::encoder_resblocks(&cfg.vae));
@@ -212,7 +215,7 @@ pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Built {
         title: format!(
-            "the resolution-independent parts (text encoder, timestep modulation, VAE encoder, VAE residual blocks), config = {}",
+            "the resolution-independent parts (text encoder, with and without images, timestep modulation, VAE encoder, vision tower, VAE residual blocks), config = {}",
             config_name(config)
         ),
         consts: vec![],
@@ -262,7 +265,11 @@ mod tests {
         assert_eq!(vae.count_op("conv2d"), 3);
         assert_eq!(vae.inputs[0].ty.shape.to_string(), "[B, hf, wf, 32]");
         let names: Vec<&str> = s.graphs.iter().map(|g| g.name.as_str()).collect();
-        let m = &s.graphs[1];
+        let m = s
+            .graphs
+            .iter()
+            .find(|g| g.name == "timestep_modulation")
+            .unwrap();
         // every block's modulation for T timesteps, stacked over the layers
         let out = |i: usize| m.ty(m.outputs[i].1).shape.to_string();
         assert_eq!(
@@ -280,9 +287,11 @@ mod tests {
             names,
             [
                 "text_encoder",
+                "text_encoder_with_images",
                 "timestep_modulation",
                 "vae_up1_resnet0",
                 "vae_encoder",
+                "vision_tower",
                 "vae_resblock_16_16",
                 "vae_resblock_16_32",
                 "vae_resblock_32_32",

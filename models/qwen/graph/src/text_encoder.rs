@@ -82,3 +82,37 @@ pub fn text_encoder(c: &TextEncoderConfig) -> Result<Graph> {
     b.output("hidden_states", x)?;
     Ok(b.finish())
 }
+
+/// The language model with images in its prompt (Qwen-Image-Edit, spec §5.2-5.3): the rows of
+/// the image tokens take the vision tower's embeddings instead of the token table's
+/// (`image_embeds` row `image_rows[s]` where `image_mask[s]` is 1), and the multimodal RoPE
+/// tables come from the caller (`qwen::vision::mrope`: per half-dim the temporal, row or
+/// column position of each token, from the image grids, made at bind time).
+// input_ids: [B, S] i32, image_embeds: [N, hidden], image_rows: [S] i32, image_mask: [S, 1],
+// cos, sin: [S, head_dim/2] -> [B, S, hidden]
+pub fn text_encoder_with_images(c: &TextEncoderConfig) -> Result<Graph> {
+    let (hs, hd) = (c.hidden_size, c.head_dim());
+    let layer = decoder_layer(c)?;
+    let s = Dim::sym("S");
+    let mut b = GraphBuilder::new("text_encoder_with_images");
+    let ids = b.input("input_ids", [Dim::sym("B"), s.clone()], DType::I32)?;
+    let images = b.input("image_embeds", [Dim::sym("N"), Dim::Const(hs)], DType::F32)?;
+    let rows = b.input("image_rows", [s.clone()], DType::I32)?;
+    let mask = b.input("image_mask", [s.clone(), Dim::Const(1)], DType::F32)?;
+    let cos = b.input("cos", [s.clone(), Dim::Const(hd / 2)], DType::F32)?;
+    let sin = b.input("sin", [s.clone(), Dim::Const(hd / 2)], DType::F32)?;
+    let text = b.embedding("model.embed_tokens", ids, c.vocab_size, hs)?; // [B, S, hidden]
+    let image = b.take_rows(images, rows)?; // [S, hidden]
+                                            // text · (1 − mask) + image · mask: each row exactly one of the two
+    let one = b.scalar(1.0)?;
+    let keep = b.binary(graph_dsl::Binary::Sub, one, mask)?;
+    let text = b.mul(text, keep)?;
+    let image = b.mul(image, mask)?;
+    let x = b.add(text, image)?;
+    let x = b.scope("model", |b| {
+        b.repeat(&layer, "layers", c.num_hidden_layers, 1, &[x, cos, sin])
+    })?[0];
+    let x = b.rms_norm("model.norm", x, hs, c.rms_norm_eps)?;
+    b.output("hidden_states", x)?;
+    Ok(b.finish())
+}
