@@ -344,6 +344,8 @@ pub fn block_eval() -> BlockEval {
 #[must_use = "the mode holds only while the scope lives"]
 pub struct BlockEvalScope {
     before: Option<BlockEval>,
+    /// Not `Send`: dropped on the thread whose mode it set.
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 impl BlockEval {
@@ -351,6 +353,7 @@ impl BlockEval {
     pub fn scoped(self) -> BlockEvalScope {
         BlockEvalScope {
             before: BLOCK_EVAL.with(|m| m.replace(Some(self))),
+            _thread: std::marker::PhantomData,
         }
     }
 }

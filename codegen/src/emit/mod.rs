@@ -228,9 +228,20 @@ fn emit_fn(g: &Graph, tables: &mut Vec<(Ident, Vec<u8>)>) -> Result<TokenStream>
             }
             Some((k, ax, c)) => {
                 let p = &param_idents[k];
-                let ax = Literal::usize_unsuffixed(ax);
-                let c = Literal::i32_unsuffixed(c as i32);
-                prologue.push(quote!(let #id = #p.shape()[#ax] / #c;));
+                let (axl, cl) = (
+                    Literal::usize_unsuffixed(ax),
+                    Literal::i32_unsuffixed(c as i32),
+                );
+                let msg = format!(
+                    "input `{}` axis {ax}: {{}} is not a multiple of {c}",
+                    g.inputs[k].name
+                );
+                prologue.push(quote! {
+                    if #p.shape()[#axl] % #cl != 0 {
+                        return Err(Exception::custom(format!(#msg, #p.shape()[#axl])));
+                    }
+                    let #id = #p.shape()[#axl] / #cl;
+                });
             }
             None => params.push(quote!(#id: i32)),
         }
@@ -297,7 +308,8 @@ fn emit_fn(g: &Graph, tables: &mut Vec<(Ident, Vec<u8>)>) -> Result<TokenStream>
     })
 }
 
-/// Does every symbol of `g` come from an input's shape (so no `i32` parameters)?
+/// Does every symbol of `g` stand alone in an input's shape (so no `i32` parameters, and the
+/// flat twin reads it directly)? A symbol only seen as a multiple (`2·N`) gets no twin.
 fn dims_from_inputs(g: &Graph) -> bool {
     symbols(g).iter().all(|s| {
         g.inputs

@@ -75,6 +75,15 @@ fn err(node: &str, why: String) -> DslError {
     }
 }
 
+/// Whether any input or node output of `g` mentions `symbol`.
+fn uses_symbol(g: &Graph, symbol: &str) -> bool {
+    let s = symbol.to_string();
+    g.inputs.iter().any(|i| i.ty.shape.symbols().contains(&s))
+        || g.nodes
+            .iter()
+            .any(|n| n.outputs.iter().any(|o| o.shape.symbols().contains(&s)))
+}
+
 fn reject_masks(g: &Graph) -> Result<()> {
     for n in &g.nodes {
         if let Op::Sdpa {
@@ -141,9 +150,9 @@ fn batched(sy: &CfgSymbols, s: &Shape) -> bool {
 #[derive(Clone)]
 enum M {
     One(Tensor),
-    /// Per half (batch 1, that half's text length).
+    /// Per half (batch `N`, that half's text length).
     Halves([Tensor; 2]),
-    /// Both halves' text rows in one `[1, L_txt0 + L_txt1, ..]` value.
+    /// Both halves' text rows in one `[N, L_txt0 + L_txt1, ..]` value.
     Packed(Tensor),
 }
 
@@ -477,8 +486,8 @@ fn split_halves(g: &Graph, sy: &CfgSymbols) -> Result<Graph> {
     Ok(b.finish())
 }
 
-/// Apply the CFG strategy to `g` and its blocks; `SplitHalves` needs the model's batch and
-/// text-length symbols.
+/// Apply the CFG strategy to `g` and its blocks; `SplitHalves` needs the model's batch,
+/// text-length and images-per-half symbols (the last one new to the graph).
 pub fn run(g: &Graph, join: CfgJoin, sy: &CfgSymbols) -> Result<Graph> {
     if join == CfgJoin::SplitHalves
         && (sy.batch.is_empty() || sy.text.is_empty() || sy.images.is_empty())
@@ -490,6 +499,15 @@ pub fn run(g: &Graph, join: CfgJoin, sy: &CfgSymbols) -> Result<Graph> {
     }
     map_all(g, |g| {
         reject_masks(g)?;
+        if join == CfgJoin::SplitHalves && uses_symbol(g, &sy.images) {
+            return Err(err(
+                &g.name,
+                format!(
+                    "the graph already uses `{}`, the images-per-half symbol the split makes",
+                    sy.images
+                ),
+            ));
+        }
         match join {
             CfgJoin::Batched => Ok(g.clone()),
             CfgJoin::SplitHalves => split_halves(g, sy),

@@ -69,8 +69,8 @@ pub use prompt::{
     TOKENIZER_MAX_LENGTH,
 };
 pub use variant::{
-    find_one_text_variant, find_variant, variant_by_name, Decoder, Denoiser, ModulationTable,
-    Modulator, Step, TextEncoder, Variant, VARIANTS,
+    find_one_text_variant, find_variant, variant_by_name, Decoder, Denoiser, ImageEncoder,
+    ModulationTable, Modulator, Step, TextEncoder, Variant, VARIANTS,
 };
 
 /// An opened model: checked, the VAE loaded, the other networks loaded as [`memory`]'s rule
@@ -103,12 +103,15 @@ pub struct Pipeline {
     vae: Box<dyn Decoder>,
     /// Where the open's time went.
     open_timings: OpenTimings,
+    /// The VAE encoder, loaded by the first [`Pipeline::encode_image`].
+    image_encoder: std::cell::OnceCell<Box<dyn ImageEncoder>>,
 }
 
 /// The opened (memory-mapped, checked) checkpoints networks are loaded from.
 struct Checkpoints {
     text_encoder: Checkpoint,
     transformer: Checkpoint,
+    vae: Checkpoint,
 }
 
 impl fmt::Debug for Pipeline {

@@ -200,7 +200,7 @@ fn seeded_runs_are_reproducible_and_overwrite_the_output() {
 }
 
 /// `--count 2` writes NAME-1.png and NAME-2.png, the images of two single runs with seeds
-/// SEED and SEED + 1 (one batch without a negative pass, one image after the other with).
+/// SEED and SEED + 1 (one batch, with and without a negative pass).
 #[test]
 fn count_writes_the_images_of_consecutive_seeds() {
     let tmp = tempfile::tempdir().unwrap();

@@ -61,4 +61,8 @@ fn tiny_vae_encoder_matches_diffusers() {
         println!("vae_encoder {size}: rel err {e:.3e}");
         assert!(e <= 1e-4, "{size}: rel err {e:.3e}");
     }
+    // the latent size is read from the image: one that is not a multiple of 8 is an error
+    let odd = qwen_runtime::__private::mlx_rs::Array::zeros::<f32>(&[1, 36, 64, 3]).unwrap();
+    let e = shared::vae_encoder(&w, &odd, 32).unwrap_err().to_string();
+    assert!(e.contains("is not a multiple of 8"), "{e}");
 }

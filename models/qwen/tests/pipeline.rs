@@ -380,3 +380,34 @@ fn bf16_pipeline_is_close_to_the_f32_reference() {
     println!("pipeline 64x64 bf16 vs f32 reference: latents {e_lat:.3e}, decoded {e_dec:.3e}");
     assert!(e_lat <= 5e-2 && e_dec <= 5e-2, "{e_lat:.3e} {e_dec:.3e}");
 }
+
+/// An image's latents as an edit's reference (the VAE encoder, normalised, packed) equal
+/// diffusers' `encode` mean normalised `(z − mean) / std` and packed, at the pipeline's size
+/// and at another one (the encoder's size is free); a size the packing cannot take is a clear
+/// error.
+#[test]
+fn encode_image_gives_diffusers_normalised_latents_packed() {
+    use qwen::pipeline::pack;
+    use qwen_runtime::__private::mlx_rs::ops;
+    let p = open("96x64", None);
+    let r = Checkpoint::open(fixture("references/vae.safetensors")).unwrap();
+    for size in ["96x64", "64x64"] {
+        let x = r.array(&format!("{size}.encode.input.image")).unwrap(); // [1, 3, 1, H, W]
+        let s = x.shape().to_vec();
+        let x = ops::reshape(&x, &[1, 3, s[3], s[4]]).unwrap();
+        let x = ops::transpose_axes(&x, &[0, 2, 3, 1]).unwrap(); // NHWC
+        let ours = p.encode_image(&x).unwrap();
+        let z = r
+            .array(&format!("{size}.encode.output.latents_normalized"))
+            .unwrap(); // [1, 16, 1, h, w]
+        let z = ops::reshape(&z, &[1, 16, s[3] / 8, s[4] / 8]).unwrap();
+        let theirs = pack(&z, (s[3] / 16) as usize, (s[4] / 16) as usize).unwrap();
+        assert_eq!(ours.shape(), theirs.shape());
+        let e = rel_err(&ours, &theirs);
+        println!("encode_image {size}: rel err {e:.3e}");
+        assert!(e <= 1e-4, "{size}: {e:.3e}");
+    }
+    let odd = Array::zeros::<f32>(&[1, 40, 64, 3]).unwrap();
+    let e = p.encode_image(&odd).unwrap_err().to_string();
+    assert!(e.contains("multiples of 16"), "{e}");
+}

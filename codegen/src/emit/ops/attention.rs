@@ -35,8 +35,12 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
                 },
                 MaskKind::Additive => {
                     let m = n.a(3);
+                    // in the scores' dtype (MLX takes no wider additive mask)
                     quote! {
-                        let #o = fast::scaled_dot_product_attention(#q, #kk, #v, #s, #m, None)?;
+                        let #o = {
+                            let m = (#m).as_dtype((#q).dtype())?;
+                            fast::scaled_dot_product_attention(#q, #kk, #v, #s, &m, None)?
+                        };
                     }
                 }
                 MaskKind::KeyPadding => {
@@ -125,7 +129,7 @@ mod tests {
         assert!(!code.contains("sdpa_in_query_chunks"), "{code}");
     }
 
-    /// An additive mask goes to MLX's attention as it is.
+    /// An additive mask goes to MLX's attention in the scores' dtype.
     #[test]
     fn additive_masks_pass_through() {
         let code = render(|b| {
@@ -140,7 +144,7 @@ mod tests {
         });
         let call: String = code.split_whitespace().collect();
         assert!(
-            call.contains("fast::scaled_dot_product_attention(x,x,x,0.25f32,m,None)?"),
+            call.contains("(m).as_dtype((x).dtype())?;fast::scaled_dot_product_attention(x,x,x,0.25f32,&m,None)?"),
             "{code}"
         );
     }

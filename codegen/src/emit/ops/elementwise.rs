@@ -26,9 +26,11 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
                 Unary::Silu => quote!(__silu(#x)?),
                 Unary::GeluTanh => quote!(__gelu_tanh(#x)?),
                 // x·Φ(x) = x·(1 + erf(x/√2))/2
+                // (scalars in x's dtype)
                 Unary::Gelu => quote!({
-                    let e = ops::erf(&ops::multiply(#x, &Array::from_f32(std::f32::consts::FRAC_1_SQRT_2))?)?;
-                    ops::multiply(&ops::multiply(#x, &ops::add(&e, &Array::from_f32(1.0))?)?, &Array::from_f32(0.5))?
+                    let e = ops::erf(&ops::multiply(#x, &__scalar(std::f32::consts::FRAC_1_SQRT_2, #x)?)?)?;
+                    let y = ops::multiply(#x, &ops::add(&e, &__scalar(1.0, #x)?)?)?;
+                    ops::multiply(&y, &__scalar(0.5, #x)?)?
                 }),
             };
             let o = out(cx, k, 0, name);

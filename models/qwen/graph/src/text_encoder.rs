@@ -87,7 +87,9 @@ pub fn text_encoder(c: &TextEncoderConfig) -> Result<Graph> {
 /// the image tokens take the vision tower's embeddings instead of the token table's
 /// (`image_embeds` row `image_rows[s]` where `image_mask[s]` is 1), and the multimodal RoPE
 /// tables come from the caller (`qwen::vision::mrope`: per half-dim the temporal, row or
-/// column position of each token, from the image grids, made at bind time).
+/// column position of each token, from the image grids, made at bind time). At least one
+/// image: text rows read row 0 of `image_embeds` (and multiply it by 0); a prompt without
+/// images runs [`text_encoder`].
 // input_ids: [B, S] i32, image_embeds: [N, hidden], image_rows: [S] i32, image_mask: [S, 1],
 // cos, sin: [S, head_dim/2] -> [B, S, hidden]
 pub fn text_encoder_with_images(c: &TextEncoderConfig) -> Result<Graph> {

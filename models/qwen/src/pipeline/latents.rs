@@ -43,6 +43,46 @@ impl Pipeline {
         self.check_latents_of(latents, n.max(1))
     }
 
+    /// The latents of an image as the transformer sees them (an edit's reference image, spec
+    /// §5.1): NHWC `[1, H, W, 3]` in [−1, 1], `H` and `W` multiples of 16 (any size: the VAE
+    /// encoder's is free) → the VAE posterior's mean, normalised `(z − mean) / std`, packed
+    /// `[1, (H/16)·(W/16), 64]` (f32). The encoder loads on the first call.
+    pub fn encode_image(&self, image: &Array) -> Result<Array> {
+        let s = image.shape();
+        if s.len() != 4
+            || s[0] != 1
+            || s[3] != 3
+            || s[1] <= 0
+            || s[2] <= 0
+            || s[1] % 16 != 0
+            || s[2] % 16 != 0
+        {
+            return Err(PipelineError::Request(format!(
+                "an image to encode must be [1, H, W, 3] with H and W positive multiples of 16, got {s:?}"
+            )));
+        }
+        let encoder = match self.image_encoder.get() {
+            Some(e) => e,
+            None => {
+                let e = self
+                    .variant
+                    .load_vae_encoder(&self.checkpoints.vae, self.dtype)?;
+                self.image_encoder.get_or_init(|| e)
+            }
+        };
+        let encode = || -> std::result::Result<Array, Exception> {
+            let z = encoder.encode(&image.as_dtype(self.dtype)?)?; // [1, h, w, 16]
+            let z = z.as_dtype(qwen_runtime::__private::mlx_rs::Dtype::Float32)?;
+            let c = LATENT_CHANNELS as i32;
+            let mean = Array::from_slice(&self.latents_mean, &[c]);
+            let std = Array::from_slice(&self.latents_std, &[c]);
+            let z = ops::divide(&ops::subtract(&z, &mean)?, &std)?;
+            let z = ops::transpose_axes(&z, &[0, 3, 1, 2])?; // [1, 16, h, w]
+            pack(&z, (s[1] / 16) as usize, (s[2] / 16) as usize)
+        };
+        encode().map_err(mlx("encoding the image"))
+    }
+
     fn check_latents_of(&self, latents: &Array, batch: i32) -> Result<()> {
         let expected = vec![batch, self.image_seq_len() as i32, PACKED_CHANNELS as i32];
         if latents.shape() != expected.as_slice() {

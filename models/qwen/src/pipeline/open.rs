@@ -265,6 +265,7 @@ impl Pipeline {
             checkpoints: Checkpoints {
                 text_encoder: te,
                 transformer: tr,
+                vae,
             },
             loaded: Default::default(),
             sizes,
@@ -276,6 +277,7 @@ impl Pipeline {
             stored_quantization,
             vae: vae_decoder,
             open_timings: timings,
+            image_encoder: Default::default(),
         };
         if all {
             for n in [Network::Denoiser, Network::Modulation, Network::TextEncoder] {

@@ -52,6 +52,8 @@ pub trait Variant: Sync {
         loras: &Loras,
     ) -> Result<Box<dyn Denoiser>>;
     fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>>;
+    /// The VAE encoder (the shared module's: its size is free at run time).
+    fn load_vae_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn ImageEncoder>>;
     /// Compiles every fused kernel the module's networks use (one tiny call each; see the
     /// generated `warm_up_kernels`).
     fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception>;
@@ -121,6 +123,12 @@ pub trait Step {
     /// Velocities for latents `[1, L, 64]` at step `i` of the schedule: the conditional one
     /// and, when bound with a negative prompt, the unconditional one.
     fn velocity(&self, latents: &Array, i: usize) -> Result<(Array, Option<Array>), Exception>;
+}
+
+/// A loaded VAE encoder: an NHWC image `[1, 8h, 8w, 3]` in [−1, 1] → the posterior's mean
+/// `[1, h, w, 16]` (not normalised).
+pub trait ImageEncoder {
+    fn encode(&self, image: &Array) -> Result<Array, Exception>;
 }
 
 /// A loaded VAE decoder: NHWC latents `[1, h, w, 16]` (de-normalised) → `[1, H, W, 3]`.

@@ -13,8 +13,8 @@ use qwen_runtime::quant::Plan;
 use qwen_runtime::weights::{in_gpu_memory, Checkpoint, Staging, TensorSpec};
 
 use super::{
-    Decoder, Denoiser, ModelConfig, ModulationTable, Modulator, PipelineError, Resolution, Result,
-    Step, TextEncoder, Variant,
+    Decoder, Denoiser, ImageEncoder, ModelConfig, ModulationTable, Modulator, PipelineError,
+    Resolution, Result, Step, TextEncoder, Variant,
 };
 
 fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineError {
@@ -112,6 +112,15 @@ macro_rules! variant {
                 }
             }
 
+            struct VaeEncoder(m::VaeEncoderWeights);
+            impl ImageEncoder for VaeEncoder {
+                fn encode(&self, image: &Array) -> Result<Array, Exception> {
+                    let s = image.shape();
+                    // the mid-block attention's length: the latent pixels
+                    m::vae_encoder(&self.0, image, (s[1] / 8) * (s[2] / 8))
+                }
+            }
+
             struct Vae(m::VaeDecoderWeights);
             impl Decoder for Vae {
                 fn decode(&self, z: &Array) -> Result<Array, Exception> {
@@ -200,6 +209,10 @@ macro_rules! variant {
                 fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>> {
                     let w = loaded("vae", || m::VaeDecoderWeights::load(ck, "", dtype), m::VaeDecoderWeights::arrays)?;
                     Ok(Box::new(Vae(w)))
+                }
+                fn load_vae_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn ImageEncoder>> {
+                    let w = loaded("vae", || m::VaeEncoderWeights::load(ck, "", dtype), m::VaeEncoderWeights::arrays)?;
+                    Ok(Box::new(VaeEncoder(w)))
                 }
             }
         }
