@@ -198,6 +198,7 @@ pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
         text_encoder::text_encoder(&cfg.text_encoder)?,
         text_encoder::text_encoder_with_images(&cfg.text_encoder)?,
         transformer::timestep_modulation(&cfg.transformer)?,
+        transformer::edit_transformer(&cfg.transformer)?,
         vae::residual_block("vae_up1_resnet0", cin, cout)?,
         vae::encoder(&cfg.vae)?,
         vision::tower(&cfg.text_encoder.vision_config)?,
@@ -215,7 +216,7 @@ pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Built {
         title: format!(
-            "the resolution-independent parts (text encoder, with and without images, timestep modulation, VAE encoder, vision tower, VAE residual blocks), config = {}",
+            "the resolution-independent parts (text encoder, with and without images, timestep modulation, the edit transformer, VAE encoder, vision tower, VAE residual blocks), config = {}",
             config_name(config)
         ),
         consts: vec![],
@@ -289,6 +290,7 @@ mod tests {
                 "text_encoder",
                 "text_encoder_with_images",
                 "timestep_modulation",
+                "edit_transformer",
                 "vae_up1_resnet0",
                 "vae_encoder",
                 "vision_tower",

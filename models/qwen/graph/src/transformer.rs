@@ -130,10 +130,15 @@ fn joint_attention(
 /// The RoPE tables as graph inputs: `img_cos`, `img_sin` `[L_img, Dh/2]`, then `txt_cos`,
 /// `txt_sin` `[L_txt, Dh/2]` (built once per generation by `rope`).
 fn rope_inputs(b: &mut GraphBuilder, dh: usize) -> Result<[Tensor; 4]> {
+    rope_inputs_for(b, dh, l_img())
+}
+
+/// [`rope_inputs`] for `img` image tokens.
+fn rope_inputs_for(b: &mut GraphBuilder, dh: usize, img: Dim) -> Result<[Tensor; 4]> {
     let half = Dim::Const(dh / 2);
     Ok([
-        b.input("img_cos", [l_img(), half.clone()], DType::F32)?,
-        b.input("img_sin", [l_img(), half.clone()], DType::F32)?,
+        b.input("img_cos", [img.clone(), half.clone()], DType::F32)?,
+        b.input("img_sin", [img, half.clone()], DType::F32)?,
         b.input("txt_cos", [l_txt(), half.clone()], DType::F32)?,
         b.input("txt_sin", [l_txt(), half], DType::F32)?,
     ])
@@ -198,8 +203,12 @@ fn modulation(b: &mut GraphBuilder, name: &str, m: Tensor, d: usize) -> Result<S
 /// `transformer_blocks.{i}`. Its modulation comes in made (`img_mod`, `txt_mod`
 /// `[B, 6D]`: [`block_modulation`] of this block for the step's timestep).
 pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
+    dual_stream_block_named(c, "dual_stream_block")
+}
+
+fn dual_stream_block_named(c: &TransformerConfig, name: &str) -> Result<Graph> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
-    let mut b = GraphBuilder::new("dual_stream_block");
+    let mut b = GraphBuilder::new(name);
     let x = b.input("hidden_states", [b_(), l_img(), Dim::Const(d)], DType::F32)?;
     let ctx = b.input(
         "encoder_hidden_states",
@@ -328,12 +337,29 @@ pub fn timestep_modulation(c: &TransformerConfig) -> Result<Graph> {
 // img_mod, txt_mod: [num_layers, B, 6D]   out_mod: [B, 2D]   (timestep_modulation's, one step)
 // -> [B, L_img, 64] velocity, packed
 pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
+    transformer_with(c, "transformer", dual_stream_block(c)?, false)
+}
+
+/// The transformer of an edit (Qwen-Image-Edit, spec §5.1), in the shared module: the image
+/// stream holds the generated image's tokens, then every reference image's (their lengths
+/// and RoPE tables made at run time: `qwen_runtime::rope`), and only the first `L_out` tokens
+/// (the generated image's) leave it: the other tokens are sliced off before `norm_out`, as
+/// the pipeline slices the velocity (`norm_out` and `proj_out` work token by token).
+// hidden_states: [B, L_out + L_ref, 64] (the references' L_ref tokens after the generated
+// image's L_out) -> [B, L_out, 64]
+pub fn edit_transformer(c: &TransformerConfig) -> Result<Graph> {
+    let block = dual_stream_block_named(c, "edit_dual_stream_block")?;
+    transformer_with(c, "edit_transformer", block, true)
+}
+
+fn transformer_with(c: &TransformerConfig, name: &str, block: Graph, edit: bool) -> Result<Graph> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
-    let block = dual_stream_block(c)?;
-    let mut b = GraphBuilder::new("transformer");
+    let mut b = GraphBuilder::new(name);
+    let (out_len, ref_len) = (Dim::sym("L_out"), Dim::sym("L_ref"));
+    let seq = if edit { out_len.add(&ref_len) } else { l_img() };
     let x = b.input(
         "hidden_states",
-        [b_(), l_img(), Dim::Const(c.in_channels)],
+        [b_(), seq.clone(), Dim::Const(c.in_channels)],
         DType::F32,
     )?;
     let ctx = b.input(
@@ -346,7 +372,7 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
     let img_mod = b.input(IMG_MOD, mod_shape.clone(), DType::F32)?;
     let txt_mod = b.input(TXT_MOD, mod_shape, DType::F32)?;
     let out_mod = b.input(OUT_MOD, [b_(), Dim::Const(2 * d)], DType::F32)?;
-    let rope = rope_inputs(&mut b, dh)?;
+    let rope = rope_inputs_for(&mut b, dh, seq)?;
 
     let x = b.linear("img_in", x, c.in_channels, d, true)?; // [B, L_img, D]
     let ctx = b.rms_norm("txt_norm", ctx, c.joint_attention_dim, DIT_EPS)?;
@@ -355,7 +381,11 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
     let mut ins = vec![x, ctx, img_mod, txt_mod];
     ins.extend(rope);
     let out = b.scan(&block, "transformer_blocks", c.num_layers, [2, 2], &ins)?;
-    let x = out[0];
+    let x = if edit {
+        b.slice(out[0], 1, 0, out_len)?
+    } else {
+        out[0]
+    };
 
     // norm_out (AdaLayerNormContinuous): scale first, then shift
     let e = b.reshape(out_mod, [b_(), Dim::Const(1), Dim::Const(2 * d)])?;

@@ -1,0 +1,106 @@
+//! The transformer of an edit: Qwen-Image's RoPE tables made at bind time
+//! (`qwen_runtime::rope`, for reference images) against diffusers' `QwenEmbedRope` with two
+//! references (`tests/fixtures/make_edit_rope_refs.py`) and, for one image, against the tables
+//! the generated module folds into constants; the generated edit transformer with a reference
+//! image in its image stream against diffusers (`make_edit_transformer_refs.py`).
+
+mod common;
+
+use common::{fixture, rel_err};
+use qwen::specializations::res96x64_tiny as tiny;
+use qwen_runtime::__private::mlx_rs::Array;
+use qwen_runtime::rope::qwen_image_rope;
+use qwen_runtime::Checkpoint;
+
+/// The tiny transformer's RoPE: axes (8, 12, 12), θ 10000.
+const AXES: [usize; 3] = [8, 12, 12];
+
+#[test]
+fn reference_images_rope_matches_diffusers() {
+    let r = Checkpoint::open(fixture("references/edit_rope.safetensors")).unwrap();
+    let t = qwen_image_rope(AXES, 10000.0, &[(1, 4, 6), (1, 3, 5), (1, 5, 2)], 7).unwrap();
+    for (name, ours) in [
+        ("img_cos", &t.img_cos),
+        ("img_sin", &t.img_sin),
+        ("txt_cos", &t.txt_cos),
+        ("txt_sin", &t.txt_sin),
+    ] {
+        let theirs = r.array(name).unwrap();
+        assert_eq!(ours.shape(), theirs.shape(), "{name}");
+        let e = rel_err(ours, &theirs);
+        println!("{name}: rel err {e:.3e}");
+        assert!(e <= 1e-6, "{name}: {e:.3e}");
+    }
+}
+
+/// One image: the generated module's folded tables (96×64: a 4×6 packed grid, the text after
+/// `max(2, 3)`).
+#[test]
+fn one_image_rope_is_the_folded_tables() {
+    let (ic, is, tc, ts) = tiny::rope(7).unwrap();
+    let t = qwen_image_rope(AXES, 10000.0, &[(1, 4, 6)], 7).unwrap();
+    for (name, ours, folded) in [
+        ("img_cos", &t.img_cos, &ic),
+        ("img_sin", &t.img_sin, &is),
+        ("txt_cos", &t.txt_cos, &tc),
+        ("txt_sin", &t.txt_sin, &ts),
+    ] {
+        assert_eq!(ours.shape(), folded.shape(), "{name}");
+        let e = rel_err(ours, folded);
+        assert!(e <= 1e-6, "{name}: {e:.3e}");
+    }
+}
+
+/// The edit transformer (shared module): the generated image's 4×6 tokens then a 3×5
+/// reference's in the image stream, their RoPE tables from `qwen_image_rope`, the velocity of
+/// the first 24 tokens, against diffusers' `QwenImageTransformer2DModel` with `img_shapes
+/// [[(1, 4, 6), (1, 3, 5)]]` (`tests/fixtures/make_edit_transformer_refs.py`). The same tokens
+/// through the edit transformer with the reference dropped give the plain one's velocity.
+#[test]
+fn edit_transformer_with_a_reference_matches_diffusers() {
+    use qwen::specializations::shared_tiny as shared;
+    use qwen_runtime::__private::mlx_rs::{ops, Dtype};
+    let ck = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
+    let m = shared::TimestepModulationWeights::load(&ck, "", Dtype::Float32).unwrap();
+    let w = shared::EditTransformerWeights::load(&ck, "", Dtype::Float32).unwrap();
+    let r = Checkpoint::open(fixture("references/edit_transformer.safetensors")).unwrap();
+    let [x, ctx, t] =
+        ["hidden_states", "encoder_hidden_states", "timestep"].map(|k| r.array(k).unwrap());
+    let (mi, mt, mo) = shared::timestep_modulation(&m, &t).unwrap();
+    let run = |x: &Array, images: &[(usize, usize, usize)], out: i32| {
+        let rope = qwen_image_rope(AXES, 10000.0, images, ctx.shape()[1] as usize).unwrap();
+        let refs = x.shape()[1] - out;
+        shared::edit_transformer(
+            &w,
+            x,
+            &ctx,
+            &mi,
+            &mt,
+            &mo,
+            &rope.img_cos,
+            &rope.img_sin,
+            &rope.txt_cos,
+            &rope.txt_sin,
+            out,
+            refs,
+        )
+        .unwrap()
+    };
+    let v = run(&x, &[(1, 4, 6), (1, 3, 5)], 24);
+    let reference = r.array("velocity").unwrap();
+    assert_eq!(v.shape(), reference.shape());
+    let e = rel_err(&v, &reference);
+    println!("edit_transformer: rel err {e:.3e}");
+    assert!(e <= 1e-4, "{e:.3e}");
+
+    // without the reference: the 96×64 module's transformer on the same 24 tokens
+    let alone = ops::split_at_indices(&x, &[24], 1).unwrap().swap_remove(0);
+    let v0 = run(&alone, &[(1, 4, 6)], 24);
+    let tw = tiny::TransformerWeights::load(&ck, "", Dtype::Float32).unwrap();
+    let (ic, is, tc, ts) = tiny::rope(ctx.shape()[1]).unwrap();
+    let plain = tiny::transformer(&tw, &alone, &ctx, &mi, &mt, &mo, &ic, &is, &tc, &ts).unwrap();
+    let e0 = rel_err(&v0, &plain);
+    assert!(e0 <= 1e-6, "{e0:.3e}");
+    // and the reference changes the velocity
+    assert!(rel_err(&v0, &reference) > 1e-3);
+}
