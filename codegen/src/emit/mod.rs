@@ -204,23 +204,7 @@ fn emit_fn(g: &Graph, tables: &mut Vec<(Ident, Vec<u8>)>) -> Result<TokenStream>
     let mut prologue = vec![];
     for s in symbols(g) {
         let id = cx.names.fresh(&format!("dim_{s}"));
-        let find = |factor: &dyn Fn(&Dim) -> Option<i64>| {
-            g.inputs.iter().enumerate().find_map(|(k, inp)| {
-                let dims = &inp.ty.shape.0;
-                dims.iter()
-                    .enumerate()
-                    .find_map(|(ax, d)| factor(d).map(|c| (k, ax, c)))
-            })
-        };
-        let found = find(&|d| (*d == Dim::Sym(s.clone())).then_some(1)).or_else(|| {
-            find(&|d| match d {
-                Dim::Affine { terms, konst: 0 } if terms.len() == 1 && terms[0].0 == s => {
-                    (terms[0].1 > 0).then_some(terms[0].1)
-                }
-                _ => None,
-            })
-        });
-        match found {
+        match symbol_source(g, &s) {
             Some((k, ax, 1)) => {
                 let p = &param_idents[k];
                 let ax = Literal::usize_unsuffixed(ax);
@@ -306,6 +290,37 @@ fn emit_fn(g: &Graph, tables: &mut Vec<(Ident, Vec<u8>)>) -> Result<TokenStream>
             Ok(#ret)
         }
     })
+}
+
+/// Where a forward reads the run-time size `s` from: (input, axis, c) for the first input
+/// whose shape has `s` (c = 1), else one with a positive multiple `c·s`; `None`: it is an
+/// `i32` parameter (its callers pass theirs: [`param_symbols`]).
+fn symbol_source(g: &Graph, s: &str) -> Option<(usize, usize, i64)> {
+    let find = |factor: &dyn Fn(&Dim) -> Option<i64>| {
+        g.inputs.iter().enumerate().find_map(|(k, inp)| {
+            let dims = &inp.ty.shape.0;
+            dims.iter()
+                .enumerate()
+                .find_map(|(ax, d)| factor(d).map(|c| (k, ax, c)))
+        })
+    };
+    find(&|d| (*d == Dim::sym(s)).then_some(1)).or_else(|| {
+        find(&|d| match d {
+            Dim::Affine { terms, konst: 0 } if terms.len() == 1 && terms[0].0 == s => {
+                (terms[0].1 > 0).then_some(terms[0].1)
+            }
+            _ => None,
+        })
+    })
+}
+
+/// The run-time sizes `g`'s forward takes as `i32` parameters, in their order (after the
+/// arrays): those no input's shape gives.
+pub(crate) fn param_symbols(g: &Graph) -> Vec<String> {
+    symbols(g)
+        .into_iter()
+        .filter(|s| symbol_source(g, s).is_none())
+        .collect()
 }
 
 /// Does every symbol of `g` stand alone in an input's shape (so no `i32` parameters, and the

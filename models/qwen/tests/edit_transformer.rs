@@ -104,3 +104,54 @@ fn edit_transformer_with_a_reference_matches_diffusers() {
     // and the reference changes the velocity
     assert!(rel_err(&v0, &reference) > 1e-3);
 }
+
+/// Edit-2511's `zero_cond_t`: the reference's tokens take the modulation of timestep 0, the
+/// generated image's the step's, against diffusers' transformer with `zero_cond_t=True`
+/// (7.5e-3 from the plain edit velocity, so the test tells them apart).
+#[test]
+fn edit_transformer_zero_cond_matches_diffusers() {
+    use qwen::specializations::shared_tiny as shared;
+    use qwen_runtime::__private::mlx_rs::{ops, Dtype};
+    let ck = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
+    let m = shared::TimestepModulationWeights::load(&ck, "", Dtype::Float32).unwrap();
+    let w = shared::EditTransformerZeroCondWeights::load(&ck, "", Dtype::Float32).unwrap();
+    let r = Checkpoint::open(fixture("references/edit_transformer.safetensors")).unwrap();
+    let [x, ctx, t] =
+        ["hidden_states", "encoder_hidden_states", "timestep"].map(|k| r.array(k).unwrap());
+    // the step's timestep and 0: rows 0 and 1 of the modulation
+    let t2 = ops::concatenate(&[t.clone(), ops::zeros_like(&t).unwrap()], 0).unwrap();
+    let (mi, mt, mo) = shared::timestep_modulation(&m, &t2).unwrap();
+    let row = |a: &Array, axis: i32, i: i32| {
+        ops::split_at_indices(a, &[i, i + 1], axis)
+            .unwrap()
+            .swap_remove(1)
+    };
+    let rope = qwen_image_rope(
+        AXES,
+        10000.0,
+        &[(1, 4, 6), (1, 3, 5)],
+        ctx.shape()[1] as usize,
+    )
+    .unwrap();
+    let v = shared::edit_transformer_zero_cond(
+        &w,
+        &x,
+        &ctx,
+        &row(&mi, 1, 0),
+        &row(&mt, 1, 0),
+        &row(&mo, 0, 0),
+        &row(&mi, 1, 1),
+        &rope.img_cos,
+        &rope.img_sin,
+        &rope.txt_cos,
+        &rope.txt_sin,
+        24,
+        15,
+    )
+    .unwrap();
+    let reference = r.array("velocity_zero_cond").unwrap();
+    let e = rel_err(&v, &reference);
+    println!("edit_transformer_zero_cond: rel err {e:.3e}");
+    assert!(e <= 1e-4, "{e:.3e}");
+    assert!(rel_err(&v, &r.array("velocity").unwrap()) > 1e-3);
+}

@@ -10,13 +10,26 @@ use crate::emit::{fn_name, FnCx};
 use crate::error::Result;
 use crate::names::{ident, snake};
 
+/// The sizes a block's forward takes as parameters (no input of it gives them), passed from
+/// the caller's sizes of the same names.
+fn dim_args(cx: &FnCx, block: &str) -> Result<Vec<TokenStream>> {
+    match cx.g.blocks.get(block) {
+        Some(g) => crate::emit::param_symbols(g)
+            .iter()
+            .map(|s| cx.dim(&graph_dsl::Dim::sym(s)))
+            .collect(),
+        None => Ok(vec![]),
+    }
+}
+
 pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
     let (k, name) = (n.k, n.name());
     Ok(match &n.node.op {
         Op::Call { block, prefix } => {
             let f = fn_name(block);
             let field = ident(&snake(prefix));
-            let xs = n.args.clone();
+            let mut xs = n.args.clone();
+            xs.extend(dim_args(cx, block)?);
             let n_out = n.node.outputs.len();
             let outs: Vec<Ident> = (0..n_out)
                 .map(|i| out(cx, k, i, &format!("{name}_{i}")))
@@ -39,7 +52,8 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
             let field = ident(&snake(prefix));
             let (carry, sliced) = (*carry, *sliced);
             let n_out = n.node.outputs.len();
-            let xs = n.args.clone();
+            let mut xs = n.args.clone();
+            xs.extend(dim_args(cx, block)?);
             let state: Vec<Ident> = (0..carry)
                 .map(|i| cx.names.fresh(&format!("{name}_state{i}")))
                 .collect();

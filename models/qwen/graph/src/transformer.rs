@@ -22,6 +22,8 @@ pub const TIMESTEPS: &str = "T";
 pub const IMG_MOD: &str = "img_mod";
 pub const TXT_MOD: &str = "txt_mod";
 pub const OUT_MOD: &str = "out_mod";
+/// The references' image modulation (Edit-2511's `zero_cond_t`: timestep 0).
+pub const IMG_MOD_REFS: &str = "img_mod_refs";
 
 fn b_() -> Dim {
     Dim::sym(BATCH)
@@ -97,6 +99,7 @@ fn joint_attention(
     xi: Tensor,
     ci: Tensor,
     [img_cos, img_sin, txt_cos, txt_sin]: [Tensor; 4],
+    seq: &Dim,
 ) -> Result<(Tensor, Tensor)> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
     b.scope("attn", |b| {
@@ -116,25 +119,21 @@ fn joint_attention(
         // each part is copied once into its layout (with the CFG halves batched, the image
         // rows of both halves in one join)
         let o = b.transpose(o, &[0, 2, 1, 3])?;
-        let l = l_txt().add(&l_img());
+        let l = l_txt().add(seq);
         let txt = b.slice(o, 1, 0, l_txt())?;
         let img = b.slice(o, 1, l_txt(), l)?;
         let txt = b.reshape(txt, [b_(), l_txt(), Dim::Const(d)])?;
-        let img = b.reshape(img, [b_(), l_img(), Dim::Const(d)])?;
+        let img = b.reshape(img, [b_(), seq.clone(), Dim::Const(d)])?;
         let img = b.linear("to_out.0", img, d, d, true)?;
         let txt = b.linear("to_add_out", txt, d, d, true)?;
         Ok((img, txt))
     })
 }
 
-/// The RoPE tables as graph inputs: `img_cos`, `img_sin` `[L_img, Dh/2]`, then `txt_cos`,
-/// `txt_sin` `[L_txt, Dh/2]` (built once per generation by `rope`).
-fn rope_inputs(b: &mut GraphBuilder, dh: usize) -> Result<[Tensor; 4]> {
-    rope_inputs_for(b, dh, l_img())
-}
-
-/// [`rope_inputs`] for `img` image tokens.
-fn rope_inputs_for(b: &mut GraphBuilder, dh: usize, img: Dim) -> Result<[Tensor; 4]> {
+/// The RoPE tables as graph inputs: `img_cos`, `img_sin` `[img, Dh/2]` (`img`: the image
+/// tokens, `L_img`), then `txt_cos`, `txt_sin` `[L_txt, Dh/2]` (built once per generation by
+/// `rope`, or for an edit at run time).
+fn rope_inputs(b: &mut GraphBuilder, dh: usize, img: Dim) -> Result<[Tensor; 4]> {
     let half = Dim::Const(dh / 2);
     Ok([
         b.input("img_cos", [img.clone(), half.clone()], DType::F32)?,
@@ -203,13 +202,64 @@ fn modulation(b: &mut GraphBuilder, name: &str, m: Tensor, d: usize) -> Result<S
 /// `transformer_blocks.{i}`. Its modulation comes in made (`img_mod`, `txt_mod`
 /// `[B, 6D]`: [`block_modulation`] of this block for the step's timestep).
 pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
-    dual_stream_block_named(c, "dual_stream_block")
+    dual_stream_block_with(c, "dual_stream_block", l_img(), false)
 }
 
-fn dual_stream_block_named(c: &TransformerConfig, name: &str) -> Result<Graph> {
+/// The image stream's modulation: one for every token, or (Edit-2511's `zero_cond_t`) the
+/// step's for the generated image's `L_out` tokens and the timestep 0's for the references'.
+enum ImageMods {
+    One(StreamMods),
+    Split { out: StreamMods, refs: StreamMods },
+}
+
+/// An op of the image stream under one modulation: its values in, its results out.
+type SegmentOp = dyn Fn(&mut GraphBuilder, &StreamMods, &[Tensor]) -> Result<Vec<Tensor>>;
+
+/// `f` on the whole image stream, or on its two segments (the generated image's tokens with
+/// `out`'s modulation, the references' with `refs`'), joined again; `f` returns any number
+/// of values of the stream's length.
+fn per_segment(
+    b: &mut GraphBuilder,
+    mods: &ImageMods,
+    ins: &[Tensor],
+    f: &SegmentOp,
+) -> Result<Vec<Tensor>> {
+    match mods {
+        ImageMods::One(m) => f(b, m, ins),
+        ImageMods::Split { out, refs } => {
+            let (lo, lr) = (Dim::sym("L_out"), Dim::sym("L_ref"));
+            let all = lo.add(&lr);
+            let first: Vec<Tensor> = ins
+                .iter()
+                .map(|t| b.slice(*t, 1, 0, lo.clone()))
+                .collect::<Result<_>>()?;
+            let second: Vec<Tensor> = ins
+                .iter()
+                .map(|t| b.slice(*t, 1, lo.clone(), all.clone()))
+                .collect::<Result<_>>()?;
+            let a = f(b, out, &first)?;
+            let r = f(b, refs, &second)?;
+            a.into_iter()
+                .zip(r)
+                .map(|(x, y)| b.concat(&[x, y], 1))
+                .collect()
+        }
+    }
+}
+
+fn dual_stream_block_with(
+    c: &TransformerConfig,
+    name: &str,
+    seq: Dim,
+    zero_cond: bool,
+) -> Result<Graph> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
     let mut b = GraphBuilder::new(name);
-    let x = b.input("hidden_states", [b_(), l_img(), Dim::Const(d)], DType::F32)?;
+    let x = b.input(
+        "hidden_states",
+        [b_(), seq.clone(), Dim::Const(d)],
+        DType::F32,
+    )?;
     let ctx = b.input(
         "encoder_hidden_states",
         [b_(), l_txt(), Dim::Const(d)],
@@ -217,18 +267,44 @@ fn dual_stream_block_named(c: &TransformerConfig, name: &str) -> Result<Graph> {
     )?;
     let img_mod = b.input(IMG_MOD, [b_(), Dim::Const(6 * d)], DType::F32)?;
     let txt_mod = b.input(TXT_MOD, [b_(), Dim::Const(6 * d)], DType::F32)?;
-    let rope = rope_inputs(&mut b, dh)?;
+    let img_mod_refs = if zero_cond {
+        Some(b.input(IMG_MOD_REFS, [b_(), Dim::Const(6 * d)], DType::F32)?)
+    } else {
+        None
+    };
+    let rope = rope_inputs(&mut b, dh, seq.clone())?;
 
     let im = modulation(&mut b, "img_mod", img_mod, d)?;
     let tm = modulation(&mut b, "txt_mod", txt_mod, d)?;
+    let im = match img_mod_refs {
+        Some(r) => ImageMods::Split {
+            out: im,
+            refs: modulation(&mut b, "img_mod_refs", r, d)?,
+        },
+        None => ImageMods::One(im),
+    };
 
-    let xi = b.norm_modulate(x, im.msa.shift, im.msa.scale, DIT_EPS)?;
+    let xi = per_segment(&mut b, &im, &[x], &|b, m, t| {
+        Ok(vec![b.norm_modulate(
+            t[0],
+            m.msa.shift,
+            m.msa.scale,
+            DIT_EPS,
+        )?])
+    })?[0];
     let ci = b.norm_modulate(ctx, tm.msa.shift, tm.msa.scale, DIT_EPS)?;
-    let (a_img, a_txt) = joint_attention(&mut b, c, xi, ci, rope)?;
+    let (a_img, a_txt) = joint_attention(&mut b, c, xi, ci, rope, &seq)?;
 
-    let (x, xm) = b.gate_residual_norm_modulate(x, a_img, im.msa.gate, im.mlp.norm(), DIT_EPS)?;
+    let r = per_segment(&mut b, &im, &[x, a_img], &|b, m, t| {
+        let (x, xm) =
+            b.gate_residual_norm_modulate(t[0], t[1], m.msa.gate, m.mlp.norm(), DIT_EPS)?;
+        Ok(vec![x, xm])
+    })?;
+    let (x, xm) = (r[0], r[1]);
     let xm = mlp(&mut b, "img_mlp", xm, d)?;
-    let x = b.gate_residual(x, xm, im.mlp.gate)?;
+    let x = per_segment(&mut b, &im, &[x, xm], &|b, m, t| {
+        Ok(vec![b.gate_residual(t[0], t[1], m.mlp.gate)?])
+    })?[0];
     let (ctx, cm) =
         b.gate_residual_norm_modulate(ctx, a_txt, tm.msa.gate, tm.mlp.norm(), DIT_EPS)?;
     let cm = mlp(&mut b, "txt_mlp", cm, d)?;
@@ -337,7 +413,7 @@ pub fn timestep_modulation(c: &TransformerConfig) -> Result<Graph> {
 // img_mod, txt_mod: [num_layers, B, 6D]   out_mod: [B, 2D]   (timestep_modulation's, one step)
 // -> [B, L_img, 64] velocity, packed
 pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
-    transformer_with(c, "transformer", dual_stream_block(c)?, false)
+    transformer_with(c, "transformer", dual_stream_block(c)?, false, false)
 }
 
 /// The transformer of an edit (Qwen-Image-Edit, spec §5.1), in the shared module: the image
@@ -348,11 +424,29 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
 // hidden_states: [B, L_out + L_ref, 64] (the references' L_ref tokens after the generated
 // image's L_out) -> [B, L_out, 64]
 pub fn edit_transformer(c: &TransformerConfig) -> Result<Graph> {
-    let block = dual_stream_block_named(c, "edit_dual_stream_block")?;
-    transformer_with(c, "edit_transformer", block, true)
+    let seq = Dim::sym("L_out").add(&Dim::sym("L_ref"));
+    let block = dual_stream_block_with(c, "edit_dual_stream_block", seq, false)?;
+    transformer_with(c, "edit_transformer", block, true, false)
 }
 
-fn transformer_with(c: &TransformerConfig, name: &str, block: Graph, edit: bool) -> Result<Graph> {
+/// [`edit_transformer`] with Edit-2511's `zero_cond_t`: the references' image tokens take
+/// the modulation of timestep 0 (`img_mod_refs`, the timestep modulation's image rows at
+/// t = 0), the generated image's the step's (diffusers' `modulate_index`); the text and the
+/// output norm the step's.
+// as edit_transformer, plus img_mod_refs: [num_layers, B, 6D]
+pub fn edit_transformer_zero_cond(c: &TransformerConfig) -> Result<Graph> {
+    let seq = Dim::sym("L_out").add(&Dim::sym("L_ref"));
+    let block = dual_stream_block_with(c, "edit_zero_cond_dual_stream_block", seq, true)?;
+    transformer_with(c, "edit_transformer_zero_cond", block, true, true)
+}
+
+fn transformer_with(
+    c: &TransformerConfig,
+    name: &str,
+    block: Graph,
+    edit: bool,
+    zero_cond: bool,
+) -> Result<Graph> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
     let mut b = GraphBuilder::new(name);
     let (out_len, ref_len) = (Dim::sym("L_out"), Dim::sym("L_ref"));
@@ -370,17 +464,30 @@ fn transformer_with(c: &TransformerConfig, name: &str, block: Graph, edit: bool)
     let layers = Dim::Const(c.num_layers);
     let mod_shape = [layers, b_(), Dim::Const(6 * d)];
     let img_mod = b.input(IMG_MOD, mod_shape.clone(), DType::F32)?;
-    let txt_mod = b.input(TXT_MOD, mod_shape, DType::F32)?;
+    let txt_mod = b.input(TXT_MOD, mod_shape.clone(), DType::F32)?;
     let out_mod = b.input(OUT_MOD, [b_(), Dim::Const(2 * d)], DType::F32)?;
-    let rope = rope_inputs_for(&mut b, dh, seq)?;
+    let img_mod_refs = if zero_cond {
+        Some(b.input(IMG_MOD_REFS, mod_shape.clone(), DType::F32)?)
+    } else {
+        None
+    };
+    let rope = rope_inputs(&mut b, dh, seq)?;
 
     let x = b.linear("img_in", x, c.in_channels, d, true)?; // [B, L_img, D]
     let ctx = b.rms_norm("txt_norm", ctx, c.joint_attention_dim, DIT_EPS)?;
     let ctx = b.linear("txt_in", ctx, c.joint_attention_dim, d, true)?; // [B, L_txt, D]
 
     let mut ins = vec![x, ctx, img_mod, txt_mod];
+    ins.extend(img_mod_refs);
     ins.extend(rope);
-    let out = b.scan(&block, "transformer_blocks", c.num_layers, [2, 2], &ins)?;
+    let sliced = if zero_cond { 3 } else { 2 };
+    let out = b.scan(
+        &block,
+        "transformer_blocks",
+        c.num_layers,
+        [2, sliced],
+        &ins,
+    )?;
     let x = if edit {
         b.slice(out[0], 1, 0, out_len)?
     } else {
