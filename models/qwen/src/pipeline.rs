@@ -65,7 +65,8 @@ pub use latents::{pack, unpack_nhwc};
 pub use memory::Network;
 pub use open::{OpenTimings, Options, VaeTiling};
 pub use prompt::{
-    format_prompt, Embeddings, MAX_SEQUENCE_LENGTH, PROMPT_TEMPLATE, TEMPLATE_DROP,
+    edit_token_ids, format_edit_prompt, format_prompt, Embeddings, EDIT_PROMPT_TEMPLATE,
+    EDIT_TEMPLATE_DROP, IMAGE_PAD, MAX_SEQUENCE_LENGTH, PROMPT_TEMPLATE, TEMPLATE_DROP,
     TOKENIZER_MAX_LENGTH,
 };
 pub use variant::{

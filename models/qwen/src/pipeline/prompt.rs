@@ -23,6 +23,58 @@ pub fn format_prompt(prompt: &str) -> String {
     PROMPT_TEMPLATE.replacen("{}", prompt, 1)
 }
 
+/// The prompt template of Qwen-Image-Edit-2509 and -2511 (`QwenImageEditPlusPipeline`, spec
+/// §5.2); `{}` is the images' segments, then the instruction.
+pub const EDIT_PROMPT_TEMPLATE: &str = "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, background), then explain how the user's text instruction should alter or modify the image. Generate a new image that meets the user's requirements while maintaining consistency with the original input where appropriate.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n";
+
+/// Tokens of the edit template before the user's turn; their encoder rows are dropped.
+pub const EDIT_TEMPLATE_DROP: usize = 64;
+
+/// The token each image's embeddings replace, once per merged token of the image.
+pub const IMAGE_PAD: &str = "<|image_pad|>";
+
+/// An edit prompt in its template: `Picture i: <|vision_start|><|image_pad|><|vision_end|>`
+/// for each of `images` images, then the instruction.
+pub fn format_edit_prompt(prompt: &str, images: usize) -> String {
+    let segments: String = (1..=images)
+        .map(|i| format!("Picture {i}: <|vision_start|>{IMAGE_PAD}<|vision_end|>"))
+        .collect();
+    EDIT_PROMPT_TEMPLATE.replacen("{}", &(segments + prompt), 1)
+}
+
+/// Token ids of an edit prompt for images of `image_tokens[i]` merged tokens each: the
+/// template's ids with image `i`'s [`IMAGE_PAD`] repeated `image_tokens[i]` times, as the
+/// Qwen2-VL processor expands it. An error when the tokenizer has no [`IMAGE_PAD`] or the
+/// instruction itself holds one (it would take an image's place).
+pub fn edit_token_ids(
+    tokenizer: &qwen_runtime::Tokenizer,
+    prompt: &str,
+    image_tokens: &[usize],
+) -> Result<Vec<u32>> {
+    let pad = tokenizer
+        .token_id(IMAGE_PAD)
+        .ok_or_else(|| PipelineError::Request(format!("the tokenizer has no {IMAGE_PAD} token")))?;
+    let ids = tokenizer.encode(&format_edit_prompt(prompt, image_tokens.len()))?;
+    let found = ids.iter().filter(|&&t| t == pad).count();
+    if found != image_tokens.len() {
+        return Err(PipelineError::Request(format!(
+            "an edit prompt for {} image(s) holds {found} {IMAGE_PAD} tokens: the instruction may not contain {IMAGE_PAD}",
+            image_tokens.len()
+        )));
+    }
+    let mut counts = image_tokens.iter();
+    let mut out = Vec::with_capacity(ids.len() + image_tokens.iter().sum::<usize>());
+    for t in ids {
+        if t == pad {
+            let n = *counts.next().expect("one count per pad, checked above");
+            out.extend(std::iter::repeat_n(pad, n));
+        } else {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
 /// Prompt embeddings: `[1, L_txt, hidden]`.
 #[derive(Debug)]
 pub struct Embeddings {
