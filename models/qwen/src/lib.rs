@@ -5,6 +5,7 @@
 //! `dual_stream_block`, `rope`, `vae_up1_resnet0`, their `*Weights` structs, and consts).
 
 pub mod cli;
+pub mod edit;
 pub mod model_dir;
 pub mod output;
 pub mod pipeline;
