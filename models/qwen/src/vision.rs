@@ -148,6 +148,61 @@ impl VisionGrid {
     }
 }
 
+/// CLIP's per-channel mean and standard deviation, the Qwen2-VL processor's normalization.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// The patch rows of an RGB image (`height × width × 3` bytes, both sides multiples of
+/// `patch · merge`) as the Qwen2-VL processor makes them: each value `(v / 255 − mean) / std`,
+/// the frame repeated `temporal` times, one row per patch in merge order (merged cell by
+/// merged cell, its `merge²` patches row by row), a row `channel, frame, y, x`. Returns the
+/// rows (`[(height/patch)·(width/patch), 3·temporal·patch²]`, row-major) and the patch grid.
+pub fn image_patches(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    patch: usize,
+    merge: usize,
+    temporal: usize,
+) -> Result<(Vec<f32>, (usize, usize)), String> {
+    let cell = patch * merge;
+    if cell == 0 || width % cell != 0 || height % cell != 0 || width == 0 || height == 0 {
+        return Err(format!(
+            "a {width}×{height} image: both sides must be positive multiples of {cell}"
+        ));
+    }
+    if rgb.len() != width * height * 3 {
+        return Err(format!(
+            "{} bytes for a {width}×{height} RGB image",
+            rgb.len()
+        ));
+    }
+    let (gh, gw) = (height / patch, width / patch);
+    let value = |y: usize, x: usize, c: usize| {
+        (rgb[(y * width + x) * 3 + c] as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c]
+    };
+    let mut rows = Vec::with_capacity(gh * gw * 3 * temporal * patch * patch);
+    for my in 0..gh / merge {
+        for mx in 0..gw / merge {
+            for a in 0..merge {
+                for b in 0..merge {
+                    let (py, px) = ((my * merge + a) * patch, (mx * merge + b) * patch);
+                    for c in 0..3 {
+                        for _ in 0..temporal {
+                            for y in 0..patch {
+                                for x in 0..patch {
+                                    rows.push(value(py + y, px + x, c));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((rows, (gh, gw)))
+}
+
 /// The images of a prompt for `text_encoder_with_images`: which rows are image tokens and
 /// which embedding of the stacked image embeddings each takes, and the multimodal RoPE
 /// positions (spec §5.3: text `0..p` on all three axes; an image's tokens `(p, p + row,

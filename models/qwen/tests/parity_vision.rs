@@ -106,3 +106,26 @@ fn tiny_text_encoder_with_an_image_matches_transformers() {
     println!("with text-only positions: rel err {e:.3e}");
     assert!(e > 1e-3, "{e:.3e}");
 }
+
+/// The vision path's patch rows of an RGB image already at a multiple of 28: the same as the
+/// Qwen2-VL processor's (PIL backend) `pixel_values` and grid
+/// (`tests/fixtures/make_vision_patches_refs.py`).
+#[test]
+fn image_patches_are_the_processors() {
+    let r = Checkpoint::open(fixture("references/vision_patches.safetensors")).unwrap();
+    let rgb: Vec<u8> = r
+        .array("image")
+        .unwrap()
+        .as_slice::<f32>()
+        .iter()
+        .map(|v| *v as u8)
+        .collect();
+    let (rows, grid) = qwen::vision::image_patches(&rgb, 168, 112, 14, 2, 2).unwrap();
+    assert_eq!(grid, (8, 12));
+    assert_eq!(ints(&r.array("image_grid_thw").unwrap()), [1, 8, 12]);
+    let ours = Array::from_slice(&rows, &[96, 1176]);
+    let e = rel_err(&ours, &r.array("pixel_values").unwrap());
+    println!("image_patches: rel err {e:.3e}");
+    assert!(e <= 1e-6, "{e:.3e}");
+    assert!(qwen::vision::image_patches(&rgb, 168, 100, 14, 2, 2).is_err());
+}
