@@ -148,8 +148,11 @@ impl VisionGrid {
     }
 }
 
-/// CLIP's per-channel mean and standard deviation, the Qwen2-VL processor's normalization.
+/// CLIP's per-channel mean and standard deviation, the Qwen2-VL processor's normalization
+/// (the published decimals; f32 keeps what it can of them).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// The patch rows of an RGB image (`height × width × 3` bytes, both sides multiples of
