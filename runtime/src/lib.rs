@@ -31,6 +31,7 @@ pub mod image;
 pub mod kernels;
 pub mod lora;
 pub mod quant;
+pub mod resample;
 pub mod rope;
 pub mod scheduler;
 pub mod tiles;
