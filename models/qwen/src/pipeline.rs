@@ -46,6 +46,7 @@ use qwen_runtime::{SchedulerConfig, Tokenizer};
 
 mod checks;
 mod config;
+mod edit;
 mod error;
 mod generate;
 mod latents;
@@ -58,6 +59,7 @@ mod variants;
 
 pub use checks::PIPELINE_CLASS;
 pub use config::{detect_config, ModelConfig, Resolution};
+pub use edit::{EditRequest, PromptPositions};
 use error::{mlx, Result};
 pub use error::{PipelineError, Warning, SHOWN_PROBLEMS};
 pub use generate::{Event, Generation, Request, Timings};
@@ -70,8 +72,8 @@ pub use prompt::{
     TOKENIZER_MAX_LENGTH,
 };
 pub use variant::{
-    find_one_text_variant, find_variant, variant_by_name, Decoder, Denoiser, ImageEncoder,
-    ModulationTable, Modulator, Step, TextEncoder, Variant, VARIANTS,
+    find_one_text_variant, find_variant, variant_by_name, Decoder, Denoiser, EditNetworks,
+    ImageEncoder, ModulationTable, Modulator, Step, TextEncoder, Variant, VARIANTS,
 };
 
 /// An opened model: checked, the VAE loaded, the other networks loaded as [`memory`]'s rule
@@ -106,6 +108,8 @@ pub struct Pipeline {
     open_timings: OpenTimings,
     /// The VAE encoder, loaded by the first [`Pipeline::encode_image`].
     image_encoder: std::cell::OnceCell<Box<dyn ImageEncoder>>,
+    /// The networks of an edit, loaded by the first [`Pipeline::edit_latents`].
+    edit: std::cell::OnceCell<Box<dyn EditNetworks>>,
 }
 
 /// The opened (memory-mapped, checked) checkpoints networks are loaded from.

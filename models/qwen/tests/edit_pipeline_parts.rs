@@ -23,24 +23,23 @@ fn reference() -> Checkpoint {
     Checkpoint::open(fixture("references/edit_pipeline.safetensors")).unwrap()
 }
 
-fn image1(r: &Checkpoint) -> Vec<u8> {
-    r.array("input.image1")
-        .unwrap()
-        .as_slice::<f32>()
-        .iter()
-        .map(|v| *v as u8)
-        .collect()
+/// The first input image: its RGB bytes, width and height.
+fn image1(r: &Checkpoint) -> (Vec<u8>, usize, usize) {
+    let a = r.array("input.image1").unwrap();
+    let (h, w) = (a.shape()[0] as usize, a.shape()[1] as usize);
+    let rgb = a.as_slice::<f32>().iter().map(|v| *v as u8).collect();
+    (rgb, w, h)
 }
 
-/// (Ignored in CI: the VAE encodes at the pipeline's 1248×832 there, 46 s on a 2-core CPU;
-/// `cargo test -p qwen --test edit_pipeline_parts -- --ignored` runs it: 8.2e-7 on 2026-11-30.)
+/// (Ignored in CI: the VAE encodes at the pipeline's 1760×576 there, ~45 s on a 2-core CPU;
+/// `cargo test -p qwen --test edit_pipeline_parts -- --ignored` runs it.)
 #[test]
-#[ignore = "slow on a CPU: the VAE encodes a 1248×832 image (46 s)"]
+#[ignore = "slow on a CPU: the VAE encodes a 1760×576 image (~45 s)"]
 fn reference_latents_are_the_pipelines() {
     let r = reference();
-    let rgb = image1(&r);
-    let (w, h) = area_size(VAE_AREA, 96.0 / 64.0);
-    let resized = resize_rgb(&rgb, 96, 64, w, h, Filter::Lanczos).unwrap();
+    let (rgb, iw, ih) = image1(&r);
+    let (w, h) = area_size(VAE_AREA, iw as f64 / ih as f64);
+    let resized = resize_rgb(&rgb, iw, ih, w, h, Filter::Lanczos).unwrap();
     let x: Vec<f32> = resized
         .iter()
         .map(|v| *v as f32 / 255.0 * 2.0 - 1.0)
@@ -68,15 +67,16 @@ fn reference_latents_are_the_pipelines() {
 /// of 64. The reference stack (diffusers 0.42.1 with transformers 5.24) gives the text encoder
 /// no `mm_token_type_ids`, so transformers builds 1-D positions (0..S on every axis) instead of
 /// the multimodal ones; the test runs what the reference ran (with the multimodal positions the
-/// result is far off, so this pins which one it is). Our own pixel chain (the two resizes, the
-/// patch rows) is within a few levels of the processor's: Pillow 13 runs the vertical pass of
-/// 480×320 → 476×308 first, `qwen_runtime::resample` the horizontal one.
+/// result is far off, so this pins which one it is). The input is 3:1, so its condition size
+/// (672×224) is whole patches and the processor does not resize again: our pixel chain equals
+/// the processor's (for other sizes Pillow 13 may run the vertical pass of that resize first,
+/// e.g. 480×320 → 476×308, where `qwen_runtime::resample` runs the horizontal one).
 #[test]
 fn prompt_embeddings_with_an_image_are_the_pipelines() {
     let r = reference();
-    let rgb = image1(&r);
-    let (cw, ch) = area_size(CONDITION_AREA, 96.0 / 64.0);
-    let cond = resize_rgb(&rgb, 96, 64, cw, ch, Filter::Lanczos).unwrap();
+    let (rgb, iw, ih) = image1(&r);
+    let (cw, ch) = area_size(CONDITION_AREA, iw as f64 / ih as f64);
+    let cond = resize_rgb(&rgb, iw, ih, cw, ch, Filter::Lanczos).unwrap();
     let (ph, pw) = smart_resize(ch, cw, 28, 3136, 12_845_056).unwrap();
     let pix = resize_rgb(&cond, cw, ch, pw, ph, Filter::Bicubic).unwrap();
     let (rows, (gh, gw)) = image_patches(&pix, pw, ph, 14, 2, 2).unwrap();
@@ -92,7 +92,9 @@ fn prompt_embeddings_with_an_image_are_the_pipelines() {
     let ours_pix = Array::from_slice(&rows, &[(gh * gw) as i32, 1176]);
     let e = rel_err(&ours_pix, &theirs_pix);
     println!("pixel values ({pw}×{ph}): rel err {e:.3e}");
-    assert!(e <= 2e-2, "{e:.3e}");
+    // a 3:1 input: the condition size is whole patches, the processor keeps it
+    assert_eq!((pw, ph), (cw, ch));
+    assert!(e <= 1e-6, "{e:.3e}");
 
     let layout = VisionLayout {
         merge: 2,
@@ -142,4 +144,67 @@ fn prompt_embeddings_with_an_image_are_the_pipelines() {
     let e_mm = rel_err(&run(&multimodal), &theirs);
     println!("with the multimodal positions: rel err {e_mm:.3e}");
     assert!(e_mm > 1e-2, "{e_mm:.3e}");
+}
+
+/// A whole edit to its final latents (`Pipeline::edit_latents`) on the tiny Edit folders,
+/// against `QwenImageEditPlusPipeline` from the same initial latents: Edit-2509 with one and two
+/// input images, Edit-2511 (`zero_cond_t`) with one; 1-D prompt positions, as the reference
+/// stack computes them. (Ignored in CI: each input image is VAE-encoded at 1760×576, ~45 s on a
+/// 2-core CPU.)
+#[test]
+#[ignore = "slow on a CPU: the VAE encodes each input at 1760×576 (~45 s each)"]
+fn edits_match_the_pipeline() {
+    use qwen::pipeline::{EditRequest, Options, Pipeline, PromptPositions};
+    use qwen_runtime::RgbImage;
+    let r = reference();
+    let image = |k: &str| {
+        let a = r.array(k).unwrap();
+        RgbImage {
+            width: a.shape()[1] as u32,
+            height: a.shape()[0] as u32,
+            pixels: a.as_slice::<f32>().iter().map(|v| *v as u8).collect(),
+        }
+    };
+    for (folder, run, images) in [
+        (
+            "tiny-qwen-image-edit-2509",
+            "2509.one",
+            vec![image("input.image1")],
+        ),
+        (
+            "tiny-qwen-image-edit-2509",
+            "2509.two",
+            vec![image("input.image1"), image("input.image2")],
+        ),
+        (
+            "tiny-qwen-image-edit-2511",
+            "2511.one",
+            vec![image("input.image1")],
+        ),
+    ] {
+        let p = Pipeline::open(
+            fixture(folder),
+            &Options {
+                resolution: Some("96x64".parse().unwrap()),
+                dtype: Dtype::Float32,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let request = EditRequest {
+            prompt: PROMPT.into(),
+            negative_prompt: Some(" ".into()),
+            steps: 2,
+            cfg_scale: 4.0,
+            seed: 0,
+            latents: Some(r.array(&format!("{run}.input.latents")).unwrap()),
+            images,
+            positions: PromptPositions::OneDimensional,
+        };
+        let ours = p.edit_latents(&request).unwrap();
+        let theirs = r.array(&format!("{run}.output.latents")).unwrap();
+        let e = rel_err(&ours, &theirs);
+        println!("{run}: final latents rel err {e:.3e}");
+        assert!(e <= 1e-4, "{run}: {e:.3e}");
+    }
 }

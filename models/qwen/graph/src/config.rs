@@ -40,6 +40,14 @@ pub struct TextEncoderConfig {
     pub rope_theta: f64,
     /// The vision tower (Qwen-Image-Edit's image prompts; text-to-image does not use it).
     pub vision_config: VisionConfig,
+    /// The multimodal RoPE's split of the head's half dims (temporal, rows, columns).
+    pub rope_scaling: RopeScaling,
+}
+
+/// `text_encoder/config.json`'s `rope_scaling`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct RopeScaling {
+    pub mrope_section: [usize; 3],
 }
 
 /// `text_encoder/config.json`'s `vision_config`: the Qwen2.5-VL vision tower (spec §5.3).
@@ -222,6 +230,9 @@ pub fn real() -> Config {
             num_key_value_heads: 4,
             rms_norm_eps: 1e-6,
             rope_theta: 1_000_000.0,
+            rope_scaling: RopeScaling {
+                mrope_section: [16, 24, 24],
+            },
             vision_config: VisionConfig {
                 depth: 32,
                 hidden_size: 1280,

@@ -15,6 +15,10 @@ use super::{ModelConfig, PipelineError, Result};
 /// The `_class_name` of `model_index.json` this crate runs.
 pub const PIPELINE_CLASS: &str = "QwenImagePipeline";
 
+/// The `_class_name` of a Qwen-Image-Edit-2509/2511 folder (the same components, and
+/// `processor/`).
+pub const EDIT_PIPELINE_CLASS: &str = "QwenImageEditPlusPipeline";
+
 /// The text encoder's embedding table in its checkpoint.
 const EMBED_TOKENS: &str = "model.embed_tokens.weight";
 
@@ -25,7 +29,9 @@ pub(super) fn check_model_index(dir: &Path) -> Result<()> {
     let reason = match json.as_object().map(|o| o.get("_class_name")) {
         None => format!("not a JSON object, expected one with `_class_name` \"{PIPELINE_CLASS}\""),
         Some(None) => format!("no `_class_name`, expected \"{PIPELINE_CLASS}\""),
-        Some(Some(Value::String(s))) if s == PIPELINE_CLASS => return Ok(()),
+        Some(Some(Value::String(s))) if s == PIPELINE_CLASS || s == EDIT_PIPELINE_CLASS => {
+            return Ok(())
+        }
         Some(Some(v)) => format!("`_class_name` is {v}, expected \"{PIPELINE_CLASS}\""),
     };
     Err(PipelineError::Invalid { path, reason })

@@ -124,6 +124,16 @@ impl ModelConfig {
         })
     }
 
+    /// The configuration the modules were built from (`qwen_graph::config`).
+    pub fn graph_config(self) -> qwen_graph::config::Config {
+        let name = match self {
+            ModelConfig::Real => ConfigName::Real,
+            ModelConfig::Tiny => ConfigName::Tiny,
+        };
+        name.config()
+            .expect("the tiny config file parsed when the modules were built")
+    }
+
     /// The resolution used when none is asked for.
     pub fn default_resolution(self) -> Resolution {
         match self {

@@ -278,6 +278,7 @@ impl Pipeline {
             vae: vae_decoder,
             open_timings: timings,
             image_encoder: Default::default(),
+            edit: Default::default(),
         };
         if all {
             for n in [Network::Denoiser, Network::Modulation, Network::TextEncoder] {

@@ -52,6 +52,15 @@ pub trait Variant: Sync {
         loras: &Loras,
     ) -> Result<Box<dyn Denoiser>>;
     fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>>;
+    /// The networks of an edit (the shared module's vision tower, text encoder with images and
+    /// edit transformer, with Edit-2511's `zero_cond_t` or without).
+    fn load_edit(
+        &self,
+        text_encoder: &Checkpoint,
+        transformer: &Checkpoint,
+        dtype: Dtype,
+        zero_cond: bool,
+    ) -> Result<Box<dyn EditNetworks>>;
     /// The VAE encoder (the shared module's: its size is free at run time).
     fn load_vae_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn ImageEncoder>>;
     /// Compiles every fused kernel the module's networks use (one tiny call each; see the
@@ -123,6 +132,35 @@ pub trait Step {
     /// Velocities for latents `[1, L, 64]` at step `i` of the schedule: the conditional one
     /// and, when bound with a negative prompt, the unconditional one.
     fn velocity(&self, latents: &Array, i: usize) -> Result<(Array, Option<Array>), Exception>;
+}
+
+/// The loaded networks of an edit (spec §5).
+pub trait EditNetworks {
+    /// The vision tower on one image's inputs (`qwen::vision::VisionGrid::inputs`): its
+    /// merged tokens' embeddings `[M, hidden]` in the image's order.
+    fn vision(&self, inputs: &[Array; 5]) -> Result<Array, Exception>;
+    /// The text encoder with images: ids `[1, S]`, the images' embeddings stacked, each
+    /// token's row and mask, the RoPE tables → hidden states `[1, S, hidden]`.
+    fn encode(
+        &self,
+        ids: &Array,
+        images: &Array,
+        rows_mask: [&Array; 2],
+        rope: [&Array; 2],
+    ) -> Result<Array, Exception>;
+    /// The edit transformer: the image stream `[1, L_out + L_ref, 64]` (the generated image's
+    /// tokens, then the references'), the text, the step's modulation rows (img, txt, out) and,
+    /// for `zero_cond_t`, the references' image rows at timestep 0, the RoPE tables → the
+    /// velocity of the first `L_out` tokens.
+    fn velocity(
+        &self,
+        x: &Array,
+        text: &Array,
+        modulation: [&Array; 3],
+        refs_modulation: Option<&Array>,
+        rope: &qwen_runtime::rope::RopeTables,
+        lengths: (i32, i32),
+    ) -> Result<Array, Exception>;
 }
 
 /// A loaded VAE encoder: an NHWC image `[1, 8h, 8w, 3]` in [−1, 1] → the posterior's mean

@@ -13,8 +13,8 @@ use qwen_runtime::quant::Plan;
 use qwen_runtime::weights::{in_gpu_memory, Checkpoint, Staging, TensorSpec};
 
 use super::{
-    Decoder, Denoiser, ImageEncoder, ModelConfig, ModulationTable, Modulator, PipelineError,
-    Resolution, Result, Step, TextEncoder, Variant,
+    Decoder, Denoiser, EditNetworks, ImageEncoder, ModelConfig, ModulationTable, Modulator,
+    PipelineError, Resolution, Result, Step, TextEncoder, Variant,
 };
 
 fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineError {
@@ -109,6 +109,52 @@ macro_rules! variant {
                     let (img, txt, out) = m::timestep_modulation(&self.0, timesteps)?;
                     qwen_runtime::__private::mlx_rs::transforms::eval([&img, &txt, &out])?;
                     Ok(ModulationTable { img, txt, out })
+                }
+            }
+
+            enum EditTr {
+                Plain(m::EditTransformerWeights),
+                ZeroCond(m::EditTransformerZeroCondWeights),
+            }
+            struct Edit {
+                tower: m::VisionTowerWeights,
+                lm: m::TextEncoderWithImagesWeights,
+                transformer: EditTr,
+            }
+            impl EditNetworks for Edit {
+                fn vision(&self, i: &[Array; 5]) -> Result<Array, Exception> {
+                    m::vision_tower(&self.tower, &i[0], &i[1], &i[2], &i[3], &i[4])
+                }
+                fn encode(
+                    &self,
+                    ids: &Array,
+                    images: &Array,
+                    [rows, mask]: [&Array; 2],
+                    [cos, sin]: [&Array; 2],
+                ) -> Result<Array, Exception> {
+                    m::text_encoder_with_images(&self.lm, ids, images, rows, mask, cos, sin)
+                }
+                fn velocity(
+                    &self,
+                    x: &Array,
+                    text: &Array,
+                    [mi, mt, mo]: [&Array; 3],
+                    refs: Option<&Array>,
+                    rope: &qwen_runtime::rope::RopeTables,
+                    (out, refs_len): (i32, i32),
+                ) -> Result<Array, Exception> {
+                    let r = rope;
+                    match (&self.transformer, refs) {
+                        (EditTr::Plain(w), _) => m::edit_transformer(
+                            w, x, text, mi, mt, mo, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
+                        ),
+                        (EditTr::ZeroCond(w), Some(mr)) => m::edit_transformer_zero_cond(
+                            w, x, text, mi, mt, mo, mr, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
+                        ),
+                        (EditTr::ZeroCond(_), None) => Err(Exception::custom(
+                            "Edit-2511's transformer needs the references' modulation at timestep 0",
+                        )),
+                    }
                 }
             }
 
@@ -209,6 +255,22 @@ macro_rules! variant {
                 fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>> {
                     let w = loaded("vae", || m::VaeDecoderWeights::load(ck, "", dtype), m::VaeDecoderWeights::arrays)?;
                     Ok(Box::new(Vae(w)))
+                }
+                fn load_edit(
+                    &self,
+                    te: &Checkpoint,
+                    tr: &Checkpoint,
+                    dtype: Dtype,
+                    zero_cond: bool,
+                ) -> Result<Box<dyn EditNetworks>> {
+                    let tower = loaded("text_encoder", || m::VisionTowerWeights::load(te, "", dtype), m::VisionTowerWeights::arrays)?;
+                    let lm = loaded("text_encoder", || m::TextEncoderWithImagesWeights::load(te, "", dtype), m::TextEncoderWithImagesWeights::arrays)?;
+                    let transformer = if zero_cond {
+                        EditTr::ZeroCond(loaded("transformer", || m::EditTransformerZeroCondWeights::load(tr, "", dtype), m::EditTransformerZeroCondWeights::arrays)?)
+                    } else {
+                        EditTr::Plain(loaded("transformer", || m::EditTransformerWeights::load(tr, "", dtype), m::EditTransformerWeights::arrays)?)
+                    };
+                    Ok(Box::new(Edit { tower, lm, transformer }))
                 }
                 fn load_vae_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn ImageEncoder>> {
                     let w = loaded("vae", || m::VaeEncoderWeights::load(ck, "", dtype), m::VaeEncoderWeights::arrays)?;

@@ -1,0 +1,296 @@
+//! An edit (Qwen-Image-Edit-2509 and -2511, spec §5) to its final latents: the input images
+//! through the vision path (the condition size, the processor's whole patches, the vision
+//! tower) into the prompt, and through the VAE into reference latents; the edit transformer
+//! denoising the generated image's tokens beside the references'.
+
+use qwen_runtime::__private::mlx_rs::{ops, transforms, Array, Dtype};
+use qwen_runtime::guidance::true_cfg;
+use qwen_runtime::resample::{resize_rgb, Filter};
+use qwen_runtime::rope::qwen_image_rope;
+use qwen_runtime::scheduler::euler_step_array;
+use qwen_runtime::RgbImage;
+
+use super::{edit_token_ids, EDIT_TEMPLATE_DROP, IMAGE_PAD};
+use super::{mlx, Network, Pipeline, PipelineError, Result};
+use crate::edit::{area_size, smart_resize, CONDITION_AREA, VAE_AREA};
+use crate::vision::{image_patches, PromptImages, VisionGrid, VisionLayout};
+
+/// The pixel range the Qwen2-VL processor keeps an image in (its `min_pixels`, `max_pixels`).
+const MIN_PIXELS: usize = 3136;
+const MAX_PIXELS: usize = 12_845_056;
+/// RoPE θ of the DiT.
+const DIT_THETA: f32 = 10000.0;
+
+/// Which positions the text encoder gives the prompt's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptPositions {
+    /// `0..S` on every axis: what diffusers 0.42.1 with transformers 5.24 computes (the
+    /// pipeline gives the encoder no `mm_token_type_ids`, so transformers cannot build the
+    /// multimodal ones): the reference's.
+    #[default]
+    OneDimensional,
+    /// Qwen2.5-VL's multimodal positions (each image's tokens on its grid), as the model was
+    /// trained.
+    Multimodal,
+}
+
+/// One edit.
+#[derive(Debug, Clone)]
+pub struct EditRequest {
+    pub prompt: String,
+    /// `None`: no negative pass.
+    pub negative_prompt: Option<String>,
+    pub steps: usize,
+    pub cfg_scale: f32,
+    pub seed: u64,
+    /// Packed initial latents `[1, L_img, 64]` instead of seeded noise.
+    pub latents: Option<Array>,
+    /// The input images, in the prompt's order (`Picture 1`, …).
+    pub images: Vec<RgbImage>,
+    pub positions: PromptPositions,
+}
+
+/// The images as the networks take them.
+struct Inputs {
+    /// The vision tower's embeddings, stacked `[Σ M, hidden]`.
+    embeds: Array,
+    /// Merged tokens per image and their grids (rows, columns).
+    tokens: Vec<usize>,
+    grids: Vec<(usize, usize)>,
+    /// The reference latents, joined `[1, Σ L_ref, 64]`, and their packed grids.
+    references: Array,
+    reference_grids: Vec<(usize, usize)>,
+}
+
+impl Pipeline {
+    /// The final latents `[1, L_img, 64]` (f32) of an edit of `request.images` at this
+    /// pipeline's size, through the shared module's edit networks (loaded on the first edit;
+    /// Edit-2511's `zero_cond_t` from `transformer/config.json`).
+    pub fn edit_latents(&self, request: &EditRequest) -> Result<Array> {
+        if request.images.is_empty() {
+            return Err(PipelineError::Request(
+                "an edit needs at least one image".into(),
+            ));
+        }
+        if request.steps == 0 {
+            return Err(PipelineError::Request("steps must be at least 1".into()));
+        }
+        let cfg = self.variant.config().graph_config();
+        let zero_cond = self.zero_cond_t()?;
+        let nets = match self.edit.get() {
+            Some(n) => n,
+            None => {
+                let n = self.variant.load_edit(
+                    &self.checkpoints.text_encoder,
+                    &self.checkpoints.transformer,
+                    self.dtype,
+                    zero_cond,
+                )?;
+                self.edit.get_or_init(|| n)
+            }
+        };
+        let inputs = self.edit_inputs(request, &cfg, nets.as_ref())?;
+
+        // the prompts, each with the images' tokens; the first 64 rows dropped
+        let te = &cfg.text_encoder;
+        let pad = self.tokenizer.token_id(IMAGE_PAD).ok_or_else(|| {
+            PipelineError::Request(format!("the tokenizer has no {IMAGE_PAD} token"))
+        })? as i32;
+        let encode = |text: &str| -> Result<Array> {
+            let ids: Vec<i32> = edit_token_ids(&self.tokenizer, text, &inputs.tokens)?
+                .iter()
+                .map(|t| *t as i32)
+                .collect();
+            let mut p =
+                PromptImages::new(&ids, pad, &inputs.grids).map_err(PipelineError::Request)?;
+            if request.positions == PromptPositions::OneDimensional {
+                p.positions = (0..ids.len()).map(|i| [i; 3]).collect();
+            }
+            let run = || {
+                let (cos, sin) = p.rope(
+                    te.head_dim(),
+                    te.rope_theta as f32,
+                    te.rope_scaling.mrope_section,
+                )?;
+                let s = ids.len() as i32;
+                let hidden = nets.encode(
+                    &Array::from_slice(&ids, &[1, s]),
+                    &inputs.embeds,
+                    [
+                        &Array::from_slice(&p.rows, &[s]),
+                        &Array::from_slice(&p.mask, &[s, 1]),
+                    ],
+                    [&cos, &sin],
+                )?;
+                let kept =
+                    ops::split_at_indices(&hidden, &[EDIT_TEMPLATE_DROP as i32], 1)?.swap_remove(1);
+                kept.as_dtype(self.dtype)
+            };
+            run().map_err(mlx("encoding the edit prompt"))
+        };
+        let guided = request.cfg_scale > 1.0 && request.negative_prompt.is_some();
+        let cond = encode(&request.prompt)?;
+        let uncond = match (&request.negative_prompt, guided) {
+            (Some(n), true) => Some(encode(n)?),
+            _ => None,
+        };
+
+        // the schedule and its modulation (and timestep 0's for Edit-2511's references)
+        let out_len = self.image_seq_len();
+        let schedule = self.scheduler.schedule(request.steps, out_len)?;
+        let table = self.modulation_table(&self.timesteps(request.steps)?)?;
+        let refs_modulation = if zero_cond {
+            self.ensure(Network::Modulation)?;
+            let l = self.loaded.borrow();
+            let m = l.modulation.as_ref().expect("ensured");
+            let zero = m
+                .table(&Array::from_slice(&[0.0f32], &[1]))
+                .and_then(|t| t.step(0, 1))
+                .map_err(mlx("running the timestep modulation"))?;
+            let [img, _, _] = zero;
+            Some(img)
+        } else {
+            None
+        };
+        let (gh, gw) = self.grid();
+        let mut images = vec![(1, gh, gw)];
+        images.extend(inputs.reference_grids.iter().map(|&(h, w)| (1, h, w)));
+        let t = &cfg.transformer;
+        let rope = |text: &Array| {
+            qwen_image_rope(
+                t.axes_dims_rope,
+                DIT_THETA,
+                &images,
+                text.shape()[1] as usize,
+            )
+            .map_err(mlx("building the rope tables"))
+        };
+        let (rope_c, rope_u) = (rope(&cond)?, uncond.as_ref().map(rope).transpose()?);
+        let references = inputs
+            .references
+            .as_dtype(self.dtype)
+            .map_err(mlx("casting"))?;
+        let ref_len = references.shape()[1];
+
+        let mut x = match &request.latents {
+            Some(l) => {
+                self.check_latents(l)?;
+                l.clone()
+            }
+            None => self.noise(request.seed)?,
+        }
+        .as_dtype(self.dtype)
+        .map_err(mlx("casting"))?;
+        for i in 0..schedule.steps() {
+            let step = || -> std::result::Result<Array, qwen_runtime::__private::mlx_rs::error::Exception> {
+                let [mi, mt, mo] = table.step(i, 1)?;
+                let x_in = ops::concatenate(&[x.clone(), references.clone()], 1)?;
+                let lengths = (out_len as i32, ref_len);
+                let refs = refs_modulation.as_ref();
+                let v = nets.velocity(&x_in, &cond, [&mi, &mt, &mo], refs, &rope_c, lengths)?;
+                let v = match (&uncond, &rope_u) {
+                    (Some(u), Some(ru)) => {
+                        let vu = nets.velocity(&x_in, u, [&mi, &mt, &mo], refs, ru, lengths)?;
+                        true_cfg(&v, &vu, request.cfg_scale)?
+                    }
+                    _ => v,
+                };
+                let next = euler_step_array(&x, &v, schedule.sigmas[i], schedule.sigmas[i + 1])?;
+                transforms::eval([&next])?;
+                Ok(next)
+            };
+            x = step().map_err(mlx("running the edit transformer"))?;
+        }
+        x.as_dtype(Dtype::Float32).map_err(mlx("casting"))
+    }
+
+    /// Whether the folder's transformer is Edit-2511's (`zero_cond_t` in its config).
+    fn zero_cond_t(&self) -> Result<bool> {
+        let path = self.dir.join("transformer/config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| PipelineError::Invalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(json
+            .get("zero_cond_t")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false))
+    }
+
+    /// Each image through the vision path and the VAE path.
+    fn edit_inputs(
+        &self,
+        request: &EditRequest,
+        cfg: &qwen_graph::config::Config,
+        nets: &dyn super::EditNetworks,
+    ) -> Result<Inputs> {
+        let vc = &cfg.text_encoder.vision_config;
+        let layout = VisionLayout {
+            merge: vc.spatial_merge_size,
+            window: vc.window_cells(),
+            head_dim: vc.head_dim(),
+        };
+        let (mut embeds, mut tokens, mut grids) = (vec![], vec![], vec![]);
+        let (mut references, mut reference_grids) = (vec![], vec![]);
+        let bad = |i: usize, e: String| PipelineError::Request(format!("image {}: {e}", i + 1));
+        for (i, img) in request.images.iter().enumerate() {
+            let (w, h) = (img.width as usize, img.height as usize);
+            let ratio = w as f64 / h.max(1) as f64;
+            // the vision path
+            let (cw, ch) = area_size(CONDITION_AREA, ratio);
+            let cond =
+                resize_rgb(&img.pixels, w, h, cw, ch, Filter::Lanczos).map_err(|e| bad(i, e))?;
+            let factor = vc.patch_size * vc.spatial_merge_size;
+            let (ph, pw) =
+                smart_resize(ch, cw, factor, MIN_PIXELS, MAX_PIXELS).map_err(|e| bad(i, e))?;
+            let pix = resize_rgb(&cond, cw, ch, pw, ph, Filter::Bicubic).map_err(|e| bad(i, e))?;
+            let (rows, (gh, gw)) = image_patches(
+                &pix,
+                pw,
+                ph,
+                vc.patch_size,
+                vc.spatial_merge_size,
+                vc.temporal_patch_size,
+            )
+            .map_err(|e| bad(i, e))?;
+            let grid = VisionGrid::new(gh, gw, layout).map_err(|e| bad(i, e))?;
+            let vision = || {
+                let patches = Array::from_slice(&rows, &[(gh * gw) as i32, vc.patch_dim() as i32]);
+                let mut ins = grid.inputs(&patches, layout)?;
+                ins[0] = ins[0].as_dtype(self.dtype)?;
+                nets.vision(&ins)
+            };
+            embeds.push(vision().map_err(mlx("running the vision tower"))?);
+            let m = vc.spatial_merge_size;
+            tokens.push(gh * gw / (m * m));
+            grids.push((gh / m, gw / m));
+            // the VAE path
+            let (vw, vh) = area_size(VAE_AREA, ratio);
+            let v =
+                resize_rgb(&img.pixels, w, h, vw, vh, Filter::Lanczos).map_err(|e| bad(i, e))?;
+            let x: Vec<f32> = v.iter().map(|b| *b as f32 / 255.0 * 2.0 - 1.0).collect();
+            let x = Array::from_slice(&x, &[1, vh as i32, vw as i32, 3]);
+            references.push(self.encode_image(&x)?);
+            reference_grids.push((vh / 16, vw / 16));
+        }
+        let join = |v: &[Array], axis: i32| -> Result<Array> {
+            if v.len() == 1 {
+                Ok(v[0].clone())
+            } else {
+                ops::concatenate(v, axis).map_err(mlx("joining the images"))
+            }
+        };
+        Ok(Inputs {
+            embeds: join(&embeds, 0)?,
+            tokens,
+            grids,
+            references: join(&references, 1)?,
+            reference_grids,
+        })
+    }
+}
