@@ -677,6 +677,11 @@ IMAGES=3 costs nothing (the background job sets the length). Two-call variant, o
   bash benches/device.sh setup bg-start qwen-warm qwen-cold                ~5.5 min
   bash benches/device.sh diffusers-timing bg-wait 420 compare table        ~4.5 min
 One GPU: setup qwen-warm | qwen-cold diffusers-timing | qwen-dump diffusers-dump compare | compile
+
+Open measurements (2026-11-30): issue 7 wants ours and torch.compile in one run (BG_STEPS=compile with
+qwen-warm: call 1 above, then bg-wait); issue 12: SIZES=2048 sizes, then count (the batch of N with CFG);
+issue 11: gpus (two GPUs, nothing in the background). On one H200 (64 GiB disk, 128 GiB of host memory)
+cold runs are slower in a fresh machine's first process (its page cache fills): run qwen-cold twice.
 EOF
 }
 
