@@ -294,6 +294,9 @@ pub enum ImageError {
     #[error("cannot encode {} as png: {message}", path.display())]
     Png { path: PathBuf, message: String },
 
+    #[error("cannot read {} as an image: {message}", path.display())]
+    Read { path: PathBuf, message: String },
+
     #[error("cannot write {}: {source}", path.display())]
     Io {
         path: PathBuf,

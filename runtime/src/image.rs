@@ -112,6 +112,51 @@ impl RgbImage {
     /// [`write_png`](Self::write_png), but `cancelled` is asked once more after the temporary
     /// file is written and synced: when it answers true, that file is removed, the destination
     /// is left as it was and the result is `Ok(false)`. `Ok(true)`: the PNG was written.
+    /// A PNG file's pixels as RGB: palette, grey and 16-bit images converted, an alpha channel
+    /// dropped (as Pillow's `convert("RGB")`); anything but a PNG is an error naming the file.
+    pub fn read_png(path: impl AsRef<Path>) -> Result<Self, ImageError> {
+        let path = path.as_ref();
+        let err = |message: String| ImageError::Read {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+        decoder.set_transformations(png::Transformations::normalize_to_color8());
+        let mut reader = decoder
+            .read_info()
+            .map_err(|e| err(format!("not a readable PNG file ({e})")))?;
+        let mut buf = vec![
+            0;
+            reader
+                .output_buffer_size()
+                .ok_or_else(|| err("too large".into()))?
+        ];
+        let info = reader
+            .next_frame(&mut buf)
+            .map_err(|e| err(e.to_string()))?;
+        let data = &buf[..info.buffer_size()];
+        let channels = match info.color_type {
+            png::ColorType::Grayscale => 1,
+            png::ColorType::GrayscaleAlpha => 2,
+            png::ColorType::Rgb => 3,
+            png::ColorType::Rgba => 4,
+            png::ColorType::Indexed => return Err(err("an unexpanded palette".into())),
+        };
+        let pixels = data
+            .chunks_exact(channels)
+            .flat_map(|p| match channels {
+                1 | 2 => [p[0], p[0], p[0]],
+                _ => [p[0], p[1], p[2]],
+            })
+            .collect();
+        Ok(Self {
+            width: info.width,
+            height: info.height,
+            pixels,
+        })
+    }
+
     pub fn write_png_unless(
         &self,
         path: impl AsRef<Path>,

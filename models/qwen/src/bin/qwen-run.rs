@@ -194,6 +194,52 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Edit images with a Qwen-Image-Edit-2509 or -2511 folder (`QwenImageEditPlusPipeline`
+    /// layout): `qwen-run edit --model DIR --image A.png [--image B.png …] --prompt "…"`.
+    Edit(EditArgs),
+}
+
+/// `qwen-run edit`'s arguments.
+#[derive(Debug, clap::Args)]
+struct EditArgs {
+    /// Model folder of Qwen-Image-Edit-2509 or -2511 (or a Hugging Face cache snapshot / repo
+    /// id).
+    #[arg(long, value_name = "DIR|REPO")]
+    model: String,
+    /// An input image (PNG), in the prompt's order (`Picture 1`, …); repeat for several.
+    #[arg(long = "image", value_name = "PNG", required = true)]
+    images: Vec<PathBuf>,
+    /// The instruction.
+    #[arg(long)]
+    prompt: String,
+    /// Negative prompt (true CFG when --cfg is above 1).
+    #[arg(long, default_value = " ")]
+    negative_prompt: String,
+    /// Output size W×H (or N for N×N); default: the last image's aspect at about 1024² pixels
+    /// (as the reference), taken to the nearest size generated for the folder's config.
+    #[arg(long)]
+    res: Option<Resolution>,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    #[arg(long, default_value_t = 4.0)]
+    cfg: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Compute dtype (bf16 on a GPU, f32 on the CPU by default).
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    /// The prompt's token positions in the text encoder: `reference` (1-D, as diffusers with
+    /// transformers 5 computes them) or `multimodal` (the model's own, per image grid).
+    #[arg(long, value_enum, default_value = "reference")]
+    positions: PositionsArg,
+    #[arg(long, short, default_value = "edit.png")]
+    output: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PositionsArg {
+    Reference,
+    Multimodal,
 }
 
 fn main() -> ExitCode {
@@ -320,10 +366,103 @@ fn run(args: &Args) -> Result<()> {
         );
         return Ok(());
     }
+    if let Some(Command::Edit(e)) = &args.command {
+        return edit(e, &chosen);
+    }
     match args.bench_matmul {
         Some(n) => bench_matmul(&chosen, args, n),
         None => generate(args, &chosen),
     }
+}
+
+/// `qwen-run edit`: the images read, the edit's latents, decoded, the PNG written.
+fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
+    use qwen::pipeline::{detect_config, EditRequest, PromptPositions, VARIANTS};
+    if !(1..=MAX_STEPS).contains(&args.steps) {
+        bail!(
+            "--steps must be between 1 and {MAX_STEPS}, got {}",
+            args.steps
+        );
+    }
+    let model = qwen::model_dir::resolve(&args.model)?;
+    let mut inputs: Vec<&Path> = vec![model.as_path()];
+    inputs.extend(args.images.iter().map(PathBuf::as_path));
+    check_output(&args.output, &inputs)?;
+    let images = args
+        .images
+        .iter()
+        .map(qwen_runtime::RgbImage::read_png)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let last = images.last().expect("clap requires an image");
+    let res = match args.res {
+        Some(r) => r.rounded(),
+        None => {
+            // the reference's size, then the nearest one generated for this config
+            let (w, h) = qwen::edit::output_size((last.width as usize, last.height as usize));
+            let config = detect_config(&model)?;
+            let score = |r: &Resolution| {
+                let aspect = ((r.width * h) as f64 / (r.height * w) as f64).ln().abs();
+                let area = ((r.width * r.height) as f64 / (w * h) as f64).ln().abs();
+                aspect * 10.0 + area
+            };
+            let best = VARIANTS
+                .iter()
+                .filter(|v| v.config() == config)
+                .map(|v| v.resolution())
+                .min_by(|a, b| score(a).total_cmp(&score(b)))
+                .ok_or_else(|| anyhow::anyhow!("no generated size for this model's config"))?;
+            if (best.width, best.height) != (w, h) {
+                println!("notice: the reference would make {w}x{h}; the nearest generated size is {best}");
+            }
+            best
+        }
+    };
+    let dtype = args.dtype.unwrap_or_else(|| DtypeArg::default_for(chosen));
+    let start = Instant::now();
+    let pipeline = Pipeline::open(
+        &model,
+        &Options {
+            resolution: Some(res),
+            dtype: dtype.mlx(),
+            ..Options::default()
+        },
+    )?;
+    println!(
+        "model: {} (edit, module {})",
+        model.display(),
+        pipeline.variant().name()
+    );
+    println!(
+        "resolution: {res} (W×H); load: {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    let start = Instant::now();
+    let request = EditRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: Some(args.negative_prompt.clone()),
+        steps: args.steps,
+        cfg_scale: args.cfg,
+        seed: args.seed,
+        latents: None,
+        images,
+        positions: match args.positions {
+            PositionsArg::Reference => PromptPositions::OneDimensional,
+            PositionsArg::Multimodal => PromptPositions::Multimodal,
+        },
+    };
+    let latents = pipeline.edit_latents(&request)?;
+    let decoded = pipeline.decode(&latents)?;
+    let image = qwen_runtime::RgbImage::from_array(&decoded)?;
+    println!("edit: {:.2} s", start.elapsed().as_secs_f64());
+    let seed = args.seed.to_string();
+    image
+        .write_png(
+            &args.output,
+            &[("prompt", args.prompt.as_str()), ("seed", seed.as_str())],
+        )
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    println!("wrote {}", args.output.display());
+    Ok(())
 }
 
 fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
