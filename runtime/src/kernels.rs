@@ -349,6 +349,23 @@ pub struct BlockEvalScope {
 }
 
 impl BlockEval {
+    /// What generated code does after building a repeated block's graph (its carried values
+    /// `state`; `running`: the previous block's, kept across calls): start it and wait for
+    /// the block before ([`BlockEval::Pipelined`]), run it ([`BlockEval::OneAtATime`]), or
+    /// nothing ([`BlockEval::Lazy`]).
+    pub fn after_block(self, running: &mut Vec<Array>, state: &[&Array]) -> Result<(), Exception> {
+        match self {
+            BlockEval::Pipelined => {
+                mlx_rs::transforms::async_eval(state.iter().copied())?;
+                mlx_rs::transforms::eval(running.iter())?;
+                *running = state.iter().map(|a| (*a).clone()).collect();
+                Ok(())
+            }
+            BlockEval::OneAtATime => mlx_rs::transforms::eval(state.iter().copied()),
+            BlockEval::Lazy => Ok(()),
+        }
+    }
+
     /// This mode on this thread while the returned scope lives.
     pub fn scoped(self) -> BlockEvalScope {
         BlockEvalScope {

@@ -154,7 +154,7 @@ fn prompt_embeddings_with_an_image_are_the_pipelines() {
 #[test]
 #[ignore = "slow on a CPU: the VAE encodes each input at 1760×576 (~45 s each)"]
 fn edits_match_the_pipeline() {
-    use qwen::pipeline::{EditRequest, Options, Pipeline, PromptPositions};
+    use qwen::pipeline::{EditRequest, Options, Pipeline, PromptPositions, Request};
     use qwen_runtime::RgbImage;
     let r = reference();
     let image = |k: &str| {
@@ -192,12 +192,11 @@ fn edits_match_the_pipeline() {
         )
         .unwrap();
         let request = EditRequest {
-            prompt: PROMPT.into(),
-            negative_prompt: Some(" ".into()),
-            steps: 2,
-            cfg_scale: 4.0,
-            seed: 0,
-            latents: Some(r.array(&format!("{run}.input.latents")).unwrap()),
+            request: Request {
+                steps: 2,
+                latents: Some(r.array(&format!("{run}.input.latents")).unwrap()),
+                ..Request::new(PROMPT)
+            },
             images,
             positions: PromptPositions::OneDimensional,
         };

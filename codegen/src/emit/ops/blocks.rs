@@ -143,23 +143,8 @@ pub(super) fn emit(cx: &mut FnCx, n: &NodeCx) -> Result<TokenStream> {
             } else {
                 quote!(for layer in &w.#field)
             };
-            let pipeline = (carry > 0).then(|| {
-                quote! {
-                    match block_eval {
-                        // start this block, then wait for the one before: the GPU always
-                        // has the next block queued, and at most two are in flight
-                        __kernels::BlockEval::Pipelined => {
-                            mlx::transforms::async_eval([#(&#state),*])?;
-                            mlx::transforms::eval(&running)?;
-                            running = vec![#((#state).clone()),*];
-                        }
-                        __kernels::BlockEval::OneAtATime => {
-                            mlx::transforms::eval([#(&#state),*])?;
-                        }
-                        __kernels::BlockEval::Lazy => {}
-                    }
-                }
-            });
+            let pipeline = (carry > 0)
+                .then(|| quote!(block_eval.after_block(&mut running, &[#(&#state),*])?;));
             let pipeline_init = (carry > 0).then(|| {
                 quote! {
                     let block_eval = __kernels::block_eval();
@@ -221,17 +206,7 @@ mod tests {
                         resblock(layer, &layers_state0)?
                     };
                     layers_state0 = layers_next0;
-                    match block_eval {
-                        __kernels::BlockEval::Pipelined => {
-                            mlx::transforms::async_eval([&layers_state0])?;
-                            mlx::transforms::eval(&running)?;
-                            running = vec![(layers_state0).clone()];
-                        }
-                        __kernels::BlockEval::OneAtATime => {
-                            mlx::transforms::eval([&layers_state0])?;
-                        }
-                        __kernels::BlockEval::Lazy => {}
-                    }
+                    block_eval.after_block(&mut running, &[&layers_state0])?;
                 }
                 let layers_0 = layers_state0;
                 let resblock_0 = resblock(&w.head, &layers_0)?;
@@ -295,17 +270,7 @@ mod tests {
                     };
                     layers_state0 = layers_next0;
                     layers_stack1.push(layers_next1);
-                    match block_eval {
-                        __kernels::BlockEval::Pipelined => {
-                            mlx::transforms::async_eval([&layers_state0])?;
-                            mlx::transforms::eval(&running)?;
-                            running = vec![(layers_state0).clone()];
-                        }
-                        __kernels::BlockEval::OneAtATime => {
-                            mlx::transforms::eval([&layers_state0])?;
-                        }
-                        __kernels::BlockEval::Lazy => {}
-                    }
+                    block_eval.after_block(&mut running, &[&layers_state0])?;
                 }
                 let layers_0 = layers_state0;
                 let layers_1 = mlx::ops::stack(&layers_stack1, 0)?;

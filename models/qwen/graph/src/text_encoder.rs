@@ -1,7 +1,7 @@
 //! The Qwen2.5-VL language model (spec §3), text only: the decoder layer (GQA, causal
 //! attention, rotate-half RoPE, SwiGLU) and the encoder around a loop of it.
 
-use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, Result, RopeLayout};
+use graph_dsl::{DType, Dim, Graph, GraphBuilder, MaskKind, Result, RopeLayout, Tensor};
 
 use crate::config::TextEncoderConfig;
 
@@ -53,6 +53,24 @@ pub fn decoder_layer(c: &TextEncoderConfig) -> Result<Graph> {
     Ok(b.finish())
 }
 
+/// The decoder layers in a loop over `x` `[B, S, hidden]` with the RoPE tables, then the
+/// final `norm`: the graph's output `hidden_states`.
+fn layers_and_norm(
+    mut b: GraphBuilder,
+    c: &TextEncoderConfig,
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+) -> Result<Graph> {
+    let layer = decoder_layer(c)?;
+    let x = b.scope("model", |b| {
+        b.repeat(&layer, "layers", c.num_hidden_layers, 1, &[x, cos, sin])
+    })?[0];
+    let x = b.rms_norm("model.norm", x, c.hidden_size, c.rms_norm_eps)?;
+    b.output("hidden_states", x)?;
+    Ok(b.finish())
+}
+
 /// The language model (spec §3.3), text only: `embed_tokens`, `num_hidden_layers`
 /// decoder layers in a loop, the final `norm` — whose output is what the pipeline uses.
 /// Positions are `0..S` (an unpadded prompt; M-RoPE reduces to 1-D RoPE for text, θ from
@@ -60,7 +78,6 @@ pub fn decoder_layer(c: &TextEncoderConfig) -> Result<Graph> {
 // input_ids: [B, S] i32 -> [B, S, hidden]
 pub fn text_encoder(c: &TextEncoderConfig) -> Result<Graph> {
     let (hs, hd) = (c.hidden_size, c.head_dim());
-    let layer = decoder_layer(c)?;
     let s = Dim::sym("S");
     let mut b = GraphBuilder::new("text_encoder");
     let ids = b.input("input_ids", [Dim::sym("B"), s.clone()], DType::I32)?;
@@ -75,18 +92,13 @@ pub fn text_encoder(c: &TextEncoderConfig) -> Result<Graph> {
     let ang = b.mul(pos, inv)?; // [S, hd/2]
     let cos = b.unary(graph_dsl::Unary::Cos, ang)?;
     let sin = b.unary(graph_dsl::Unary::Sin, ang)?;
-    let x = b.scope("model", |b| {
-        b.repeat(&layer, "layers", c.num_hidden_layers, 1, &[x, cos, sin])
-    })?[0];
-    let x = b.rms_norm("model.norm", x, hs, c.rms_norm_eps)?;
-    b.output("hidden_states", x)?;
-    Ok(b.finish())
+    layers_and_norm(b, c, x, cos, sin)
 }
 
 /// The language model with images in its prompt (Qwen-Image-Edit, spec §5.2-5.3): the rows of
 /// the image tokens take the vision tower's embeddings instead of the token table's
 /// (`image_embeds` row `image_rows[s]` where `image_mask[s]` is 1), and the multimodal RoPE
-/// tables come from the caller (`qwen::vision::mrope`: per half-dim the temporal, row or
+/// tables come from the caller (`qwen::vision::PromptImages::rope`: per half-dim the temporal, row or
 /// column position of each token, from the image grids, made at bind time). At least one
 /// image: text rows read row 0 of `image_embeds` (and multiply it by 0); a prompt without
 /// images runs [`text_encoder`].
@@ -94,7 +106,6 @@ pub fn text_encoder(c: &TextEncoderConfig) -> Result<Graph> {
 // cos, sin: [S, head_dim/2] -> [B, S, hidden]
 pub fn text_encoder_with_images(c: &TextEncoderConfig) -> Result<Graph> {
     let (hs, hd) = (c.hidden_size, c.head_dim());
-    let layer = decoder_layer(c)?;
     let s = Dim::sym("S");
     let mut b = GraphBuilder::new("text_encoder_with_images");
     let ids = b.input("input_ids", [Dim::sym("B"), s.clone()], DType::I32)?;
@@ -111,10 +122,5 @@ pub fn text_encoder_with_images(c: &TextEncoderConfig) -> Result<Graph> {
     let text = b.mul(text, keep)?;
     let image = b.mul(image, mask)?;
     let x = b.add(text, image)?;
-    let x = b.scope("model", |b| {
-        b.repeat(&layer, "layers", c.num_hidden_layers, 1, &[x, cos, sin])
-    })?[0];
-    let x = b.rms_norm("model.norm", x, hs, c.rms_norm_eps)?;
-    b.output("hidden_states", x)?;
-    Ok(b.finish())
+    layers_and_norm(b, c, x, cos, sin)
 }

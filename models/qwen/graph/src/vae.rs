@@ -38,6 +38,12 @@ pub fn residual_block(name: &str, cin: usize, cout: usize) -> Result<Graph> {
     Ok(b.finish())
 }
 
+/// A call of the residual block `cin → cout` with the weights under `key`.
+fn resnet(b: &mut GraphBuilder, x: Tensor, cin: usize, cout: usize, key: &str) -> Result<Tensor> {
+    let body = residual_block(&resblock_name(cin, cout), cin, cout)?;
+    Ok(b.call(&body, key, &[x])?[0])
+}
+
 /// The name of the residual block body `cin → cout` (one function per distinct pair).
 pub fn resblock_name(cin: usize, cout: usize) -> String {
     format!("vae_resblock_{cin}_{cout}")
@@ -164,15 +170,6 @@ pub fn encoder(c: &VaeConfig) -> Result<Graph> {
     )?;
     let y = b.scope("encoder", |b| {
         let mut x = b.causal_conv3d("conv_in", x, 3, dims[0], 3, true)?;
-        let res = |b: &mut GraphBuilder,
-                   x: Tensor,
-                   cin: usize,
-                   cout: usize,
-                   key: &str|
-         -> Result<Tensor> {
-            let body = residual_block(&resblock_name(cin, cout), cin, cout)?;
-            Ok(b.call(&body, key, &[x])?[0])
-        };
         // `down_blocks` is one flat list: each stage's residual blocks, then its downsampler
         let mut k = 0;
         let stages = dims.len() - 1;
@@ -180,7 +177,7 @@ pub fn encoder(c: &VaeConfig) -> Result<Graph> {
             let (cin, cout) = (dims[i], dims[i + 1]);
             for j in 0..c.num_res_blocks {
                 let ci = if j == 0 { cin } else { cout };
-                x = res(b, x, ci, cout, &format!("down_blocks.{k}"))?;
+                x = resnet(b, x, ci, cout, &format!("down_blocks.{k}"))?;
                 k += 1;
             }
             if i + 1 < stages {
@@ -189,9 +186,9 @@ pub fn encoder(c: &VaeConfig) -> Result<Graph> {
             }
         }
         let last = dims[stages];
-        x = res(b, x, last, last, "mid_block.resnets.0")?;
+        x = resnet(b, x, last, last, "mid_block.resnets.0")?;
         x = attention_block(b, "mid_block.attentions.0", x, last)?;
-        x = res(b, x, last, last, "mid_block.resnets.1")?;
+        x = resnet(b, x, last, last, "mid_block.resnets.1")?;
         let x = b.channel_l2_norm("norm_out", x, &[last, 1, 1, 1])?;
         let x = b.silu(x)?;
         b.causal_conv3d("conv_out", x, last, 2 * c.z_dim, 3, true)
@@ -235,24 +232,15 @@ fn decoder_named(c: &VaeConfig, name: &str, clamp: bool) -> Result<Graph> {
     let x = b.causal_conv3d("post_quant_conv", z, c.z_dim, c.z_dim, 1, true)?;
     let y = b.scope("decoder", |b| {
         let mut x = b.causal_conv3d("conv_in", x, c.z_dim, dims[0], 3, true)?;
-        let res = |b: &mut GraphBuilder,
-                   x: Tensor,
-                   cin: usize,
-                   cout: usize,
-                   key: &str|
-         -> Result<Tensor> {
-            let body = residual_block(&resblock_name(cin, cout), cin, cout)?;
-            Ok(b.call(&body, key, &[x])?[0])
-        };
-        x = res(b, x, dims[0], dims[0], "mid_block.resnets.0")?;
+        x = resnet(b, x, dims[0], dims[0], "mid_block.resnets.0")?;
         x = attention_block(b, "mid_block.attentions.0", x, dims[0])?;
-        x = res(b, x, dims[0], dims[0], "mid_block.resnets.1")?;
+        x = resnet(b, x, dims[0], dims[0], "mid_block.resnets.1")?;
         let stages = dims.len() - 1;
         for i in 0..stages {
             let (cin, cout) = c.up_block_io(i);
             for j in 0..=c.num_res_blocks {
                 let ci = if j == 0 { cin } else { cout };
-                x = res(b, x, ci, cout, &format!("up_blocks.{i}.resnets.{j}"))?;
+                x = resnet(b, x, ci, cout, &format!("up_blocks.{i}.resnets.{j}"))?;
             }
             if i + 1 < stages {
                 x = upsample(b, &format!("up_blocks.{i}.upsamplers.0"), x, cout)?;

@@ -438,12 +438,13 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
     );
     let start = Instant::now();
     let request = EditRequest {
-        prompt: args.prompt.clone(),
-        negative_prompt: Some(args.negative_prompt.clone()),
-        steps: args.steps,
-        cfg_scale: args.cfg,
-        seed: args.seed,
-        latents: None,
+        request: Request {
+            negative_prompt: Some(args.negative_prompt.clone()),
+            steps: args.steps,
+            cfg_scale: args.cfg,
+            seed: args.seed,
+            ..Request::new(args.prompt.clone())
+        },
         images,
         positions: match args.positions {
             PositionsArg::Reference => PromptPositions::OneDimensional,
@@ -454,12 +455,10 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
     let decoded = pipeline.decode(&latents)?;
     let image = qwen_runtime::RgbImage::from_array(&decoded)?;
     println!("edit: {:.2} s", start.elapsed().as_secs_f64());
-    let seed = args.seed.to_string();
+    let meta = pipeline.metadata(&request.request);
+    let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     image
-        .write_png(
-            &args.output,
-            &[("prompt", args.prompt.as_str()), ("seed", seed.as_str())],
-        )
+        .write_png(&args.output, &text)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!("wrote {}", args.output.display());
     Ok(())

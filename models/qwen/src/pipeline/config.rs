@@ -112,15 +112,12 @@ impl ModelConfig {
     pub fn built_for(self) -> &'static serde_json::Value {
         static REAL: OnceLock<serde_json::Value> = OnceLock::new();
         static TINY: OnceLock<serde_json::Value> = OnceLock::new();
-        let (cell, name) = match self {
-            ModelConfig::Real => (&REAL, ConfigName::Real),
-            ModelConfig::Tiny => (&TINY, ConfigName::Tiny),
+        let cell = match self {
+            ModelConfig::Real => &REAL,
+            ModelConfig::Tiny => &TINY,
         };
         cell.get_or_init(|| {
-            let config = name
-                .config()
-                .expect("the tiny config file parsed when the modules were built");
-            serde_json::to_value(config).expect("a config is plain data")
+            serde_json::to_value(self.graph_config()).expect("a config is plain data")
         })
     }
 

@@ -10,8 +10,9 @@ use qwen_runtime::rope::qwen_image_rope;
 use qwen_runtime::scheduler::euler_step_array;
 use qwen_runtime::RgbImage;
 
+use super::config::read_json;
 use super::{edit_token_ids, EDIT_TEMPLATE_DROP, IMAGE_PAD};
-use super::{mlx, Network, Pipeline, PipelineError, Result};
+use super::{mlx, Network, Pipeline, PipelineError, Request, Result};
 use crate::edit::{area_size, smart_resize, CONDITION_AREA, VAE_AREA};
 use crate::vision::{image_patches, PromptImages, VisionGrid, VisionLayout};
 
@@ -34,17 +35,10 @@ pub enum PromptPositions {
     Multimodal,
 }
 
-/// One edit.
+/// One edit: a generation's request (the instruction as its prompt) and the input images.
 #[derive(Debug, Clone)]
 pub struct EditRequest {
-    pub prompt: String,
-    /// `None`: no negative pass.
-    pub negative_prompt: Option<String>,
-    pub steps: usize,
-    pub cfg_scale: f32,
-    pub seed: u64,
-    /// Packed initial latents `[1, L_img, 64]` instead of seeded noise.
-    pub latents: Option<Array>,
+    pub request: Request,
     /// The input images, in the prompt's order (`Picture 1`, …).
     pub images: Vec<RgbImage>,
     pub positions: PromptPositions,
@@ -63,11 +57,12 @@ struct Inputs {
 }
 
 impl Pipeline {
-    /// The final latents `[1, L_img, 64]` (f32) of an edit of `request.images` at this
+    /// The final latents `[1, L_img, 64]` (f32) of an edit of `edit.images` at this
     /// pipeline's size, through the shared module's edit networks (loaded on the first edit;
     /// Edit-2511's `zero_cond_t` from `transformer/config.json`).
-    pub fn edit_latents(&self, request: &EditRequest) -> Result<Array> {
-        if request.images.is_empty() {
+    pub fn edit_latents(&self, edit: &EditRequest) -> Result<Array> {
+        let request = &edit.request;
+        if edit.images.is_empty() {
             return Err(PipelineError::Request(
                 "an edit needs at least one image".into(),
             ));
@@ -89,7 +84,7 @@ impl Pipeline {
                 self.edit.get_or_init(|| n)
             }
         };
-        let inputs = self.edit_inputs(request, &cfg, nets.as_ref())?;
+        let inputs = self.edit_inputs(&edit.images, &cfg, nets.as_ref())?;
 
         // the prompts, each with the images' tokens; the first 64 rows dropped
         let te = &cfg.text_encoder;
@@ -103,7 +98,7 @@ impl Pipeline {
                 .collect();
             let mut p =
                 PromptImages::new(&ids, pad, &inputs.grids).map_err(PipelineError::Request)?;
-            if request.positions == PromptPositions::OneDimensional {
+            if edit.positions == PromptPositions::OneDimensional {
                 p.positions = (0..ids.len()).map(|i| [i; 3]).collect();
             }
             let run = || {
@@ -206,16 +201,7 @@ impl Pipeline {
 
     /// Whether the folder's transformer is Edit-2511's (`zero_cond_t` in its config).
     fn zero_cond_t(&self) -> Result<bool> {
-        let path = self.dir.join("transformer/config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::Invalid {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| PipelineError::Invalid {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let json = read_json(&self.dir.join("transformer/config.json"))?;
         Ok(json
             .get("zero_cond_t")
             .and_then(|v| v.as_bool())
@@ -225,7 +211,7 @@ impl Pipeline {
     /// Each image through the vision path and the VAE path.
     fn edit_inputs(
         &self,
-        request: &EditRequest,
+        images: &[RgbImage],
         cfg: &qwen_graph::config::Config,
         nets: &dyn super::EditNetworks,
     ) -> Result<Inputs> {
@@ -238,7 +224,7 @@ impl Pipeline {
         let (mut embeds, mut tokens, mut grids) = (vec![], vec![], vec![]);
         let (mut references, mut reference_grids) = (vec![], vec![]);
         let bad = |i: usize, e: String| PipelineError::Request(format!("image {}: {e}", i + 1));
-        for (i, img) in request.images.iter().enumerate() {
+        for (i, img) in images.iter().enumerate() {
             let (w, h) = (img.width as usize, img.height as usize);
             let ratio = w as f64 / h.max(1) as f64;
             // the vision path
