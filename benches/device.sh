@@ -21,6 +21,9 @@
 #     sizes             SIZES ("1328 1664x928 2048"), SIZE_STEPS (20) steps, one image each: qwen, then diffusers
 #     count             --count COUNT (4) against 1 at RES (rows with count, images_per_s); the batch's 2nd PNG vs a single run
 #     gpus              qwen-run on GPU FG_GPU, then --gpus 2 on FG_GPU and BG_GPU (rows with gpus; PNGs compared)
+#     edit              an Edit-EDIT_VARIANT (2511) folder linked to the checkpoint (make_edit_folder.py, with a 1024²
+#                       input image), qwen-bench edit (load, 1 warm-up + EDITS (3) timed edits at RES), then diffusers
+#                       QwenImageEditPlusPipeline the same way (diffusers_qwen_edit.py): rows with `edit`
 #     diffusers-timing  diffusers_qwen_e2e.py, timing only (SKIP_DUMP=1): load, 1 warm-up + IMAGES images, encode, decode
 #     compare           compare_tensors.py: qwen f32 / qwen bf16 / diffusers bf16 against diffusers f32, for the
 #                       dumps that exist and have no fidelity rows yet
@@ -359,6 +362,25 @@ phase_gpus() {
         "$QA/gpus-1.png" "$QA/gpus-2.png" || say "gpus: could not compare the PNGs"
 }
 
+# Issue 14: an edit of one 1024² image at RES, STEPS steps, CFG, ours then diffusers' on the same GPU. The Edit folder
+# links every weight file of $QA/model (no second 58 GB): Edit-2509/2511 have the text-to-image shapes.
+phase_edit() {
+    mlx_env
+    need_model
+    need_bin qwen-bench
+    local v=${EDIT_VARIANT:-2511}
+    local e=$QA/edit-$v prompt=${EDIT_PROMPT:-make the sky a watercolor sunset} n=${EDITS:-3}
+    need_file $B/make_edit_folder.py $B/diffusers_qwen_edit.py "tests/fixtures/tiny-qwen-image-edit-$v/processor/preprocessor_config.json"
+    [ -f "$e/input.png" ] || python3 $B/make_edit_folder.py "$QA/model" "$e" "$v" "tests/fixtures/tiny-qwen-image-edit-$v/processor" 1024 ||
+        die "edit: could not make the Edit-$v folder"
+    say "edit: Edit-$v, $RES, $STEPS steps, cfg $CFG, one 1024² input; qwen then diffusers, 1 warm-up + $n edits each"
+    "$QA/bin/qwen-bench" edit --model "$e" --image "$e/input.png" --res "$RES" --dtype bf16 --steps "$STEPS" --cfg "$CFG" \
+        --prompt "$prompt" --negative "$NEG" --edits "$n" --gpu "$(gpu_name)" --device "$DEVICE" --out "$RESULTS" \
+        2> >(tee "$QA/edit.log" >&2) || say "edit: qwen failed"
+    EDITS=$n STEPS=$STEPS rows python3 $B/diffusers_qwen_edit.py "$e" "$CFG" "$prompt" "$NEG" "$RES" "$e/input.png" \
+        2> >(tee -a "$QA/edit.log" >&2) || { say "edit: diffusers failed"; return 1; }
+}
+
 diffusers_dump() { # DTYPE
     need_mlx
     need_model
@@ -616,6 +638,7 @@ for r in rows:
     if (r.get("width"), r.get("height")) != (1024, 1024): note = ("%sx%s " % (r.get("width"), r.get("height"))) + note
     if r.get("gpus"): note = ("gpus %d " % r["gpus"]) + note
     if r.get("count"): note = ("count %d " % r["count"]) + note
+    if r.get("edit"): note = ("edit of %d " % r["edit"]) + note
     if r.get("lightning"): note = ("lightning %s steps " % r.get("steps")) + note
     if r.get("quantize"): note = ("q%s " % r["quantize"].split(",")[0].split("=")[-1]) + note
     if r.get("memory_limit_gb"): note = ("limit %g GB " % r["memory_limit_gb"]) + note
@@ -680,7 +703,8 @@ One GPU: setup qwen-warm | qwen-cold diffusers-timing | qwen-dump diffusers-dump
 
 Open measurements (2026-11-30): issue 7 wants ours and torch.compile in one run (BG_STEPS=compile with
 qwen-warm: call 1 above, then bg-wait); issue 12: SIZES=2048 sizes, then count (the batch of N with CFG);
-issue 11: gpus (two GPUs, nothing in the background). On one H200 (64 GiB disk, 128 GiB of host memory)
+issue 11: gpus (two GPUs, nothing in the background); issue 14: edit (after setup: ~5 min, one GPU; the
+edit folder links the checkpoint's files). On one H200 (64 GiB disk, 128 GiB of host memory)
 cold runs are slower in a fresh machine's first process (its page cache fills): run qwen-cold twice.
 EOF
 }
@@ -704,6 +728,7 @@ run_phase() { # NAME [ARG]
     sizes) phase_sizes ;;
     gpus) phase_gpus ;;
     count) phase_count ;;
+    edit) phase_edit ;;
     diffusers-timing) phase_diffusers_timing ;;
     diffusers-dump-f32) diffusers_dump f32 ;;
     diffusers-dump-bf16) diffusers_dump bf16 ;;
@@ -748,7 +773,7 @@ while [ $# -gt 0 ]; do
             shift
         else todo+=("bg-wait:420"); fi
         ;;
-    setup | bg-start | bg-status | qwen-warm | qwen-cold | qwen-memory | lightning | sizes | count | gpus | qwen-dump-f32 | qwen-dump-bf16 | \
+    setup | bg-start | bg-status | qwen-warm | qwen-cold | qwen-memory | lightning | sizes | count | gpus | edit | qwen-dump-f32 | qwen-dump-bf16 | \
         qwen-dump-q8 | qwen-dump-q4 | diffusers-timing | \
         diffusers-dump-f32 | diffusers-dump-bf16 | compile | compare | table) todo+=("$1") ;;
     *) die "unknown phase $1 (setup bg-start bg-wait [S] bg-status qwen-warm qwen-cold diffusers-timing compare table plan; $BG_KNOWN; groups qwen qwen-dump diffusers diffusers-dump)" ;;

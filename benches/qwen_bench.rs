@@ -4,6 +4,8 @@
 //!   images in the same process, and appends one JSON line per measurement to `--out` (the
 //!   schema of `benches/README.md`: `load`, then per image `image`, `step`, `encode`,
 //!   `denoise`, `decode`), printing each line too.
+//! - `edit`: as `warm`, for edits (`Pipeline::edit_latents_with` and the decode) of the given
+//!   images: rows `load`, then per timed edit `edit` and `step`.
 //! - `dump`: from given packed initial latents, writes the tensors `diffusers_qwen_e2e.py`
 //!   writes (`prompt_emb`, `negative_emb`, `latents_N` for each N, `decoded` of the last N),
 //!   so that `compare_tensors.py` can judge them.
@@ -41,6 +43,8 @@ enum Command {
     Warm(WarmArgs),
     /// Prompt embeddings, latents after N steps from given latents, decoded image (safetensors).
     Dump(DumpArgs),
+    /// One process, one load, a warm-up edit, then N timed edits of the same images (JSON lines).
+    Edit(EditArgs),
     /// How fast a file's tensors reach the GPU, several ways (JSON lines on stdout).
     LoadProbe(LoadProbeArgs),
 }
@@ -156,6 +160,40 @@ struct WarmArgs {
 }
 
 #[derive(Debug, Args)]
+struct EditArgs {
+    #[command(flatten)]
+    common: Common,
+
+    /// An input image (PNG), in the prompt's order; repeat for several.
+    #[arg(long = "image", value_name = "PNG", required = true)]
+    images: Vec<PathBuf>,
+
+    /// Compute dtype (weights are converted at load).
+    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
+    dtype: DtypeArg,
+
+    /// Denoising steps per edit.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+
+    /// Timed edits (after the warm-up one).
+    #[arg(long, default_value_t = 3)]
+    edits: usize,
+
+    /// Seed of the first timed edit (edit i uses seed + i; the warm-up seed + 1000).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// JSON lines file the rows are appended to.
+    #[arg(long, value_name = "FILE.jsonl")]
+    out: PathBuf,
+
+    /// The `gpu` field of every row (e.g. "NVIDIA H200").
+    #[arg(long, default_value = "unknown")]
+    gpu: String,
+}
+
+#[derive(Debug, Args)]
 struct DumpArgs {
     #[command(flatten)]
     common: Common,
@@ -186,6 +224,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Warm(args) => warm(args),
         Command::Dump(args) => dump(args),
+        Command::Edit(args) => edit(args),
         Command::LoadProbe(args) => load_probe(args),
     };
     match result {
@@ -199,6 +238,11 @@ fn main() -> ExitCode {
 
 /// Picks the device (stderr says which) and opens the pipeline.
 fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
+    open_for(common, dtype, false)
+}
+
+/// [`open`], for edits (`Options::edit`) or generations.
+fn open_for(common: &Common, dtype: DtypeArg, edit: bool) -> Result<Pipeline> {
     let chosen = common.device.choose()?;
     chosen.set_default();
     eprintln!("device: {}", chosen.name);
@@ -211,6 +255,7 @@ fn open(common: &Common, dtype: DtypeArg) -> Result<Pipeline> {
         loras: common.lora.clone(),
         lightning: common.lightning,
         negative_pass: common.cfg > 1.0,
+        edit,
         ..Options::default()
     };
     let pipeline = Pipeline::open(qwen::model_dir::resolve(&common.model)?, &options)
@@ -329,27 +374,13 @@ fn warm(args: &WarmArgs) -> Result<()> {
     let start = Instant::now();
     let pipeline = open(c, args.dtype)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
-    let r = pipeline.resolution();
     let mut rows = Rows::open(
         &args.out,
-        vec![
-            ("system", "qwen-aot".into()),
-            ("gpu", args.gpu.clone().into()),
-            ("width", r.width.into()),
-            ("height", r.height.into()),
-            ("steps", args.steps.into()),
-            ("cfg", f64::from(c.cfg).into()),
-            ("dtype", args.dtype.name().into()),
-            (
-                "memory_limit_gb",
-                c.memory_limit.map(|g| round(g, 2)).into(),
-            ),
-            ("quantize", quantization(c)?.map(|q| q.describe()).into()),
-        ]
-        .into_iter()
-        .chain((!c.lora.is_empty()).then(|| ("lora", lora_names(&c.lora))))
-        .chain(c.lightning.then(|| ("lightning", true.into())))
-        .collect(),
+        base_fields(c, &pipeline, &args.gpu, args.steps, args.dtype)?
+            .into_iter()
+            .chain((!c.lora.is_empty()).then(|| ("lora", lora_names(&c.lora))))
+            .chain(c.lightning.then(|| ("lightning", true.into())))
+            .collect(),
     )?;
     let opened = pipeline.open_timings();
     rows.push(
@@ -432,6 +463,120 @@ fn warm(args: &WarmArgs) -> Result<()> {
             ("decode", t.decode),
         ] {
             rows.push(what, s * 1e3, peak, std::slice::from_ref(&run))?;
+        }
+    }
+    Ok(())
+}
+
+/// The fields every row of a measurement starts with.
+fn base_fields(
+    c: &Common,
+    pipeline: &Pipeline,
+    gpu: &str,
+    steps: usize,
+    dtype: DtypeArg,
+) -> Result<Vec<(&'static str, Value)>> {
+    let r = pipeline.resolution();
+    Ok(vec![
+        ("system", "qwen-aot".into()),
+        ("gpu", gpu.into()),
+        ("width", r.width.into()),
+        ("height", r.height.into()),
+        ("steps", steps.into()),
+        ("cfg", f64::from(c.cfg).into()),
+        ("dtype", dtype.name().into()),
+        (
+            "memory_limit_gb",
+            c.memory_limit.map(|g| round(g, 2)).into(),
+        ),
+        ("quantize", quantization(c)?.map(|q| q.describe()).into()),
+    ])
+}
+
+/// `edit`: rows `load`, then per timed edit `edit` (the images read to the decoded image:
+/// the vision and VAE paths, the prompts, every step, the decode), `step` (median of its
+/// steps, `mean_ms` beside it), with the field `edit` = the input images' count.
+fn edit(args: &EditArgs) -> Result<()> {
+    use qwen::pipeline::{EditRequest, PromptPositions};
+    let c = &args.common;
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    if !c.lora.is_empty() || c.quantize.is_some() || c.lightning {
+        bail!("edit: --lora, --quantize and --lightning are for generations");
+    }
+    let images = args
+        .images
+        .iter()
+        .map(qwen_runtime::RgbImage::read_png)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    memory::reset_peak_memory().context("resetting MLX's peak memory")?;
+    let start = Instant::now();
+    let pipeline = open_for(c, args.dtype, true)?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut base = base_fields(c, &pipeline, &args.gpu, args.steps, args.dtype)?;
+    base.push(("edit", images.len().into()));
+    let mut rows = Rows::open(&args.out, base)?;
+    let opened = pipeline.open_timings();
+    rows.push(
+        "load",
+        load_ms,
+        peak_gb()?,
+        &[
+            ("module", pipeline.variant().name().into()),
+            ("weights_ms", round(opened.weights * 1000.0, 1).into()),
+            (
+                "kernels_ms",
+                opened.kernels.map(|k| round(k * 1000.0, 1)).into(),
+            ),
+        ],
+    )?;
+    let request = |seed: u64| EditRequest {
+        request: Request {
+            prompt: c.prompt.clone(),
+            negative_prompt: Some(c.negative.clone()),
+            steps: args.steps,
+            cfg_scale: c.cfg,
+            seed,
+            latents: None,
+        },
+        images: images.clone(),
+        positions: PromptPositions::OneDimensional,
+    };
+    let run = |seed: u64, stamps: &mut Vec<Instant>| -> Result<()> {
+        let latents = pipeline.edit_latents_with(&request(seed), &mut |event| {
+            if let Event::Step { .. } = event {
+                stamps.push(Instant::now())
+            }
+        })?;
+        let decoded = pipeline.decode(&latents)?;
+        mlx_rs::transforms::eval([&decoded]).context("decoding")?;
+        Ok(())
+    };
+    let start = Instant::now();
+    run(args.seed + 1000, &mut vec![])?;
+    eprintln!(
+        "warm-up edit: {:.2} s (not recorded; it loads the edit networks)",
+        start.elapsed().as_secs_f64()
+    );
+    for i in 0..args.edits {
+        memory::reset_peak_memory().context("resetting MLX's peak memory")?;
+        let mut stamps = Vec::with_capacity(args.steps);
+        let start = Instant::now();
+        run(args.seed + i as u64, &mut stamps)?;
+        let edit_ms = start.elapsed().as_secs_f64() * 1e3;
+        let peak = peak_gb()?;
+        let steps: Vec<f64> = stamps
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+            .collect();
+        let run = ("run", Value::from(i));
+        let rss = ("rss_gb", rss_hwm_gb().map(|g| round(g, 2)).into());
+        rows.push("edit", edit_ms, peak, &[run.clone(), rss])?;
+        let mean = steps.iter().sum::<f64>() / steps.len().max(1) as f64;
+        let mean = ("mean_ms", round(mean, 2).into());
+        if let Some(step) = median(steps) {
+            rows.push("step", step, peak, &[run, mean])?;
         }
     }
     Ok(())

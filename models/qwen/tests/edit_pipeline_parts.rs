@@ -187,6 +187,7 @@ fn edits_match_the_pipeline() {
             &Options {
                 resolution: Some("96x64".parse().unwrap()),
                 dtype: Dtype::Float32,
+                edit: true,
                 ..Default::default()
             },
         )
@@ -205,5 +206,30 @@ fn edits_match_the_pipeline() {
         let e = rel_err(&ours, &theirs);
         println!("{run}: final latents rel err {e:.3e}");
         assert!(e <= 1e-4, "{run}: {e:.3e}");
+    }
+}
+
+/// A pipeline opened for edits loads none of the text-to-image networks (the edit loads its
+/// own on the first edit); one opened for generations loads them all where they fit.
+#[test]
+fn an_edit_pipeline_loads_no_text_to_image_network_at_open() {
+    use qwen::pipeline::{Network, Options, Pipeline};
+    let open = |edit: bool| {
+        Pipeline::open(
+            fixture("tiny-qwen-image-edit-2511"),
+            &Options {
+                resolution: Some("96x64".parse().unwrap()),
+                dtype: Dtype::Float32,
+                edit,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .loaded_networks()
+    };
+    assert_eq!(open(true), Vec::<Network>::new());
+    let all = open(false);
+    for n in [Network::TextEncoder, Network::Modulation, Network::Denoiser] {
+        assert!(all.contains(&n), "{n:?} not loaded: {all:?}");
     }
 }

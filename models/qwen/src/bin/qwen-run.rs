@@ -424,6 +424,7 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
         &Options {
             resolution: Some(res),
             dtype: dtype.mlx(),
+            edit: true,
             ..Options::default()
         },
     )?;
@@ -451,7 +452,20 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
             PositionsArg::Multimodal => PromptPositions::Multimodal,
         },
     };
-    let latents = pipeline.edit_latents(&request)?;
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("edit {bar:30} {pos}/{len} steps [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let latents = pipeline.edit_latents_with(&request, &mut |event| match event {
+        Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
+        Event::Step { done, total } => {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    });
+    bar.finish_and_clear();
+    let latents = latents?;
     let decoded = pipeline.decode(&latents)?;
     let image = qwen_runtime::RgbImage::from_array(&decoded)?;
     println!("edit: {:.2} s", start.elapsed().as_secs_f64());
@@ -574,6 +588,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         // a rank runs one CFG half: one text per call
         negative_pass: cfg > 1.0 && rank.is_none(),
         vae_tiling: args.vae_tiling.mode(),
+        edit: false,
     };
     let pipeline = Pipeline::open(&model, &options)?;
     let r = pipeline.resolution();

@@ -12,7 +12,7 @@ use qwen_runtime::RgbImage;
 
 use super::config::read_json;
 use super::{edit_token_ids, EDIT_TEMPLATE_DROP, IMAGE_PAD};
-use super::{mlx, Network, Pipeline, PipelineError, Request, Result};
+use super::{mlx, Event, Network, Pipeline, PipelineError, Request, Result};
 use crate::edit::{area_size, smart_resize, CONDITION_AREA, VAE_AREA};
 use crate::vision::{image_patches, PromptImages, VisionGrid, VisionLayout};
 
@@ -61,6 +61,15 @@ impl Pipeline {
     /// pipeline's size, through the shared module's edit networks (loaded on the first edit;
     /// Edit-2511's `zero_cond_t` from `transformer/config.json`).
     pub fn edit_latents(&self, edit: &EditRequest) -> Result<Array> {
+        self.edit_latents_with(edit, &mut |_| {})
+    }
+
+    /// [`Pipeline::edit_latents`], telling `on_event` of each finished step.
+    pub fn edit_latents_with(
+        &self,
+        edit: &EditRequest,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Array> {
         let request = &edit.request;
         if edit.images.is_empty() {
             return Err(PipelineError::Request(
@@ -195,6 +204,10 @@ impl Pipeline {
                 Ok(next)
             };
             x = step().map_err(mlx("running the edit transformer"))?;
+            on_event(Event::Step {
+                done: i + 1,
+                total: schedule.steps(),
+            });
         }
         x.as_dtype(Dtype::Float32).map_err(mlx("casting"))
     }

@@ -286,6 +286,11 @@ impl Pipeline {
         self.sizes
     }
 
+    /// The networks loaded now, in the order they would be freed.
+    pub fn loaded_networks(&self) -> Vec<Network> {
+        self.loaded.borrow().loaded()
+    }
+
     /// Where [`Pipeline::open`]'s time went.
     pub fn open_timings(&self) -> super::OpenTimings {
         self.open_timings

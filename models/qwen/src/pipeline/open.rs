@@ -50,6 +50,10 @@ pub struct Options {
     /// Tiled VAE decoding (diffusers' tiles and blending): always, never, or when the
     /// untiled decode would not fit the memory budget ([`super::memory`]).
     pub vae_tiling: VaeTiling,
+    /// The pipeline runs edits ([`Pipeline::edit_latents`]): none of the text-to-image
+    /// networks (text encoder, denoiser) load at open; the edit networks load on the first
+    /// edit.
+    pub edit: bool,
 }
 
 /// When the VAE decodes in tiles.
@@ -75,6 +79,7 @@ impl Default for Options {
             lightning: false,
             negative_pass: true,
             vae_tiling: VaeTiling::Auto,
+            edit: false,
         }
     }
 }
@@ -231,7 +236,7 @@ impl Pipeline {
                 stored_group.map(|g| (&tr, g)),
             )
         };
-        let all = load_at_open(&sizes, budget);
+        let all = !options.edit && load_at_open(&sizes, budget);
         let mut timings = OpenTimings {
             kernels_beside: compiling.is_some(),
             ..OpenTimings::default()

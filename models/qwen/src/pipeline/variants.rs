@@ -263,12 +263,21 @@ macro_rules! variant {
                     dtype: Dtype,
                     zero_cond: bool,
                 ) -> Result<Box<dyn EditNetworks>> {
-                    let tower = loaded("text_encoder", || m::VisionTowerWeights::load(te, "", dtype), m::VisionTowerWeights::arrays)?;
-                    let lm = loaded("text_encoder", || m::TextEncoderWithImagesWeights::load(te, "", dtype), m::TextEncoderWithImagesWeights::arrays)?;
+                    // staged as the text-to-image networks are (copies made ahead on other
+                    // threads, each tensor in GPU memory when its layer is evaluated)
+                    macro_rules! staged {
+                        ($component:literal, $ck:expr, $w:ty) => {{
+                            let ck: &Checkpoint = $ck;
+                            let order = staging_order(ck, &<$w>::specs(""));
+                            loaded($component, || ck.staged_with(Staging::default(), &order, |get| <$w>::load_with(&mut |k| Ok(resident(get(k)?, dtype)?), "", dtype)), <$w>::arrays)?
+                        }};
+                    }
+                    let tower = staged!("text_encoder", te, m::VisionTowerWeights);
+                    let lm = staged!("text_encoder", te, m::TextEncoderWithImagesWeights);
                     let transformer = if zero_cond {
-                        EditTr::ZeroCond(loaded("transformer", || m::EditTransformerZeroCondWeights::load(tr, "", dtype), m::EditTransformerZeroCondWeights::arrays)?)
+                        EditTr::ZeroCond(staged!("transformer", tr, m::EditTransformerZeroCondWeights))
                     } else {
-                        EditTr::Plain(loaded("transformer", || m::EditTransformerWeights::load(tr, "", dtype), m::EditTransformerWeights::arrays)?)
+                        EditTr::Plain(staged!("transformer", tr, m::EditTransformerWeights))
                     };
                     Ok(Box::new(Edit { tower, lm, transformer }))
                 }
