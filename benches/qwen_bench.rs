@@ -502,9 +502,6 @@ fn edit(args: &EditArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    if !c.lora.is_empty() || c.quantize.is_some() || c.lightning {
-        bail!("edit: --lora, --quantize and --lightning are for generations");
-    }
     let images = args
         .images
         .iter()

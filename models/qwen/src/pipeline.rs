@@ -72,8 +72,9 @@ pub use prompt::{
     TOKENIZER_MAX_LENGTH,
 };
 pub use variant::{
-    find_one_text_variant, find_variant, variant_by_name, Decoder, Denoiser, EditNetworks,
-    ImageEncoder, ModulationTable, Modulator, Step, TextEncoder, Variant, VARIANTS,
+    find_one_text_variant, find_variant, variant_by_name, Decoder, Denoiser, EditDenoiser,
+    EditEncoder, EditModulation, EditText, ImageEncoder, ModulationTable, Modulator, Step,
+    TextEncoder, Variant, VARIANTS,
 };
 
 /// An opened model: checked, the VAE loaded, the other networks loaded as [`memory`]'s rule
@@ -108,8 +109,21 @@ pub struct Pipeline {
     open_timings: OpenTimings,
     /// The VAE encoder, loaded by the first [`Pipeline::encode_image`].
     image_encoder: std::cell::OnceCell<Box<dyn ImageEncoder>>,
-    /// The networks of an edit, loaded by the first [`Pipeline::edit_latents`].
-    edit: std::cell::OnceCell<Box<dyn EditNetworks>>,
+    /// What the pipeline was opened for: which networks the text encoder's and the
+    /// denoiser's places in [`memory`]'s rule hold.
+    purpose: Purpose,
+}
+
+/// What a pipeline runs ([`Options::edit`]): generations, or edits (the text encoder's place
+/// then holds the vision tower and the text encoder with images, the denoiser's the edit
+/// transformer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Generate,
+    /// Edit-2509, or Edit-2511 with `zero_cond_t` (from `transformer/config.json`).
+    Edit {
+        zero_cond: bool,
+    },
 }
 
 /// The opened (memory-mapped, checked) checkpoints networks are loaded from.
@@ -130,6 +144,22 @@ impl fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
+    /// An error unless the pipeline was opened for generations.
+    fn for_generations(&self) -> Result<()> {
+        match self.purpose {
+            Purpose::Generate => Ok(()),
+            Purpose::Edit { .. } => Err(PipelineError::Request(
+                "this pipeline was opened for edits (Options::edit): open it without to generate"
+                    .into(),
+            )),
+        }
+    }
+
+    /// What the pipeline was opened for.
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+
     /// The generated module in use.
     pub fn variant(&self) -> &'static dyn Variant {
         self.variant

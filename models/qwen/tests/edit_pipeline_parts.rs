@@ -165,21 +165,32 @@ fn edits_match_the_pipeline() {
             pixels: a.as_slice::<f32>().iter().map(|v| *v as u8).collect(),
         }
     };
-    for (folder, run, images) in [
+    // (folder, reference run, images, memory limit): the last run again with 1 MB, where each
+    // stage holds only its own network
+    for (folder, run, images, limit) in [
         (
             "tiny-qwen-image-edit-2509",
             "2509.one",
             vec![image("input.image1")],
+            None,
         ),
         (
             "tiny-qwen-image-edit-2509",
             "2509.two",
             vec![image("input.image1"), image("input.image2")],
+            None,
         ),
         (
             "tiny-qwen-image-edit-2511",
             "2511.one",
             vec![image("input.image1")],
+            None,
+        ),
+        (
+            "tiny-qwen-image-edit-2511",
+            "2511.one",
+            vec![image("input.image1")],
+            Some(1_000_000),
         ),
     ] {
         let p = Pipeline::open(
@@ -188,6 +199,7 @@ fn edits_match_the_pipeline() {
                 resolution: Some("96x64".parse().unwrap()),
                 dtype: Dtype::Float32,
                 edit: true,
+                memory_limit: limit,
                 ..Default::default()
             },
         )
@@ -204,19 +216,28 @@ fn edits_match_the_pipeline() {
         let ours = p.edit_latents(&request).unwrap();
         let theirs = r.array(&format!("{run}.output.latents")).unwrap();
         let e = rel_err(&ours, &theirs);
-        println!("{run}: final latents rel err {e:.3e}");
+        println!("{run} (memory limit {limit:?}): final latents rel err {e:.3e}");
         assert!(e <= 1e-4, "{run}: {e:.3e}");
+        if limit.is_some() {
+            // the encoders and the modulation were freed for the edit transformer
+            assert_eq!(p.loaded_networks(), [qwen::pipeline::Network::Denoiser]);
+        }
     }
 }
 
-/// A pipeline opened for edits loads none of the text-to-image networks (the edit loads its
-/// own on the first edit); one opened for generations loads them all where they fit.
+/// A pipeline opened for edits holds the edit networks in the memory rule's places: Edit-2511's
+/// `zero_cond_t` is read at open, the text encoder's place holds the vision tower beside the
+/// language model (more bytes than the text-only encoder), everything loads at open where it
+/// fits; it refuses generations, and a pipeline opened for generations refuses edits, each
+/// with an error that says why.
 #[test]
-fn an_edit_pipeline_loads_no_text_to_image_network_at_open() {
-    use qwen::pipeline::{Network, Options, Pipeline};
-    let open = |edit: bool| {
+fn edit_pipelines_hold_the_edit_networks_in_the_rule() {
+    use qwen::pipeline::{
+        EditRequest, Network, Options, Pipeline, PipelineError, PromptPositions, Purpose, Request,
+    };
+    let open = |folder: &str, edit: bool| {
         Pipeline::open(
-            fixture("tiny-qwen-image-edit-2511"),
+            fixture(folder),
             &Options {
                 resolution: Some("96x64".parse().unwrap()),
                 dtype: Dtype::Float32,
@@ -225,11 +246,42 @@ fn an_edit_pipeline_loads_no_text_to_image_network_at_open() {
             },
         )
         .unwrap()
-        .loaded_networks()
     };
-    assert_eq!(open(true), Vec::<Network>::new());
-    let all = open(false);
-    for n in [Network::TextEncoder, Network::Modulation, Network::Denoiser] {
-        assert!(all.contains(&n), "{n:?} not loaded: {all:?}");
+    let edit = open("tiny-qwen-image-edit-2511", true);
+    assert_eq!(edit.purpose(), Purpose::Edit { zero_cond: true });
+    assert_eq!(
+        open("tiny-qwen-image-edit-2509", true).purpose(),
+        Purpose::Edit { zero_cond: false }
+    );
+    let generate = open("tiny-qwen-image-edit-2511", false);
+    assert_eq!(generate.purpose(), Purpose::Generate);
+    let (e, g) = (edit.memory_sizes(), generate.memory_sizes());
+    assert!(e.text_encoder > g.text_encoder, "{e:?} vs {g:?}");
+    assert!(e.denoise_work > g.denoise_work, "{e:?} vs {g:?}");
+    for p in [&edit, &generate] {
+        let loaded = p.loaded_networks();
+        for n in [Network::TextEncoder, Network::Modulation, Network::Denoiser] {
+            assert!(loaded.contains(&n), "{n:?} not loaded: {loaded:?}");
+        }
     }
+
+    let refused = edit.generate(&Request::new("a fox"), &mut |_| {});
+    assert!(
+        matches!(&refused, Err(PipelineError::Request(m)) if m.contains("opened for edits")),
+        "{refused:?}"
+    );
+    let request = EditRequest {
+        request: Request::new("make it blue"),
+        images: vec![qwen_runtime::RgbImage {
+            width: 32,
+            height: 32,
+            pixels: vec![128; 32 * 32 * 3],
+        }],
+        positions: PromptPositions::OneDimensional,
+    };
+    let refused = generate.edit_latents(&request);
+    assert!(
+        matches!(&refused, Err(PipelineError::Request(m)) if m.contains("opened for generations")),
+        "{refused:?}"
+    );
 }

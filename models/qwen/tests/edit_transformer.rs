@@ -155,3 +155,73 @@ fn edit_transformer_zero_cond_matches_diffusers() {
     assert!(e <= 1e-4, "{e:.3e}");
     assert!(rel_err(&v, &r.array("velocity").unwrap()) > 1e-3);
 }
+
+/// The edit transformer of both CFG halves in one call (the shared module's
+/// `edit_transformer_cfg` / `edit_transformer_zero_cond_cfg`, loaded for a joint-CFG module)
+/// gives the velocities of two calls of the one-text kind (loaded for a module of one text per
+/// call): the prompt's and the negative prompt's (texts of 7 and 4 rows, each with its own
+/// RoPE tables), a reference in the image stream, Edit-2509 and Edit-2511; without a negative
+/// prompt, the prompt's alone.
+#[test]
+fn joint_cfg_edit_transformer_is_two_one_text_calls() {
+    use qwen::pipeline::{variant_by_name, EditDenoiser, EditModulation};
+    use qwen_runtime::__private::mlx_rs::{random, Dtype};
+    use qwen_runtime::lora::Loras;
+    use qwen_runtime::quant::Dense;
+    use qwen_runtime::weights::Staging;
+    let ck = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
+    let (one, joint) = (
+        variant_by_name("res96x64_tiny").unwrap(),
+        variant_by_name("res96x64_tiny_split").unwrap(),
+    );
+    let loras = Loras::default();
+    let (f32_, s) = (Dtype::Float32, Staging::default());
+    let modulation = one.load_modulation(&ck, s, f32_, &Dense, &loras).unwrap();
+    let table = modulation
+        .table(&Array::from_slice(&[0.9f32, 0.6], &[2]))
+        .unwrap();
+    let zero = modulation
+        .table(&Array::from_slice(&[0.0f32], &[1]))
+        .unwrap();
+    let normal = |seed: u64, shape: &[i32]| {
+        let k = random::key(seed).unwrap();
+        random::normal::<f32>(shape, None, None, &k).unwrap()
+    };
+    // 24 generated tokens (4×6), then a 3×5 reference's 15
+    let x = normal(0, &[1, 39, 64]);
+    let (c, u) = (normal(1, &[1, 7, 32]), normal(2, &[1, 4, 32]));
+    let images = [(1, 4, 6), (1, 3, 5)];
+    let (rc, ru) = (
+        qwen_image_rope(AXES, 10000.0, &images, 7).unwrap(),
+        qwen_image_rope(AXES, 10000.0, &images, 4).unwrap(),
+    );
+    for zero_cond in [false, true] {
+        let load = |v: &dyn qwen::pipeline::Variant| {
+            v.load_edit_denoiser(&ck, s, f32_, &Dense, &loras, zero_cond)
+                .unwrap()
+        };
+        let (a, b) = (load(one), load(joint));
+        assert!(!a.joint_cfg() && b.joint_cfg());
+        let refs = zero_cond.then_some(&zero);
+        let run = |d: &dyn EditDenoiser, uncond| {
+            let m = EditModulation {
+                table: &table,
+                step: 1,
+                refs,
+            };
+            d.velocities(&x, (&c, &rc), uncond, m, (24, 15)).unwrap()
+        };
+        let (va, ua) = run(a.as_ref(), Some((&u, &ru)));
+        let (vb, ub) = run(b.as_ref(), Some((&u, &ru)));
+        let (ua, ub) = (ua.unwrap(), ub.unwrap());
+        assert_eq!(vb.shape(), &[1, 24, 64]);
+        let (ec, eu) = (rel_err(&vb, &va), rel_err(&ub, &ua));
+        println!("zero_cond {zero_cond}: joint vs two calls: cond {ec:.3e}, uncond {eu:.3e}");
+        assert!(ec <= 1e-5 && eu <= 1e-5, "{ec:.3e} {eu:.3e}");
+        // the halves differ: each had its own text
+        assert!(rel_err(&ua, &va) > 1e-2);
+        let (alone, none) = run(b.as_ref(), None);
+        assert!(none.is_none());
+        assert!(rel_err(&alone, &va) <= 1e-5);
+    }
+}

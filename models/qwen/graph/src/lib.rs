@@ -211,13 +211,25 @@ pub fn build_shared(config: ConfigName) -> Result<Built, BuildError> {
     for (ci, co) in resblocks {
         graphs.push(vae::residual_block(&vae::resblock_name(ci, co), ci, co)?);
     }
-    let graphs = graphs
+    let mut graphs = graphs
         .iter()
         .map(|g| passes::run(g, &pc))
         .collect::<Result<Vec<_>, _>>()?;
+    // the edit transformers again with both CFG halves in one call
+    let pc_cfg = PassConfig {
+        cfg: CfgJoin::SplitHalves,
+        cfg_symbols: cfg_symbols(),
+        ..pc
+    };
+    for g in [
+        transformer::edit_transformer_cfg(&cfg.transformer)?,
+        transformer::edit_transformer_zero_cond_cfg(&cfg.transformer)?,
+    ] {
+        graphs.push(passes::run(&g, &pc_cfg)?);
+    }
     Ok(Built {
         title: format!(
-            "the resolution-independent parts (text encoder, with and without images, timestep modulation, the edit transformer, VAE encoder, vision tower, VAE residual blocks), config = {}",
+            "the resolution-independent parts (text encoder, with and without images, timestep modulation, the edit transformer, one text per call and both CFG halves in one, VAE encoder, vision tower, VAE residual blocks), config = {}",
             config_name(config)
         ),
         consts: vec![],
@@ -300,7 +312,9 @@ mod tests {
                 "vae_resblock_16_32",
                 "vae_resblock_32_32",
                 "vae_resblock_32_64",
-                "vae_resblock_64_64"
+                "vae_resblock_64_64",
+                "edit_transformer_cfg",
+                "edit_transformer_zero_cond_cfg"
             ]
         );
     }
@@ -355,6 +369,43 @@ mod tests {
             vae.ty(vae.outputs[0].1).shape.to_string(),
             "[B, 928, 1664, 3]"
         );
+    }
+
+    /// The shared module's joint-CFG edit transformers: the image stream (references too) at
+    /// batch 2N, a RoPE text table per half, one unmasked attention per half in each block,
+    /// and the same checkpoint tensors as the one-text kind.
+    #[test]
+    fn joint_cfg_edit_transformers_split_the_halves() {
+        let s = build_shared(ConfigName::Tiny).unwrap();
+        let g = |n: &str| s.graphs.iter().find(|g| g.name == n).unwrap();
+        for (one, joint) in [
+            ("edit_transformer", "edit_transformer_cfg"),
+            (
+                "edit_transformer_zero_cond",
+                "edit_transformer_zero_cond_cfg",
+            ),
+        ] {
+            let (o, j) = (g(one), g(joint));
+            assert_eq!(j.inputs[0].ty.shape.to_string(), "[2*N, L_out+L_ref, 64]");
+            let names: Vec<&str> = j.inputs.iter().map(|i| i.name.as_str()).collect();
+            for n in ["txt_cos_0", "txt_cos_1", "txt_sin_0", "txt_sin_1"] {
+                assert!(names.contains(&n), "{joint}: no {n} in {names:?}");
+            }
+            let block = j.blocks.values().next().unwrap();
+            assert_eq!(block.count_op("sdpa"), 2, "{joint}");
+            let keys = |g: &Graph| {
+                let mut k: Vec<String> = g
+                    .weights
+                    .iter()
+                    .chain(g.blocks.values().flat_map(|b| b.weights.iter()))
+                    .flat_map(|w| w.stored())
+                    .map(|p| p.key.to_string())
+                    .collect();
+                k.sort();
+                k
+            };
+            assert_eq!(keys(o), keys(j), "{joint}");
+        }
     }
 
     /// The real encoder reads the spec's keys (§4.4: the flat `down_blocks` list with the

@@ -424,9 +424,37 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
 // hidden_states: [B, L_out + L_ref, 64] (the references' L_ref tokens after the generated
 // image's L_out) -> [B, L_out, 64]
 pub fn edit_transformer(c: &TransformerConfig) -> Result<Graph> {
+    edit_graph(c, "edit_transformer", "edit_dual_stream_block", false)
+}
+
+/// [`edit_transformer`] under names of its own, for the `cfg_batch` pass to split into both
+/// CFG halves in one call (each half's text unpadded; the image stream, references included,
+/// at batch 2N).
+pub fn edit_transformer_cfg(c: &TransformerConfig) -> Result<Graph> {
+    edit_graph(
+        c,
+        "edit_transformer_cfg",
+        "edit_cfg_dual_stream_block",
+        false,
+    )
+}
+
+/// [`edit_transformer_zero_cond`] under names of its own, for the `cfg_batch` pass (as
+/// [`edit_transformer_cfg`]).
+pub fn edit_transformer_zero_cond_cfg(c: &TransformerConfig) -> Result<Graph> {
+    edit_graph(
+        c,
+        "edit_transformer_zero_cond_cfg",
+        "edit_zero_cond_cfg_dual_stream_block",
+        true,
+    )
+}
+
+/// An edit transformer graph named `name` around a block named `block`.
+fn edit_graph(c: &TransformerConfig, name: &str, block: &str, zero_cond: bool) -> Result<Graph> {
     let seq = Dim::sym("L_out").add(&Dim::sym("L_ref"));
-    let block = dual_stream_block_with(c, "edit_dual_stream_block", seq, false)?;
-    transformer_with(c, "edit_transformer", block, true, false)
+    let block = dual_stream_block_with(c, block, seq, zero_cond)?;
+    transformer_with(c, name, block, true, zero_cond)
 }
 
 /// [`edit_transformer`] with Edit-2511's `zero_cond_t`: the references' image tokens take
@@ -435,9 +463,12 @@ pub fn edit_transformer(c: &TransformerConfig) -> Result<Graph> {
 /// output norm the step's.
 // as edit_transformer, plus img_mod_refs: [num_layers, B, 6D]
 pub fn edit_transformer_zero_cond(c: &TransformerConfig) -> Result<Graph> {
-    let seq = Dim::sym("L_out").add(&Dim::sym("L_ref"));
-    let block = dual_stream_block_with(c, "edit_zero_cond_dual_stream_block", seq, true)?;
-    transformer_with(c, "edit_transformer_zero_cond", block, true, true)
+    edit_graph(
+        c,
+        "edit_transformer_zero_cond",
+        "edit_zero_cond_dual_stream_block",
+        true,
+    )
 }
 
 fn transformer_with(

@@ -232,6 +232,18 @@ struct EditArgs {
     /// transformers 5 computes them) or `multimodal` (the model's own, per image grid).
     #[arg(long, value_enum, default_value = "reference")]
     positions: PositionsArg,
+    /// GPU memory the edit may use, in GB, as for a generation: the encoders, the modulation
+    /// and the edit transformer each loaded for their stage where they do not fit together.
+    #[arg(long, value_name = "GB")]
+    memory_limit: Option<f64>,
+    /// Quantize the edit transformer's linear layers at load to 8 or 4 bits, as for a
+    /// generation (or give a folder `qwen-run quantize` wrote).
+    #[arg(long, value_name = "BITS")]
+    quantize: Option<qwen::quantize::Quantization>,
+    /// A LoRA adapter fused into the edit transformer at load, `FILE` or `FILE:SCALE`;
+    /// repeatable.
+    #[arg(long, value_name = "FILE[:SCALE]", value_parser = qwen::cli::parse_lora)]
+    lora: Vec<(PathBuf, f32)>,
     #[arg(long, short, default_value = "edit.png")]
     output: PathBuf,
 }
@@ -424,6 +436,9 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
         &Options {
             resolution: Some(res),
             dtype: dtype.mlx(),
+            memory_limit: memory_limit_bytes(args.memory_limit)?,
+            quantize: args.quantize.clone(),
+            loras: args.lora.clone(),
             edit: true,
             ..Options::default()
         },
@@ -469,6 +484,9 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
     let decoded = pipeline.decode(&latents)?;
     let image = qwen_runtime::RgbImage::from_array(&decoded)?;
     println!("edit: {:.2} s", start.elapsed().as_secs_f64());
+    if let Ok(peak) = mlx_rs::memory::peak_memory() {
+        println!("peak memory: {:.2} GB", peak as f64 / 1e9);
+    }
     let meta = pipeline.metadata(&request.request);
     let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     image
@@ -476,6 +494,20 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!("wrote {}", args.output.display());
     Ok(())
+}
+
+/// `--memory-limit` in bytes.
+fn memory_limit_bytes(gb: Option<f64>) -> Result<Option<usize>> {
+    gb.map(|gb| {
+        if gb.is_finite() && gb > 0.0 {
+            Ok((gb * 1e9) as usize)
+        } else {
+            Err(anyhow::anyhow!(
+                "--memory-limit {gb}: give a positive number of GB"
+            ))
+        }
+    })
+    .transpose()
 }
 
 fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
@@ -558,18 +590,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         resolution: args.res,
         dtype: dtype.mlx(),
         module: args.module.clone(),
-        memory_limit: args
-            .memory_limit
-            .map(|gb| {
-                if gb.is_finite() && gb > 0.0 {
-                    Ok((gb * 1e9) as usize)
-                } else {
-                    Err(anyhow::anyhow!(
-                        "--memory-limit {gb}: give a positive number of GB"
-                    ))
-                }
-            })
-            .transpose()?,
+        memory_limit: memory_limit_bytes(args.memory_limit)?,
         quantize: match (&args.quantize, &args.quantize_layers) {
             (Some(q), Some(o)) => Some(
                 q.clone()

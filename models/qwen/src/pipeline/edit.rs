@@ -10,9 +10,11 @@ use qwen_runtime::rope::qwen_image_rope;
 use qwen_runtime::scheduler::euler_step_array;
 use qwen_runtime::RgbImage;
 
-use super::config::read_json;
 use super::{edit_token_ids, EDIT_TEMPLATE_DROP, IMAGE_PAD};
-use super::{mlx, Event, Network, Pipeline, PipelineError, Request, Result};
+use super::{
+    mlx, EditEncoder, EditModulation, Event, Network, Pipeline, PipelineError, Purpose, Request,
+    Result,
+};
 use crate::edit::{area_size, smart_resize, CONDITION_AREA, VAE_AREA};
 use crate::vision::{image_patches, PromptImages, VisionGrid, VisionLayout};
 
@@ -44,16 +46,35 @@ pub struct EditRequest {
     pub positions: PromptPositions,
 }
 
-/// The images as the networks take them.
+/// The images as the vision path gives them to the text encoder.
 struct Inputs {
     /// The vision tower's embeddings, stacked `[Σ M, hidden]`.
     embeds: Array,
     /// Merged tokens per image and their grids (rows, columns).
     tokens: Vec<usize>,
     grids: Vec<(usize, usize)>,
-    /// The reference latents, joined `[1, Σ L_ref, 64]`, and their packed grids.
-    references: Array,
-    reference_grids: Vec<(usize, usize)>,
+}
+
+/// The images as the VAE path gives them to the edit transformer.
+struct References {
+    /// The reference latents, joined `[1, Σ L_ref, 64]`.
+    latents: Array,
+    /// Their packed grids (rows, columns).
+    grids: Vec<(usize, usize)>,
+}
+
+/// Joins the images' arrays on `axis` (one is taken as it is).
+fn join(v: &[Array], axis: i32) -> Result<Array> {
+    if v.len() == 1 {
+        Ok(v[0].clone())
+    } else {
+        ops::concatenate(v, axis).map_err(mlx("joining the images"))
+    }
+}
+
+/// The error of image `i` (numbered from 1, as the prompt's `Picture N`).
+fn bad(i: usize, e: String) -> PipelineError {
+    PipelineError::Request(format!("image {}: {e}", i + 1))
 }
 
 impl Pipeline {
@@ -79,21 +100,20 @@ impl Pipeline {
         if request.steps == 0 {
             return Err(PipelineError::Request("steps must be at least 1".into()));
         }
-        let cfg = self.variant.config().graph_config();
-        let zero_cond = self.zero_cond_t()?;
-        let nets = match self.edit.get() {
-            Some(n) => n,
-            None => {
-                let n = self.variant.load_edit(
-                    &self.checkpoints.text_encoder,
-                    &self.checkpoints.transformer,
-                    self.dtype,
-                    zero_cond,
-                )?;
-                self.edit.get_or_init(|| n)
-            }
+        let Purpose::Edit { zero_cond } = self.purpose else {
+            return Err(PipelineError::Request(
+                "this pipeline was opened for generations: open it with Options::edit to edit"
+                    .into(),
+            ));
         };
-        let inputs = self.edit_inputs(&edit.images, &cfg, nets.as_ref())?;
+        let cfg = self.variant.config().graph_config();
+        // the references through the VAE first (its activations at ~1 MP, with room made as for
+        // a decode), then the vision tower and the prompts, each network loaded by the rule
+        let references = self.edit_references(&edit.images)?;
+        self.ensure(Network::TextEncoder)?;
+        let loaded = self.loaded.borrow();
+        let encoder = loaded.edit_encoder.as_deref().expect("ensured");
+        let inputs = self.edit_inputs(&edit.images, &cfg, encoder)?;
 
         // the prompts, each with the images' tokens; the first 64 rows dropped
         let te = &cfg.text_encoder;
@@ -117,7 +137,7 @@ impl Pipeline {
                     te.rope_scaling.mrope_section,
                 )?;
                 let s = ids.len() as i32;
-                let hidden = nets.encode(
+                let hidden = encoder.encode(
                     &Array::from_slice(&ids, &[1, s]),
                     &inputs.embeds,
                     [
@@ -138,27 +158,26 @@ impl Pipeline {
             (Some(n), true) => Some(encode(n)?),
             _ => None,
         };
+        drop(loaded);
 
         // the schedule and its modulation (and timestep 0's for Edit-2511's references)
         let out_len = self.image_seq_len();
         let schedule = self.scheduler.schedule(request.steps, out_len)?;
         let table = self.modulation_table(&self.timesteps(request.steps)?)?;
-        let refs_modulation = if zero_cond {
+        let refs_table = if zero_cond {
             self.ensure(Network::Modulation)?;
             let l = self.loaded.borrow();
             let m = l.modulation.as_ref().expect("ensured");
             let zero = m
                 .table(&Array::from_slice(&[0.0f32], &[1]))
-                .and_then(|t| t.step(0, 1))
                 .map_err(mlx("running the timestep modulation"))?;
-            let [img, _, _] = zero;
-            Some(img)
+            Some(zero)
         } else {
             None
         };
         let (gh, gw) = self.grid();
         let mut images = vec![(1, gh, gw)];
-        images.extend(inputs.reference_grids.iter().map(|&(h, w)| (1, h, w)));
+        images.extend(references.grids.iter().map(|&(h, w)| (1, h, w)));
         let t = &cfg.transformer;
         let rope = |text: &Array| {
             qwen_image_rope(
@@ -170,8 +189,8 @@ impl Pipeline {
             .map_err(mlx("building the rope tables"))
         };
         let (rope_c, rope_u) = (rope(&cond)?, uncond.as_ref().map(rope).transpose()?);
-        let references = inputs
-            .references
+        let references = references
+            .latents
             .as_dtype(self.dtype)
             .map_err(mlx("casting"))?;
         let ref_len = references.shape()[1];
@@ -185,19 +204,29 @@ impl Pipeline {
         }
         .as_dtype(self.dtype)
         .map_err(mlx("casting"))?;
+        self.ensure(Network::Denoiser)?;
+        let _blocks = self.denoise_block_eval(1).scoped();
+        let loaded = self.loaded.borrow();
+        let nets = loaded.edit_denoiser.as_deref().expect("ensured");
         for i in 0..schedule.steps() {
             let step = || -> std::result::Result<Array, qwen_runtime::__private::mlx_rs::error::Exception> {
-                let [mi, mt, mo] = table.step(i, 1)?;
                 let x_in = ops::concatenate(&[x.clone(), references.clone()], 1)?;
                 let lengths = (out_len as i32, ref_len);
-                let refs = refs_modulation.as_ref();
-                let v = nets.velocity(&x_in, &cond, [&mi, &mt, &mo], refs, &rope_c, lengths)?;
-                let v = match (&uncond, &rope_u) {
-                    (Some(u), Some(ru)) => {
-                        let vu = nets.velocity(&x_in, u, [&mi, &mt, &mo], refs, ru, lengths)?;
-                        true_cfg(&v, &vu, request.cfg_scale)?
-                    }
-                    _ => v,
+                let negative = uncond.as_ref().zip(rope_u.as_ref());
+                let (v, vu) = nets.velocities(
+                    &x_in,
+                    (&cond, &rope_c),
+                    negative,
+                    EditModulation {
+                        table: &table,
+                        step: i,
+                        refs: refs_table.as_ref(),
+                    },
+                    lengths,
+                )?;
+                let v = match vu {
+                    Some(vu) => true_cfg(&v, &vu, request.cfg_scale)?,
+                    None => v,
                 };
                 let next = euler_step_array(&x, &v, schedule.sigmas[i], schedule.sigmas[i + 1])?;
                 transforms::eval([&next])?;
@@ -212,21 +241,13 @@ impl Pipeline {
         x.as_dtype(Dtype::Float32).map_err(mlx("casting"))
     }
 
-    /// Whether the folder's transformer is Edit-2511's (`zero_cond_t` in its config).
-    fn zero_cond_t(&self) -> Result<bool> {
-        let json = read_json(&self.dir.join("transformer/config.json"))?;
-        Ok(json
-            .get("zero_cond_t")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false))
-    }
-
-    /// Each image through the vision path and the VAE path.
+    /// Each image through the vision path: the condition size, the processor's whole
+    /// patches, the vision tower.
     fn edit_inputs(
         &self,
         images: &[RgbImage],
         cfg: &qwen_graph::config::Config,
-        nets: &dyn super::EditNetworks,
+        encoder: &dyn EditEncoder,
     ) -> Result<Inputs> {
         let vc = &cfg.text_encoder.vision_config;
         let layout = VisionLayout {
@@ -235,13 +256,9 @@ impl Pipeline {
             head_dim: vc.head_dim(),
         };
         let (mut embeds, mut tokens, mut grids) = (vec![], vec![], vec![]);
-        let (mut references, mut reference_grids) = (vec![], vec![]);
-        let bad = |i: usize, e: String| PipelineError::Request(format!("image {}: {e}", i + 1));
         for (i, img) in images.iter().enumerate() {
             let (w, h) = (img.width as usize, img.height as usize);
-            let ratio = w as f64 / h.max(1) as f64;
-            // the vision path
-            let (cw, ch) = area_size(CONDITION_AREA, ratio);
+            let (cw, ch) = area_size(CONDITION_AREA, w as f64 / h.max(1) as f64);
             let cond =
                 resize_rgb(&img.pixels, w, h, cw, ch, Filter::Lanczos).map_err(|e| bad(i, e))?;
             let factor = vc.patch_size * vc.spatial_merge_size;
@@ -262,34 +279,38 @@ impl Pipeline {
                 let patches = Array::from_slice(&rows, &[(gh * gw) as i32, vc.patch_dim() as i32]);
                 let mut ins = grid.inputs(&patches, layout)?;
                 ins[0] = ins[0].as_dtype(self.dtype)?;
-                nets.vision(&ins)
+                encoder.vision(&ins)
             };
             embeds.push(vision().map_err(mlx("running the vision tower"))?);
             let m = vc.spatial_merge_size;
             tokens.push(gh * gw / (m * m));
             grids.push((gh / m, gw / m));
-            // the VAE path
-            let (vw, vh) = area_size(VAE_AREA, ratio);
-            let v =
-                resize_rgb(&img.pixels, w, h, vw, vh, Filter::Lanczos).map_err(|e| bad(i, e))?;
-            let x: Vec<f32> = v.iter().map(|b| *b as f32 / 255.0 * 2.0 - 1.0).collect();
-            let x = Array::from_slice(&x, &[1, vh as i32, vw as i32, 3]);
-            references.push(self.encode_image(&x)?);
-            reference_grids.push((vh / 16, vw / 16));
         }
-        let join = |v: &[Array], axis: i32| -> Result<Array> {
-            if v.len() == 1 {
-                Ok(v[0].clone())
-            } else {
-                ops::concatenate(v, axis).map_err(mlx("joining the images"))
-            }
-        };
         Ok(Inputs {
             embeds: join(&embeds, 0)?,
             tokens,
             grids,
-            references: join(&references, 1)?,
-            reference_grids,
+        })
+    }
+
+    /// Each image through the VAE path: the VAE area at its aspect ratio, the VAE encoder
+    /// (after room is made for its activations, which are of the decoder's size).
+    fn edit_references(&self, images: &[RgbImage]) -> Result<References> {
+        self.make_room(super::memory::Stage::Decode)?;
+        let (mut latents, mut grids) = (vec![], vec![]);
+        for (i, img) in images.iter().enumerate() {
+            let (w, h) = (img.width as usize, img.height as usize);
+            let (vw, vh) = area_size(VAE_AREA, w as f64 / h.max(1) as f64);
+            let v =
+                resize_rgb(&img.pixels, w, h, vw, vh, Filter::Lanczos).map_err(|e| bad(i, e))?;
+            let x: Vec<f32> = v.iter().map(|b| *b as f32 / 255.0 * 2.0 - 1.0).collect();
+            let x = Array::from_slice(&x, &[1, vh as i32, vw as i32, 3]);
+            latents.push(self.encode_image(&x)?);
+            grids.push((vh / 16, vw / 16));
+        }
+        Ok(References {
+            latents: join(&latents, 1)?,
+            grids,
         })
     }
 }

@@ -100,6 +100,7 @@ impl Pipeline {
         count: usize,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<Vec<Generation>> {
+        self.for_generations()?;
         if count == 0 {
             return Err(PipelineError::Request(
                 "the image count must be at least 1".into(),
@@ -256,6 +257,7 @@ impl Pipeline {
         cfg_scale: f32,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Array> {
+        self.for_generations()?;
         self.check_latents_batch(&latents)?;
         let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
         let table = self.modulation_table(&self.timesteps(steps)?)?;

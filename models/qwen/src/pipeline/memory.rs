@@ -19,6 +19,10 @@
 //! and size do not load it again; when it is loaded, the table is made again per generation
 //! (milliseconds) and dropped before the decode.
 //!
+//! A pipeline opened for edits (`Options::edit`) runs the same rule over the same places:
+//! the text encoder's holds the vision tower and the text encoder with images, the
+//! denoiser's the edit transformer; the VAE encoder, like the decoder, is small and stays.
+//!
 //! The budget is `Options::memory_limit`, else MLX's memory limit (`mlx_get_memory_limit`:
 //! 95 % of the device memory with CUDA, the recommended working set on a Mac).
 
@@ -32,7 +36,8 @@ use qwen_runtime::weights::{Checkpoint, Staging, TensorSpec};
 use crate::quantize::{Quantization, TextEncoderPlan};
 
 use super::{
-    mlx, Denoiser, ModulationTable, Modulator, Pipeline, Resolution, Result, TextEncoder, Variant,
+    mlx, Denoiser, EditDenoiser, EditEncoder, ModulationTable, Modulator, Pipeline, Purpose,
+    Resolution, Result, TextEncoder, Variant,
 };
 
 const GIB: usize = 1 << 30;
@@ -59,7 +64,8 @@ pub struct Sizes {
     /// counted like the VAE, always.
     pub loras: usize,
     /// Activations of a denoising step (both CFG halves) with one block in flight
-    /// ([`BlockEval::OneAtATime`]) at this resolution, and the kept modulation table.
+    /// ([`BlockEval::OneAtATime`]) at this resolution, and the kept modulation table (for
+    /// an edit: with one reference image's tokens beside the generated image's).
     pub denoise_work: usize,
     /// What a second block in flight adds ([`BlockEval::Pipelined`], the faster way).
     pub pipeline_work: usize,
@@ -97,9 +103,12 @@ impl Sizes {
     /// block in flight (2026-11-30, 30 GB budget: peak 29.91 GB over 27.55), 3.13 GB with two
     /// (everything loaded: `stage_peaks_gb` 55.59 → 58.72); the VAE decode's full-resolution
     /// convolutions ~7.2 GB (2026-11-29: everything loaded, weights 55.1 GB, image peak
-    /// 62.3 GB; q8 in 24 GB: denoiser 14.5 GB, peak 22.0 GB).
+    /// 62.3 GB; q8 in 24 GB: denoiser 14.5 GB, peak 22.0 GB). An edit's step runs the
+    /// references' tokens too: the denoise estimate is for one reference of the VAE path's
+    /// area (`crate::edit::VAE_AREA`, 1024²) beside the output.
     pub fn of(
         variant: &dyn Variant,
+        purpose: Purpose,
         dtype: Dtype,
         quantize: Option<&Quantization>,
         stored: Option<(&Checkpoint, i32)>,
@@ -114,13 +123,28 @@ impl Sizes {
             ((gib_per_megapixel * megapixels).max(floor) * GIB as f64) as usize * width
         };
         let (te, tr) = plans(quantize, stored);
+        let (encoder, denoiser, tokens) = match purpose {
+            Purpose::Generate => (
+                variant.text_encoder_specs(),
+                variant.transformer_specs(),
+                1.0,
+            ),
+            Purpose::Edit { zero_cond } => {
+                let reference = crate::edit::VAE_AREA as f64 / (1024.0 * 1024.0);
+                (
+                    variant.edit_encoder_specs(),
+                    variant.edit_denoiser_specs(zero_cond),
+                    (megapixels + reference) / megapixels,
+                )
+            }
+        };
         Self {
-            text_encoder: loaded_bytes(&variant.text_encoder_specs(), dtype, &te),
+            text_encoder: loaded_bytes(&encoder, dtype, &te),
             modulation: loaded_bytes(&variant.modulation_specs(), dtype, tr.as_ref()),
-            denoiser: loaded_bytes(&variant.transformer_specs(), dtype, tr.as_ref()),
+            denoiser: loaded_bytes(&denoiser, dtype, tr.as_ref()),
             vae: loaded_bytes(&variant.vae_specs(), dtype, &Dense),
             loras: 0,
-            denoise_work: work(2.25, 0.25),
+            denoise_work: work(2.25 * tokens, 0.25),
             pipeline_work: work(0.75, 0.1),
             decode_work: work(7.0, 0.25),
             encode_work: work(0.0, 1.0),
@@ -187,6 +211,9 @@ pub(super) struct Loaded {
     pub(super) encoder: Option<Box<dyn TextEncoder>>,
     pub(super) modulation: Option<Box<dyn Modulator>>,
     pub(super) denoiser: Option<Box<dyn Denoiser>>,
+    /// An edit pipeline's networks in the text encoder's and the denoiser's places.
+    pub(super) edit_encoder: Option<Box<dyn EditEncoder>>,
+    pub(super) edit_denoiser: Option<Box<dyn EditDenoiser>>,
     /// (the timesteps' bits, their table)
     pub(super) table: Option<(Vec<u32>, ModulationTable)>,
 }
@@ -194,17 +221,17 @@ pub(super) struct Loaded {
 impl Loaded {
     fn has(&self, n: Network) -> bool {
         match n {
-            Network::TextEncoder => self.encoder.is_some(),
+            Network::TextEncoder => self.encoder.is_some() || self.edit_encoder.is_some(),
             Network::Modulation => self.modulation.is_some(),
-            Network::Denoiser => self.denoiser.is_some(),
+            Network::Denoiser => self.denoiser.is_some() || self.edit_denoiser.is_some(),
         }
     }
 
     fn free(&mut self, n: Network) {
         match n {
-            Network::TextEncoder => self.encoder = None,
+            Network::TextEncoder => (self.encoder, self.edit_encoder) = (None, None),
             Network::Modulation => self.modulation = None,
-            Network::Denoiser => self.denoiser = None,
+            Network::Denoiser => (self.denoiser, self.edit_denoiser) = (None, None),
         }
     }
 
@@ -389,19 +416,26 @@ impl Pipeline {
             ahead_bytes: staging_room(&self.sizes, &l.loaded(), need, self.budget),
             ..Staging::default()
         };
-        match need {
-            Network::TextEncoder => {
-                l.encoder = Some(v.load_text_encoder(&cks.text_encoder, staging, d, &te)?)
+        let (te_ck, tr_ck) = (&cks.text_encoder, &cks.transformer);
+        match (need, self.purpose) {
+            (Network::TextEncoder, Purpose::Generate) => {
+                l.encoder = Some(v.load_text_encoder(te_ck, staging, d, &te)?)
             }
-            Network::Modulation => {
-                let m =
-                    v.load_modulation(&cks.transformer, staging, d, tr.as_ref(), &self.loras)?;
+            (Network::TextEncoder, Purpose::Edit { .. }) => {
+                l.edit_encoder = Some(v.load_edit_encoder(te_ck, staging, d, &te)?)
+            }
+            (Network::Modulation, _) => {
+                let m = v.load_modulation(tr_ck, staging, d, tr.as_ref(), &self.loras)?;
                 l.modulation = Some(m)
             }
-            Network::Denoiser => {
-                let t =
-                    v.load_transformer(&cks.transformer, staging, d, tr.as_ref(), &self.loras)?;
+            (Network::Denoiser, Purpose::Generate) => {
+                let t = v.load_transformer(tr_ck, staging, d, tr.as_ref(), &self.loras)?;
                 l.denoiser = Some(t)
+            }
+            (Network::Denoiser, Purpose::Edit { zero_cond }) => {
+                let t =
+                    v.load_edit_denoiser(tr_ck, staging, d, tr.as_ref(), &self.loras, zero_cond)?;
+                l.edit_denoiser = Some(t)
             }
         }
         Ok(())
@@ -463,7 +497,7 @@ mod tests {
             crate::pipeline::ModelConfig::Real,
         )
         .unwrap();
-        let s = Sizes::of(v, Dtype::Bfloat16, None, None);
+        let s = Sizes::of(v, Purpose::Generate, Dtype::Bfloat16, None, None);
         let gb = |b: usize| b as f64 / 1e9;
         println!(
             "bf16 1024²: text encoder {:.2} GB, modulation {:.2}, denoiser {:.2}, vae {:.2}, all {:.2}",
@@ -481,6 +515,7 @@ mod tests {
         );
         let q8 = Sizes::of(
             v,
+            Purpose::Generate,
             Dtype::Bfloat16,
             Some(&Quantization::new(8).unwrap()),
             None,
@@ -492,6 +527,7 @@ mod tests {
         );
         let q4 = Sizes::of(
             v,
+            Purpose::Generate,
             Dtype::Bfloat16,
             Some(&Quantization::new(4).unwrap()),
             None,

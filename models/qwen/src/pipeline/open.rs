@@ -15,7 +15,7 @@ use super::checks::{check_configs, check_model_index, check_token_ids, latents_s
 use super::memory::{load_at_open, Sizes};
 use super::{
     detect_config, find_one_text_variant, find_variant, variant_by_name, Checkpoints, Network,
-    Pipeline, PipelineError, Resolution, Result, Variant, VARIANTS,
+    Pipeline, PipelineError, Purpose, Resolution, Result, Variant, VARIANTS,
 };
 use crate::quantize::Quantization;
 
@@ -50,9 +50,9 @@ pub struct Options {
     /// Tiled VAE decoding (diffusers' tiles and blending): always, never, or when the
     /// untiled decode would not fit the memory budget ([`super::memory`]).
     pub vae_tiling: VaeTiling,
-    /// The pipeline runs edits ([`Pipeline::edit_latents`]): none of the text-to-image
-    /// networks (text encoder, denoiser) load at open; the edit networks load on the first
-    /// edit.
+    /// The pipeline runs edits ([`Pipeline::edit_latents`]) of an Edit-2509/2511 folder, not
+    /// generations: the text encoder's and the denoiser's places in the memory rule hold the
+    /// edit networks ([`super::Purpose`]).
     pub edit: bool,
 }
 
@@ -150,6 +150,13 @@ impl Pipeline {
             None => find_variant(resolution, config)?,
         };
         check_configs(&dir, config, variant.name())?;
+        let purpose = if options.edit {
+            Purpose::Edit {
+                zero_cond: zero_cond_t(&dir)?,
+            }
+        } else {
+            Purpose::Generate
+        };
         // MLX compiles the fused kernels (NVRTC, in every process) on a thread of its own
         // from here on, beside the checks and the load below
         let kernels = qwen_runtime::kernels::enabled();
@@ -162,12 +169,18 @@ impl Pipeline {
                 .map_err(|error| PipelineError::Weights { component, error })
         };
         let te = open("text_encoder", "text_encoder")?;
-        let te_specs = variant.text_encoder_specs();
+        let te_specs = match purpose {
+            Purpose::Generate => variant.text_encoder_specs(),
+            Purpose::Edit { .. } => variant.edit_encoder_specs(),
+        };
         let tr = open("transformer", "transformer")?;
         let vae = open("vae", "vae")?;
         let mut problems = Vec::new();
         let mut tr_specs = variant.modulation_specs();
-        tr_specs.extend(variant.transformer_specs());
+        tr_specs.extend(match purpose {
+            Purpose::Generate => variant.transformer_specs(),
+            Purpose::Edit { zero_cond } => variant.edit_denoiser_specs(zero_cond),
+        });
         let loras = Loras::open(&options.loras, &tr_specs)?.on_quantized(options.lora_on_quantized);
         // a folder `qwen-run quantize` wrote: its quantized layers as stored
         let stored_quantization = crate::quantize_folder::stored(&dir.join("transformer"))?;
@@ -231,12 +244,13 @@ impl Pipeline {
             loras: loras.bytes(),
             ..Sizes::of(
                 variant,
+                purpose,
                 options.dtype,
                 options.quantize.as_ref(),
                 stored_group.map(|g| (&tr, g)),
             )
         };
-        let all = !options.edit && load_at_open(&sizes, budget);
+        let all = load_at_open(&sizes, budget);
         let mut timings = OpenTimings {
             kernels_beside: compiling.is_some(),
             ..OpenTimings::default()
@@ -283,7 +297,7 @@ impl Pipeline {
             vae: vae_decoder,
             open_timings: timings,
             image_encoder: Default::default(),
-            edit: Default::default(),
+            purpose,
         };
         if all {
             for n in [Network::Denoiser, Network::Modulation, Network::TextEncoder] {
@@ -296,6 +310,15 @@ impl Pipeline {
         }
         Ok(pipeline)
     }
+}
+
+/// Whether the folder's transformer is Edit-2511's (`zero_cond_t` in its config).
+fn zero_cond_t(dir: &Path) -> Result<bool> {
+    let json = super::config::read_json(&dir.join("transformer/config.json"))?;
+    Ok(json
+        .get("zero_cond_t")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false))
 }
 
 /// The fused kernels compiling on a thread of their own (and so on an MLX stream of its own:

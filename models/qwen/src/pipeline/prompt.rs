@@ -104,6 +104,7 @@ impl Pipeline {
         negative: Option<&str>,
         warnings: &mut Vec<Warning>,
     ) -> Result<Embeddings> {
+        self.for_generations()?;
         self.ensure(Network::TextEncoder)?;
         let loaded = self.loaded.borrow();
         let encoder: &dyn TextEncoder = loaded.encoder.as_deref().expect("ensured");

@@ -1,5 +1,6 @@
 //! The face every generated module is run through ([`Variant`], the loaded networks behind
-//! [`TextEncoder`], [`Modulator`], [`Denoiser`], [`Step`] and [`Decoder`]) and the list of
+//! [`TextEncoder`], [`Modulator`], [`Denoiser`], [`Step`], [`Decoder`] and, for edits,
+//! [`EditEncoder`], [`EditDenoiser`] and [`ImageEncoder`]) and the list of
 //! them ([`VARIANTS`]); the implementations are made in `variants.rs`.
 
 use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
@@ -52,15 +53,34 @@ pub trait Variant: Sync {
         loras: &Loras,
     ) -> Result<Box<dyn Denoiser>>;
     fn load_vae(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn Decoder>>;
-    /// The networks of an edit (the shared module's vision tower, text encoder with images and
-    /// edit transformer, with Edit-2511's `zero_cond_t` or without).
-    fn load_edit(
+    /// The encoders of an edit (the shared module's vision tower and text encoder with
+    /// images): what they read from the text encoder's checkpoint.
+    fn edit_encoder_specs(&self) -> Vec<TensorSpec>;
+    /// The shared module's edit transformer (with Edit-2511's `zero_cond_t` or without): what
+    /// every step of an edit reads.
+    fn edit_denoiser_specs(&self, zero_cond: bool) -> Vec<TensorSpec>;
+    /// Loads the encoders of an edit (`plan` quantizes the text encoder's layers as for
+    /// [`Variant::load_text_encoder`]; the vision tower stays dense).
+    fn load_edit_encoder(
         &self,
-        text_encoder: &Checkpoint,
-        transformer: &Checkpoint,
+        ck: &Checkpoint,
+        staging: Staging,
         dtype: Dtype,
+        plan: &dyn Plan,
+    ) -> Result<Box<dyn EditEncoder>>;
+    /// Loads the edit transformer, as [`Variant::load_transformer`] loads the text-to-image
+    /// one (the same checkpoint keys): the kind that runs both CFG halves in one call where
+    /// this module's transformer does ([`Variant::joint_cfg`]).
+    #[allow(clippy::too_many_arguments)]
+    fn load_edit_denoiser(
+        &self,
+        ck: &Checkpoint,
+        staging: Staging,
+        dtype: Dtype,
+        plan: &dyn Plan,
+        loras: &Loras,
         zero_cond: bool,
-    ) -> Result<Box<dyn EditNetworks>>;
+    ) -> Result<Box<dyn EditDenoiser>>;
     /// The VAE encoder (the shared module's: its size is free at run time).
     fn load_vae_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn ImageEncoder>>;
     /// Compiles every fused kernel the module's networks use (one tiny call each; see the
@@ -134,8 +154,9 @@ pub trait Step {
     fn velocity(&self, latents: &Array, i: usize) -> Result<(Array, Option<Array>), Exception>;
 }
 
-/// The loaded networks of an edit (spec §5).
-pub trait EditNetworks {
+/// The loaded encoders of an edit (spec §5): the vision tower and the text encoder with
+/// images.
+pub trait EditEncoder {
     /// The vision tower on one image's inputs (`qwen::vision::VisionGrid::inputs`): its
     /// merged tokens' embeddings `[M, hidden]` in the image's order.
     fn vision(&self, inputs: &[Array; 5]) -> Result<Array, Exception>;
@@ -148,19 +169,39 @@ pub trait EditNetworks {
         rows_mask: [&Array; 2],
         rope: [&Array; 2],
     ) -> Result<Array, Exception>;
-    /// The edit transformer: the image stream `[1, L_out + L_ref, 64]` (the generated image's
-    /// tokens, then the references'), the text, the step's modulation rows (img, txt, out) and,
-    /// for `zero_cond_t`, the references' image rows at timestep 0, the RoPE tables → the
-    /// velocity of the first `L_out` tokens.
-    fn velocity(
+}
+
+/// One text's inputs of the edit transformer: its hidden states `[1, L_txt, hidden]` and the
+/// RoPE tables of the image stream and of its length.
+pub type EditText<'a> = (&'a Array, &'a qwen_runtime::rope::RopeTables);
+
+/// The loaded edit transformer (spec §5.1), of one text per call or (`cfg = split`'s kind) of
+/// both CFG halves in one call.
+pub trait EditDenoiser {
+    /// Whether both CFG halves run in one call.
+    fn joint_cfg(&self) -> bool;
+    /// The velocities at `modulation`'s step of the first `L_out` tokens of the image stream
+    /// `x` `[1, L_out + L_ref, 64]` (the generated image's tokens, then the references';
+    /// `lengths` = (L_out, L_ref)) for the prompt and, for CFG, the negative prompt.
+    fn velocities(
         &self,
         x: &Array,
-        text: &Array,
-        modulation: [&Array; 3],
-        refs_modulation: Option<&Array>,
-        rope: &qwen_runtime::rope::RopeTables,
+        cond: EditText<'_>,
+        uncond: Option<EditText<'_>>,
+        modulation: EditModulation<'_>,
         lengths: (i32, i32),
-    ) -> Result<Array, Exception>;
+    ) -> Result<(Array, Option<Array>), Exception>;
+}
+
+/// The modulation of one step of an edit.
+#[derive(Clone, Copy)]
+pub struct EditModulation<'a> {
+    /// The schedule's table, and the step.
+    pub table: &'a ModulationTable,
+    pub step: usize,
+    /// Edit-2511's `zero_cond_t`: the references' tokens take the modulation of timestep 0,
+    /// this table of that one timestep.
+    pub refs: Option<&'a ModulationTable>,
 }
 
 /// A loaded VAE encoder: an NHWC image `[1, 8h, 8w, 3]` in [−1, 1] → the posterior's mean

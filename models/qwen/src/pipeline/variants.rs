@@ -13,8 +13,9 @@ use qwen_runtime::quant::Plan;
 use qwen_runtime::weights::{in_gpu_memory, Checkpoint, Staging, TensorSpec};
 
 use super::{
-    Decoder, Denoiser, EditNetworks, ImageEncoder, ModelConfig, ModulationTable, Modulator,
-    PipelineError, Resolution, Result, Step, TextEncoder, Variant,
+    Decoder, Denoiser, EditDenoiser, EditEncoder, EditModulation, EditText, ImageEncoder,
+    ModelConfig, ModulationTable, Modulator, PipelineError, Resolution, Result, Step, TextEncoder,
+    Variant,
 };
 
 fn load_error(component: &'static str, e: impl std::fmt::Display) -> PipelineError {
@@ -112,16 +113,11 @@ macro_rules! variant {
                 }
             }
 
-            enum EditTr {
-                Plain(m::EditTransformerWeights),
-                ZeroCond(m::EditTransformerZeroCondWeights),
-            }
-            struct Edit {
+            struct EditEnc {
                 tower: m::VisionTowerWeights,
                 lm: m::TextEncoderWithImagesWeights,
-                transformer: EditTr,
             }
-            impl EditNetworks for Edit {
+            impl EditEncoder for EditEnc {
                 fn vision(&self, i: &[Array; 5]) -> Result<Array, Exception> {
                     m::vision_tower(&self.tower, &i[0], &i[1], &i[2], &i[3], &i[4])
                 }
@@ -134,26 +130,79 @@ macro_rules! variant {
                 ) -> Result<Array, Exception> {
                     m::text_encoder_with_images(&self.lm, ids, images, rows, mask, cos, sin)
                 }
-                fn velocity(
+            }
+
+            /// The edit transformer of one text per call.
+            enum EditOne {
+                Plain(m::EditTransformerWeights),
+                ZeroCond(m::EditTransformerZeroCondWeights),
+            }
+            /// The edit transformer of both CFG halves per call.
+            enum EditJoint {
+                Plain(m::EditTransformerCfgWeights),
+                ZeroCond(m::EditTransformerZeroCondCfgWeights),
+            }
+            enum EditTr {
+                One(EditOne),
+                Joint(EditJoint),
+            }
+            /// The references' rows of `refs` (the table at timestep 0) for a batch.
+            fn refs_rows(refs: Option<&ModulationTable>, batch: i32) -> Result<Array, Exception> {
+                let t = refs.ok_or_else(|| {
+                    Exception::custom("Edit-2511's transformer needs the references' modulation at timestep 0")
+                })?;
+                let [img, _, _] = t.step(0, batch)?;
+                Ok(img)
+            }
+            impl EditDenoiser for EditTr {
+                fn joint_cfg(&self) -> bool {
+                    matches!(self, EditTr::Joint(_))
+                }
+                fn velocities(
                     &self,
                     x: &Array,
-                    text: &Array,
-                    [mi, mt, mo]: [&Array; 3],
-                    refs: Option<&Array>,
-                    rope: &qwen_runtime::rope::RopeTables,
+                    (c, rc): EditText<'_>,
+                    uncond: Option<EditText<'_>>,
+                    EditModulation { table, step: i, refs }: EditModulation<'_>,
                     (out, refs_len): (i32, i32),
-                ) -> Result<Array, Exception> {
-                    let r = rope;
-                    match (&self.transformer, refs) {
-                        (EditTr::Plain(w), _) => m::edit_transformer(
-                            w, x, text, mi, mt, mo, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
-                        ),
-                        (EditTr::ZeroCond(w), Some(mr)) => m::edit_transformer_zero_cond(
-                            w, x, text, mi, mt, mo, mr, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
-                        ),
-                        (EditTr::ZeroCond(_), None) => Err(Exception::custom(
-                            "Edit-2511's transformer needs the references' modulation at timestep 0",
-                        )),
+                ) -> Result<(Array, Option<Array>), Exception> {
+                    match self {
+                        EditTr::One(w) => {
+                            let [mi, mt, mo] = table.step(i, 1)?;
+                            let call = |text: &Array, r: &qwen_runtime::rope::RopeTables| match w {
+                                EditOne::Plain(w) => m::edit_transformer(
+                                    w, x, text, &mi, &mt, &mo, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
+                                ),
+                                EditOne::ZeroCond(w) => m::edit_transformer_zero_cond(
+                                    w, x, text, &mi, &mt, &mo, &refs_rows(refs, 1)?, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
+                                ),
+                            };
+                            let v = call(c, rc)?;
+                            let u = uncond.map(|(t, r)| call(t, r)).transpose()?;
+                            Ok((v, u))
+                        }
+                        EditTr::Joint(w) => {
+                            // the image stream twice, the texts packed; without a negative
+                            // prompt the second half repeats the first and is dropped
+                            let (u, ru) = uncond.unwrap_or((c, rc));
+                            let x2 = ops::concatenate(&[x, x], 0)?;
+                            let texts = ops::concatenate(&[c, u], 1)?;
+                            let [mi, mt, mo] = table.step(i, 2)?;
+                            let y = match w {
+                                EditJoint::Plain(w) => m::edit_transformer_cfg(
+                                    w, &x2, &texts, &mi, &mt, &mo, &rc.img_cos, &rc.img_sin, &rc.txt_cos, &ru.txt_cos, &rc.txt_sin, &ru.txt_sin, out, refs_len,
+                                ),
+                                EditJoint::ZeroCond(w) => m::edit_transformer_zero_cond_cfg(
+                                    w, &x2, &texts, &mi, &mt, &mo, &refs_rows(refs, 2)?, &rc.img_cos, &rc.img_sin, &rc.txt_cos, &ru.txt_cos, &rc.txt_sin, &ru.txt_sin, out, refs_len,
+                                ),
+                            }?;
+                            let mut halves = ops::split_at_indices(&y, &[1], 0)?.into_iter();
+                            let (v, vu) = match (halves.next(), halves.next()) {
+                                (Some(v), Some(vu)) => (v, vu),
+                                _ => return Err(Exception::custom("the joint edit transformer gave no two halves")),
+                            };
+                            Ok((v, uncond.is_some().then_some(vu)))
+                        }
                     }
                 }
             }
@@ -256,30 +305,53 @@ macro_rules! variant {
                     let w = loaded("vae", || m::VaeDecoderWeights::load(ck, "", dtype), m::VaeDecoderWeights::arrays)?;
                     Ok(Box::new(Vae(w)))
                 }
-                fn load_edit(
+                fn edit_encoder_specs(&self) -> Vec<TensorSpec> {
+                    let mut v = m::VisionTowerWeights::specs("");
+                    v.extend(m::TextEncoderWithImagesWeights::specs(""));
+                    v
+                }
+                fn edit_denoiser_specs(&self, zero_cond: bool) -> Vec<TensorSpec> {
+                    // the joint kind reads the same tensors
+                    if zero_cond {
+                        m::EditTransformerZeroCondWeights::specs("")
+                    } else {
+                        m::EditTransformerWeights::specs("")
+                    }
+                }
+                fn load_edit_encoder(
                     &self,
-                    te: &Checkpoint,
-                    tr: &Checkpoint,
+                    ck: &Checkpoint,
+                    staging: Staging,
                     dtype: Dtype,
+                    plan: &dyn Plan,
+                ) -> Result<Box<dyn EditEncoder>> {
+                    let order = staging_order(ck, &m::VisionTowerWeights::specs(""));
+                    let tower = loaded("text_encoder", || ck.staged_with(staging, &order, |get| m::VisionTowerWeights::load_with(&mut |k| Ok(resident(get(k)?, dtype)?), "", dtype)), m::VisionTowerWeights::arrays)?;
+                    let order = staging_order(ck, &m::TextEncoderWithImagesWeights::specs(""));
+                    let lm = loaded("text_encoder", || ck.staged_with(staging, &order, |get| m::TextEncoderWithImagesWeights::load_from(&mut |k| Ok(resident(get(k)?, dtype)?), plan, "", dtype)), m::TextEncoderWithImagesWeights::arrays)?;
+                    Ok(Box::new(EditEnc { tower, lm }))
+                }
+                fn load_edit_denoiser(
+                    &self,
+                    ck: &Checkpoint,
+                    staging: Staging,
+                    dtype: Dtype,
+                    plan: &dyn Plan,
+                    loras: &Loras,
                     zero_cond: bool,
-                ) -> Result<Box<dyn EditNetworks>> {
-                    // staged as the text-to-image networks are (copies made ahead on other
-                    // threads, each tensor in GPU memory when its layer is evaluated)
-                    macro_rules! staged {
-                        ($component:literal, $ck:expr, $w:ty) => {{
-                            let ck: &Checkpoint = $ck;
+                ) -> Result<Box<dyn EditDenoiser>> {
+                    macro_rules! load {
+                        ($w:ty) => {{
                             let order = staging_order(ck, &<$w>::specs(""));
-                            loaded($component, || ck.staged_with(Staging::default(), &order, |get| <$w>::load_with(&mut |k| Ok(resident(get(k)?, dtype)?), "", dtype)), <$w>::arrays)?
+                            loaded("transformer", || ck.staged_with(staging, &order, |get| <$w>::load_from(&mut |k| Ok(loras.load(k, resident(get(k)?, dtype)?, plan)?), &loras.plan(plan), "", dtype)), <$w>::arrays)?
                         }};
                     }
-                    let tower = staged!("text_encoder", te, m::VisionTowerWeights);
-                    let lm = staged!("text_encoder", te, m::TextEncoderWithImagesWeights);
-                    let transformer = if zero_cond {
-                        EditTr::ZeroCond(staged!("transformer", tr, m::EditTransformerZeroCondWeights))
-                    } else {
-                        EditTr::Plain(staged!("transformer", tr, m::EditTransformerWeights))
-                    };
-                    Ok(Box::new(Edit { tower, lm, transformer }))
+                    Ok(Box::new(match (self.joint_cfg(), zero_cond) {
+                        (false, false) => EditTr::One(EditOne::Plain(load!(m::EditTransformerWeights))),
+                        (false, true) => EditTr::One(EditOne::ZeroCond(load!(m::EditTransformerZeroCondWeights))),
+                        (true, false) => EditTr::Joint(EditJoint::Plain(load!(m::EditTransformerCfgWeights))),
+                        (true, true) => EditTr::Joint(EditJoint::ZeroCond(load!(m::EditTransformerZeroCondCfgWeights))),
+                    }))
                 }
                 fn load_vae_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn ImageEncoder>> {
                     let w = loaded("vae", || m::VaeEncoderWeights::load(ck, "", dtype), m::VaeEncoderWeights::arrays)?;
