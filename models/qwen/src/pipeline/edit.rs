@@ -3,11 +3,9 @@
 //! tower) into the prompt, and through the VAE into reference latents; the edit transformer
 //! denoising the generated image's tokens beside the references'.
 
-use qwen_runtime::__private::mlx_rs::{ops, transforms, Array, Dtype};
-use qwen_runtime::guidance::true_cfg;
+use qwen_runtime::__private::mlx_rs::{ops, Array};
 use qwen_runtime::resample::{resize_rgb, Filter};
 use qwen_runtime::rope::qwen_image_rope;
-use qwen_runtime::scheduler::euler_step_array;
 use qwen_runtime::RgbImage;
 
 use super::{edit_token_ids, EDIT_TEMPLATE_DROP, IMAGE_PAD};
@@ -195,7 +193,7 @@ impl Pipeline {
             .map_err(mlx("casting"))?;
         let ref_len = references.shape()[1];
 
-        let mut x = match &request.latents {
+        let x = match &request.latents {
             Some(l) => {
                 self.check_latents(l)?;
                 l.clone()
@@ -207,38 +205,28 @@ impl Pipeline {
         self.ensure(Network::Denoiser)?;
         let _blocks = self.denoise_block_eval(1).scoped();
         let loaded = self.loaded.borrow();
-        let nets = loaded.edit_denoiser.as_deref().expect("ensured");
-        for i in 0..schedule.steps() {
-            let step = || -> std::result::Result<Array, qwen_runtime::__private::mlx_rs::error::Exception> {
-                let x_in = ops::concatenate(&[x.clone(), references.clone()], 1)?;
-                let lengths = (out_len as i32, ref_len);
-                let negative = uncond.as_ref().zip(rope_u.as_ref());
-                let (v, vu) = nets.velocities(
-                    &x_in,
-                    (&cond, &rope_c),
-                    negative,
-                    EditModulation {
-                        table: &table,
-                        step: i,
-                        refs: refs_table.as_ref(),
-                    },
-                    lengths,
-                )?;
-                let v = match vu {
-                    Some(vu) => true_cfg(&v, &vu, request.cfg_scale)?,
-                    None => v,
-                };
-                let next = euler_step_array(&x, &v, schedule.sigmas[i], schedule.sigmas[i + 1])?;
-                transforms::eval([&next])?;
-                Ok(next)
+        let denoiser = loaded.edit_denoiser.as_deref().expect("ensured");
+        // the references' tokens after the generated image's, every step
+        let velocity = |x: &Array, i: usize| {
+            let x_in = ops::concatenate(&[x.clone(), references.clone()], 1)?;
+            let modulation = EditModulation {
+                table: &table,
+                step: i,
+                refs: refs_table.as_ref(),
             };
-            x = step().map_err(mlx("running the edit transformer"))?;
-            on_event(Event::Step {
-                done: i + 1,
-                total: schedule.steps(),
-            });
-        }
-        x.as_dtype(Dtype::Float32).map_err(mlx("casting"))
+            let negative = uncond.as_ref().zip(rope_u.as_ref());
+            let lengths = (out_len as i32, ref_len);
+            denoiser.velocities(&x_in, (&cond, &rope_c), negative, modulation, lengths)
+        };
+        let total = schedule.steps();
+        self.run_steps(
+            x,
+            &schedule,
+            request.cfg_scale,
+            None,
+            &velocity,
+            &mut |done, _| on_event(Event::Step { done, total }),
+        )
     }
 
     /// Each image through the vision path: the condition size, the processor's whole

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use qwen_runtime::__private::mlx_rs::{error::Exception, memory, ops, transforms, Array, Dtype};
 use qwen_runtime::distributed::Group;
 use qwen_runtime::guidance::true_cfg;
-use qwen_runtime::scheduler::euler_step_array;
+use qwen_runtime::scheduler::{euler_step_array, Schedule};
 use qwen_runtime::tiles::tiled_decode;
 use qwen_runtime::RgbImage;
 
@@ -74,6 +74,10 @@ pub struct Timings {
     pub denoise: f64,
     pub decode: f64,
 }
+
+/// The velocities of latents at a step: the prompt's and, for CFG, the negative prompt's.
+pub(super) type Velocity<'a> =
+    dyn Fn(&Array, usize) -> std::result::Result<(Array, Option<Array>), Exception> + 'a;
 
 impl Pipeline {
     /// Runs a whole generation. `on_event` must not call back into this pipeline (the
@@ -277,11 +281,32 @@ impl Pipeline {
         let bound = denoiser
             .bind(cond, uncond, &table)
             .map_err(mlx("building the rope tables"))?;
-        let mut x = latents.as_dtype(self.dtype).map_err(mlx("casting"))?;
+        let x = latents.as_dtype(self.dtype).map_err(mlx("casting"))?;
+        self.run_steps(
+            x,
+            &schedule,
+            cfg_scale,
+            ranks,
+            &|x, i| bound.velocity(x, i),
+            on_step,
+        )
+    }
+
+    /// The steps of a schedule from latents `x` (in the run dtype): per step the velocities
+    /// `velocity(x, i)` gives (the prompt's and, for CFG, the negative prompt's), with `ranks`
+    /// summed over the group ([`super::parallel`]), true CFG, the Euler step, and one `eval`
+    /// that also reduces the latents to one "all finite" flag; returns the final latents (f32).
+    pub(super) fn run_steps(
+        &self,
+        mut x: Array,
+        schedule: &Schedule,
+        cfg_scale: f32,
+        ranks: Option<&Group>,
+        velocity: &Velocity<'_>,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Array> {
         for i in 0..schedule.steps() {
-            let (cond, uncond) = bound
-                .velocity(&x, i)
-                .map_err(mlx("running the transformer"))?;
+            let (cond, uncond) = velocity(&x, i).map_err(mlx("running the transformer"))?;
             let (cond, uncond) = match ranks {
                 Some(g) => {
                     super::parallel::exchange(g, cond).map_err(mlx("exchanging the velocities"))?
