@@ -120,18 +120,52 @@ struct Common {
     lightning: bool,
 }
 
+/// What `warm` and `edit` both take: the runs' dtype and steps, the seeds, where rows go.
+#[derive(Debug, Args)]
+struct Timed {
+    /// Compute dtype (weights are converted at load).
+    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
+    dtype: DtypeArg,
+
+    /// Denoising steps per run.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+
+    /// Seed of the first timed run (run i uses seed + i, or seed + i·count; warm-ups
+    /// seed + 1000 + i).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// JSON lines file the rows are appended to.
+    #[arg(long, value_name = "FILE.jsonl")]
+    out: PathBuf,
+
+    /// The `gpu` field of every row (e.g. "NVIDIA H200").
+    #[arg(long, default_value = "unknown")]
+    gpu: String,
+}
+
+impl Common {
+    /// The request of one timed run: the prompt, the negative prompt, the CFG scale.
+    fn request(&self, steps: usize, seed: u64) -> Request {
+        Request {
+            prompt: self.prompt.clone(),
+            negative_prompt: Some(self.negative.clone()),
+            steps,
+            cfg_scale: self.cfg,
+            seed,
+            latents: None,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct WarmArgs {
     #[command(flatten)]
     common: Common,
 
-    /// Compute dtype (weights are converted at load).
-    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
-    dtype: DtypeArg,
-
-    /// Denoising steps per image.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
+    #[command(flatten)]
+    timed: Timed,
 
     /// Timed images (after the warm-up ones).
     #[arg(long, default_value_t = 3)]
@@ -145,18 +179,6 @@ struct WarmArgs {
     /// Untimed warm-up images before them.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
-
-    /// Seed of the first timed image (image i uses seed + i; warm-ups use seed + 1000 + i).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-
-    /// JSON lines file the rows are appended to.
-    #[arg(long, value_name = "FILE.jsonl")]
-    out: PathBuf,
-
-    /// The `gpu` field of every row (e.g. "NVIDIA H200").
-    #[arg(long, default_value = "unknown")]
-    gpu: String,
 }
 
 #[derive(Debug, Args)]
@@ -168,29 +190,12 @@ struct EditArgs {
     #[arg(long = "image", value_name = "PNG", required = true)]
     images: Vec<PathBuf>,
 
-    /// Compute dtype (weights are converted at load).
-    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
-    dtype: DtypeArg,
-
-    /// Denoising steps per edit.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
+    #[command(flatten)]
+    timed: Timed,
 
     /// Timed edits (after the warm-up one).
     #[arg(long, default_value_t = 3)]
     edits: usize,
-
-    /// Seed of the first timed edit (edit i uses seed + i; the warm-up seed + 1000).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-
-    /// JSON lines file the rows are appended to.
-    #[arg(long, value_name = "FILE.jsonl")]
-    out: PathBuf,
-
-    /// The `gpu` field of every row (e.g. "NVIDIA H200").
-    #[arg(long, default_value = "unknown")]
-    gpu: String,
 }
 
 #[derive(Debug, Args)]
@@ -328,6 +333,26 @@ struct Rows {
 }
 
 impl Rows {
+    /// The `load` row: the open's time, the module, the host memory, where the time went.
+    fn push_load(&mut self, pipeline: &Pipeline, load_ms: f64) -> Result<()> {
+        let opened = pipeline.open_timings();
+        self.push(
+            "load",
+            load_ms,
+            peak_gb()?,
+            &[
+                ("module", pipeline.variant().name().into()),
+                ("rss_gb", rss_hwm_gb().map(|g| round(g, 2)).into()),
+                ("weights_ms", round(opened.weights * 1000.0, 1).into()),
+                (
+                    "kernels_ms",
+                    opened.kernels.map(|k| round(k * 1000.0, 1)).into(),
+                ),
+                ("kernels_beside", opened.kernels_beside.into()),
+            ],
+        )
+    }
+
     fn open(path: &Path, base: Vec<(&'static str, Value)>) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)
@@ -367,49 +392,20 @@ impl Rows {
 
 fn warm(args: &WarmArgs) -> Result<()> {
     let c = &args.common;
-    if args.steps == 0 {
+    if args.timed.steps == 0 {
         bail!("--steps must be at least 1");
     }
     memory::reset_peak_memory().context("resetting MLX's peak memory")?;
     let start = Instant::now();
-    let pipeline = open(c, args.dtype)?;
+    let pipeline = open(c, args.timed.dtype)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
-    let mut rows = Rows::open(
-        &args.out,
-        base_fields(c, &pipeline, &args.gpu, args.steps, args.dtype)?
-            .into_iter()
-            .chain((!c.lora.is_empty()).then(|| ("lora", lora_names(&c.lora))))
-            .chain(c.lightning.then(|| ("lightning", true.into())))
-            .collect(),
-    )?;
-    let opened = pipeline.open_timings();
-    rows.push(
-        "load",
-        load_ms,
-        peak_gb()?,
-        &[
-            ("module", pipeline.variant().name().into()),
-            ("rss_gb", rss_hwm_gb().map(|g| round(g, 2)).into()),
-            ("weights_ms", round(opened.weights * 1000.0, 1).into()),
-            (
-                "kernels_ms",
-                opened.kernels.map(|k| round(k * 1000.0, 1)).into(),
-            ),
-            ("kernels_beside", opened.kernels_beside.into()),
-        ],
-    )?;
+    let mut rows = Rows::open(&args.timed.out, base_fields(c, &pipeline, &args.timed)?)?;
+    rows.push_load(&pipeline, load_ms)?;
 
-    let request = |seed: u64| Request {
-        prompt: c.prompt.clone(),
-        negative_prompt: Some(c.negative.clone()),
-        steps: args.steps,
-        cfg_scale: c.cfg,
-        seed,
-        latents: None,
-    };
+    let request = |seed: u64| c.request(args.timed.steps, seed);
     for i in 0..args.warmup {
         let start = Instant::now();
-        pipeline.generate(&request(args.seed + 1000 + i as u64), &mut |_| {})?;
+        pipeline.generate(&request(args.timed.seed + 1000 + i as u64), &mut |_| {})?;
         eprintln!(
             "warm-up image {}: {:.2} s (not recorded)",
             i + 1,
@@ -418,10 +414,10 @@ fn warm(args: &WarmArgs) -> Result<()> {
     }
     for i in 0..args.images {
         memory::reset_peak_memory().context("resetting MLX's peak memory")?;
-        let mut stamps = Vec::with_capacity(args.steps);
+        let mut stamps = Vec::with_capacity(args.timed.steps);
         let start = Instant::now();
         let mut all = pipeline.generate_images(
-            &request(args.seed + (i * args.count) as u64),
+            &request(args.timed.seed + (i * args.count) as u64),
             args.count,
             &mut |event| match event {
                 Event::Step { .. } => stamps.push(Instant::now()),
@@ -436,7 +432,7 @@ fn warm(args: &WarmArgs) -> Result<()> {
             .windows(2)
             .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
             .collect();
-        let mean_step = t.denoise * 1e3 / args.steps as f64;
+        let mean_step = t.denoise * 1e3 / args.timed.steps as f64;
         let run = ("run", Value::from(i));
         let rss = ("rss_gb", rss_hwm_gb().map(|g| round(g, 2)).into());
         let stages: Map<String, Value> = g
@@ -469,28 +465,26 @@ fn warm(args: &WarmArgs) -> Result<()> {
 }
 
 /// The fields every row of a measurement starts with.
-fn base_fields(
-    c: &Common,
-    pipeline: &Pipeline,
-    gpu: &str,
-    steps: usize,
-    dtype: DtypeArg,
-) -> Result<Vec<(&'static str, Value)>> {
+fn base_fields(c: &Common, pipeline: &Pipeline, t: &Timed) -> Result<Vec<(&'static str, Value)>> {
     let r = pipeline.resolution();
-    Ok(vec![
+    Ok([
         ("system", "qwen-aot".into()),
-        ("gpu", gpu.into()),
+        ("gpu", t.gpu.as_str().into()),
         ("width", r.width.into()),
         ("height", r.height.into()),
-        ("steps", steps.into()),
+        ("steps", t.steps.into()),
         ("cfg", f64::from(c.cfg).into()),
-        ("dtype", dtype.name().into()),
+        ("dtype", t.dtype.name().into()),
         (
             "memory_limit_gb",
             c.memory_limit.map(|g| round(g, 2)).into(),
         ),
         ("quantize", quantization(c)?.map(|q| q.describe()).into()),
-    ])
+    ]
+    .into_iter()
+    .chain((!c.lora.is_empty()).then(|| ("lora", lora_names(&c.lora))))
+    .chain(c.lightning.then(|| ("lightning", true.into())))
+    .collect())
 }
 
 /// `edit`: rows `load`, then per timed edit `edit` (the images read to the decoded image:
@@ -499,7 +493,7 @@ fn base_fields(
 fn edit(args: &EditArgs) -> Result<()> {
     use qwen::pipeline::{EditRequest, PromptPositions};
     let c = &args.common;
-    if args.steps == 0 {
+    if args.timed.steps == 0 {
         bail!("--steps must be at least 1");
     }
     let images = args
@@ -509,34 +503,14 @@ fn edit(args: &EditArgs) -> Result<()> {
         .collect::<std::result::Result<Vec<_>, _>>()?;
     memory::reset_peak_memory().context("resetting MLX's peak memory")?;
     let start = Instant::now();
-    let pipeline = open_for(c, args.dtype, true)?;
+    let pipeline = open_for(c, args.timed.dtype, true)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
-    let mut base = base_fields(c, &pipeline, &args.gpu, args.steps, args.dtype)?;
+    let mut base = base_fields(c, &pipeline, &args.timed)?;
     base.push(("edit", images.len().into()));
-    let mut rows = Rows::open(&args.out, base)?;
-    let opened = pipeline.open_timings();
-    rows.push(
-        "load",
-        load_ms,
-        peak_gb()?,
-        &[
-            ("module", pipeline.variant().name().into()),
-            ("weights_ms", round(opened.weights * 1000.0, 1).into()),
-            (
-                "kernels_ms",
-                opened.kernels.map(|k| round(k * 1000.0, 1)).into(),
-            ),
-        ],
-    )?;
+    let mut rows = Rows::open(&args.timed.out, base)?;
+    rows.push_load(&pipeline, load_ms)?;
     let request = |seed: u64| EditRequest {
-        request: Request {
-            prompt: c.prompt.clone(),
-            negative_prompt: Some(c.negative.clone()),
-            steps: args.steps,
-            cfg_scale: c.cfg,
-            seed,
-            latents: None,
-        },
+        request: c.request(args.timed.steps, seed),
         images: images.clone(),
         positions: PromptPositions::OneDimensional,
     };
@@ -551,16 +525,16 @@ fn edit(args: &EditArgs) -> Result<()> {
         Ok(())
     };
     let start = Instant::now();
-    run(args.seed + 1000, &mut vec![])?;
+    run(args.timed.seed + 1000, &mut vec![])?;
     eprintln!(
         "warm-up edit: {:.2} s (not recorded; it loads the edit networks)",
         start.elapsed().as_secs_f64()
     );
     for i in 0..args.edits {
         memory::reset_peak_memory().context("resetting MLX's peak memory")?;
-        let mut stamps = Vec::with_capacity(args.steps);
+        let mut stamps = Vec::with_capacity(args.timed.steps);
         let start = Instant::now();
-        run(args.seed + i as u64, &mut stamps)?;
+        run(args.timed.seed + i as u64, &mut stamps)?;
         let edit_ms = start.elapsed().as_secs_f64() * 1e3;
         let peak = peak_gb()?;
         let steps: Vec<f64> = stamps

@@ -125,22 +125,8 @@ struct Args {
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
 
-    /// GPU memory the run may use, in GB (10^9 bytes), e.g. 24 for a 24 GB card: networks
-    /// that do not fit beside each other are loaded for their stage and freed after it.
-    /// Default: MLX's limit (95 % of the GPU's memory).
-    #[arg(long, value_name = "GB")]
-    memory_limit: Option<f64>,
-
-    /// Quantize the transformer's linear layers at load to 8 or 4 bits (MLX affine, groups of
-    /// 64); the text encoder and the first and last layers stay in the compute dtype.
-    #[arg(long, value_name = "BITS")]
-    quantize: Option<qwen::quantize::Quantization>,
-
-    /// A LoRA adapter to fuse into the transformer at load, `FILE` or `FILE:SCALE` (default
-    /// 1); repeatable. diffusers/PEFT (`lora_A`/`lora_B`) and kohya/ComfyUI
-    /// (`lora_down`/`lora_up`/`alpha`) keys; with --quantize kept beside the quantized weights (see --lora-fuse).
-    #[arg(long, value_name = "FILE[:SCALE]", value_parser = qwen::cli::parse_lora)]
-    lora: Vec<(PathBuf, f32)>,
+    #[command(flatten)]
+    weights: WeightArgs,
 
     /// With --quantize: fuse each LoRA into its weight before quantizing, instead of keeping
     /// it beside the quantized weight (its own small matmuls in the compute dtype; the
@@ -232,20 +218,32 @@ struct EditArgs {
     /// transformers 5 computes them) or `multimodal` (the model's own, per image grid).
     #[arg(long, value_enum, default_value = "reference")]
     positions: PositionsArg,
-    /// GPU memory the edit may use, in GB, as for a generation: the encoders, the modulation
-    /// and the edit transformer each loaded for their stage where they do not fit together.
-    #[arg(long, value_name = "GB")]
-    memory_limit: Option<f64>,
-    /// Quantize the edit transformer's linear layers at load to 8 or 4 bits, as for a
-    /// generation (or give a folder `qwen-run quantize` wrote).
-    #[arg(long, value_name = "BITS")]
-    quantize: Option<qwen::quantize::Quantization>,
-    /// A LoRA adapter fused into the edit transformer at load, `FILE` or `FILE:SCALE`;
-    /// repeatable.
-    #[arg(long, value_name = "FILE[:SCALE]", value_parser = qwen::cli::parse_lora)]
-    lora: Vec<(PathBuf, f32)>,
+    #[command(flatten)]
+    weights: WeightArgs,
     #[arg(long, short, default_value = "edit.png")]
     output: PathBuf,
+}
+
+/// How the networks are held: generations and edits alike.
+#[derive(Debug, clap::Args)]
+struct WeightArgs {
+    /// GPU memory the run may use, in GB (10^9 bytes), e.g. 24 for a 24 GB card: networks
+    /// that do not fit beside each other are loaded for their stage and freed after it (for
+    /// an edit: the encoders, the modulation and the edit transformer). Default: MLX's limit
+    /// (95 % of the GPU's memory).
+    #[arg(long, value_name = "GB")]
+    memory_limit: Option<f64>,
+
+    /// Quantize the transformer's linear layers at load to 8 or 4 bits (MLX affine, groups of
+    /// 64); the text encoder and the first and last layers stay in the compute dtype.
+    #[arg(long, value_name = "BITS")]
+    quantize: Option<qwen::quantize::Quantization>,
+
+    /// A LoRA adapter to fuse into the transformer at load, `FILE` or `FILE:SCALE` (default
+    /// 1); repeatable. diffusers/PEFT (`lora_A`/`lora_B`) and kohya/ComfyUI
+    /// (`lora_down`/`lora_up`/`alpha`) keys; with --quantize kept beside the quantized weights (see --lora-fuse).
+    #[arg(long, value_name = "FILE[:SCALE]", value_parser = qwen::cli::parse_lora)]
+    lora: Vec<(PathBuf, f32)>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -436,9 +434,9 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
         &Options {
             resolution: Some(res),
             dtype: dtype.mlx(),
-            memory_limit: memory_limit_bytes(args.memory_limit)?,
-            quantize: args.quantize.clone(),
-            loras: args.lora.clone(),
+            memory_limit: memory_limit_bytes(args.weights.memory_limit)?,
+            quantize: args.weights.quantize.clone(),
+            loras: args.weights.lora.clone(),
             edit: true,
             ..Options::default()
         },
@@ -515,7 +513,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         bail!("--prompt is required");
     };
     let lightning_steps: Option<usize> = args.lightning.as_deref().map(|s| s.parse().unwrap_or(8));
-    if lightning_steps.is_some() && args.lora.is_empty() {
+    if lightning_steps.is_some() && args.weights.lora.is_empty() {
         eprintln!(
             "warning: --lightning without --lora: the few-step schedule on the base model (give the Lightning LoRA)"
         );
@@ -590,8 +588,8 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         resolution: args.res,
         dtype: dtype.mlx(),
         module: args.module.clone(),
-        memory_limit: memory_limit_bytes(args.memory_limit)?,
-        quantize: match (&args.quantize, &args.quantize_layers) {
+        memory_limit: memory_limit_bytes(args.weights.memory_limit)?,
+        quantize: match (&args.weights.quantize, &args.quantize_layers) {
             (Some(q), Some(o)) => Some(
                 q.clone()
                     .with_overrides(o)
@@ -599,7 +597,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
             ),
             (q, _) => q.clone(),
         },
-        loras: args.lora.clone(),
+        loras: args.weights.lora.clone(),
         lora_on_quantized: if args.lora_fuse {
             qwen_runtime::lora::OnQuantized::Fuse
         } else {
