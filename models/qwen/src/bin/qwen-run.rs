@@ -398,6 +398,9 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
     let mut inputs: Vec<&Path> = vec![model.as_path()];
     inputs.extend(args.images.iter().map(PathBuf::as_path));
     check_output(&args.output, &inputs)?;
+    for stale in remove_stale_temp_files(&args.output, SystemTime::now()) {
+        println!("removed {} (left by a killed run)", stale.display());
+    }
     let images = args
         .images
         .iter()
@@ -470,12 +473,10 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
         ProgressStyle::with_template("edit {bar:30} {pos}/{len} steps [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    signals::install().context("installing the SIGINT/SIGTERM handlers")?;
     let latents = pipeline.edit_latents_with(&request, &mut |event| match event {
         Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
-        Event::Step { done, total } => {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        }
+        Event::Step { done, total } => step_done(&bar, done, total),
     });
     bar.finish_and_clear();
     let latents = latents?;
@@ -487,11 +488,28 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
     }
     let meta = pipeline.metadata(&request.request);
     let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    image
-        .write_png(&args.output, &text)
+    stop_if_signalled(|| "before writing".into())?;
+    let written = image
+        .write_png_unless(&args.output, &text, &|| signals::received().is_some())
         .with_context(|| format!("writing {}", args.output.display()))?;
+    if !written {
+        stop_if_signalled(|| "while writing".into())?;
+    }
     println!("wrote {}", args.output.display());
     Ok(())
+}
+
+/// A denoising step done: the bar moves; after SIGINT or SIGTERM the run ends here (the
+/// pipeline's callback cannot stop its loop; no file is open during the steps).
+fn step_done(bar: &ProgressBar, done: usize, total: usize) {
+    bar.set_length(total as u64);
+    bar.set_position(done as u64);
+    if let Some((signal, code)) = signals::received() {
+        bar.finish_and_clear();
+        let when = format!("after step {done} of {total}");
+        eprintln!("error: {}", Interrupted { signal, code, when });
+        std::process::exit(code.into());
+    }
 }
 
 /// `--memory-limit` in bytes.
@@ -672,18 +690,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     };
     let on_event = &mut |event: Event| match event {
         Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
-        Event::Step { done, total } => {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            // The pipeline's callback cannot stop its loop: leave from here (no file is
-            // open during the steps).
-            if let Some((signal, code)) = signals::received() {
-                bar.finish_and_clear();
-                let when = format!("after step {done} of {total}");
-                eprintln!("error: {}", Interrupted { signal, code, when });
-                std::process::exit(code.into());
-            }
-        }
+        Event::Step { done, total } => step_done(&bar, done, total),
     };
     let result = match &group {
         Some(g) => pipeline
