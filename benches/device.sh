@@ -701,15 +701,18 @@ IMAGES=3 costs nothing (the background job sets the length). Two-call variant, o
   bash benches/device.sh diffusers-timing bg-wait 420 compare table        ~4.5 min
 One GPU: setup qwen-warm | qwen-cold diffusers-timing | qwen-dump diffusers-dump compare | compile
 
-Open measurements (2026-11-30, after the work of that day): every open issue's last rows, in three
-calls on nvidia-h200-x2 (~20 min of device time with the start; each call within 600 s):
+Open measurements (2026-11-30, after the work of that day): every open issue's last rows, in four
+calls on nvidia-h200-x2 (~22 min of device time with the start; estimates, each call within 600 s):
   call 1  BG_STEPS=compile bash benches/device.sh setup bg-start qwen-warm     ~5 min
             issue 7: our warm step while torch.compile's step is made on GPU 1 (the same run)
-  call 2  SIZES=2048 SIZE_STEPS=10 bash benches/device.sh edit sizes           ~8 min
-            issue 14: Edit-2511 at 1024^2, ours then diffusers (~5 min); issue 12: 2048^2, 10 steps
-  call 3  bash benches/device.sh bg-wait 120 gpus count table                  ~5 min
-            the compile rows; issue 11: --gpus 2 against one GPU (both GPUs free once the
-            compile job has ended); issue 12: --count 4 against 1 with the PNG check
+  call 2  EDITS=2 bash benches/device.sh edit                                  ~5-6 min
+            issue 14: Edit-2511 at 1024^2 (a 1 MP reference: twice the tokens of an image),
+            ours then diffusers, 1 warm-up + 2 edits each
+  call 3  SIZES=2048 SIZE_STEPS=10 bash benches/device.sh sizes bg-wait 60     ~3-4 min
+            issue 12: 2048^2, 10 steps; the compile rows
+  call 4  bash benches/device.sh gpus count table                              ~5 min
+            issue 11: --gpus 2 against one GPU (both GPUs free: the compile job has ended);
+            issue 12: --count 4 against 1 with the PNG check
 On one H200 (64 GiB disk, 128 GiB of host memory) cold runs are slower in a fresh machine's first
 process (its page cache fills): run qwen-cold twice.
 EOF

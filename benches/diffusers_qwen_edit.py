@@ -69,4 +69,5 @@ for rep in range(-1, EDITS):  # rep -1: warm-up, not recorded
     steps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
     p = peak()
     row("edit", total * 1000, p, run=rep, rss_gb=rss())
-    row("step", steps[len(steps) // 2] * 1000, p, run=rep, mean_ms=round(sum(steps) / len(steps) * 1000, 2))
+    if steps:  # one step has no interval
+        row("step", steps[len(steps) // 2] * 1000, p, run=rep, mean_ms=round(sum(steps) / len(steps) * 1000, 2))

@@ -527,7 +527,7 @@ fn edit(args: &EditArgs) -> Result<()> {
     let start = Instant::now();
     run(args.timed.seed + 1000, &mut vec![])?;
     eprintln!(
-        "warm-up edit: {:.2} s (not recorded; it loads the edit networks)",
+        "warm-up edit: {:.2} s (not recorded; it loads what the open did not)",
         start.elapsed().as_secs_f64()
     );
     for i in 0..args.edits {

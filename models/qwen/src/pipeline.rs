@@ -90,7 +90,8 @@ pub struct Pipeline {
     /// Where the networks that come and go are loaded from.
     checkpoints: Checkpoints,
     loaded: memory::LoadedCell,
-    sizes: memory::Sizes,
+    /// What the rule works with (an edit sets its step's estimates for its references).
+    sizes: std::cell::Cell<memory::Sizes>,
     /// Bytes the networks and their work may take.
     budget: usize,
     /// Which linear layers are quantized at load.

@@ -865,8 +865,8 @@ fn edit_refuses_bad_images() {
 }
 
 /// `qwen-run edit` on the tiny Edit-2509 folder: a 3:1 input (144×48), the output at the
-/// nearest generated size with a notice, the PNG written; under a 1 MB memory limit (each
-/// stage with its own network) with the edit transformer quantized to 8 bits. (Ignored in CI:
+/// nearest generated size with a notice, the PNG written; with `--memory-limit` (1 MB: each
+/// stage loads its own network) and `--quantize 8` taken. (Ignored in CI:
 /// the input is VAE-encoded at 1760×576, about a minute on a 2-core CPU.)
 #[test]
 #[ignore = "slow on a CPU: the input is VAE-encoded at 1760×576 (~1 min)"]

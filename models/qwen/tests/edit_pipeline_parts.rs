@@ -219,25 +219,26 @@ fn edits_match_the_pipeline() {
         println!("{run} (memory limit {limit:?}): final latents rel err {e:.3e}");
         assert!(e <= 1e-4, "{run}: {e:.3e}");
         if limit.is_some() {
-            // the encoders and the modulation were freed for the edit transformer
+            // the rule freed the encoders and the modulation for the edit transformer (its
+            // bookkeeping: the buffers' release is MLX's)
             assert_eq!(p.loaded_networks(), [qwen::pipeline::Network::Denoiser]);
         }
     }
 }
 
 /// A pipeline opened for edits holds the edit networks in the memory rule's places: Edit-2511's
-/// `zero_cond_t` is read at open, the text encoder's place holds the vision tower beside the
-/// language model (more bytes than the text-only encoder), everything loads at open where it
-/// fits; it refuses generations, and a pipeline opened for generations refuses edits, each
-/// with an error that says why.
+/// `zero_cond_t` is read at open and everything loads at open where it fits; the edit networks
+/// are checked at open (a folder whose text encoder lacks the vision tower opens for
+/// generations, not for edits, the error naming the missing tensors); it refuses generations,
+/// and a pipeline opened for generations refuses edits, each with an error that says why.
 #[test]
 fn edit_pipelines_hold_the_edit_networks_in_the_rule() {
     use qwen::pipeline::{
         EditRequest, Network, Options, Pipeline, PipelineError, PromptPositions, Purpose, Request,
     };
-    let open = |folder: &str, edit: bool| {
+    let open = |folder: &std::path::Path, edit: bool| {
         Pipeline::open(
-            fixture(folder),
+            folder,
             &Options {
                 resolution: Some("96x64".parse().unwrap()),
                 dtype: Dtype::Float32,
@@ -245,24 +246,38 @@ fn edit_pipelines_hold_the_edit_networks_in_the_rule() {
                 ..Default::default()
             },
         )
-        .unwrap()
     };
-    let edit = open("tiny-qwen-image-edit-2511", true);
+    let f2511 = fixture("tiny-qwen-image-edit-2511");
+    let edit = open(&f2511, true).unwrap();
     assert_eq!(edit.purpose(), Purpose::Edit { zero_cond: true });
     assert_eq!(
-        open("tiny-qwen-image-edit-2509", true).purpose(),
+        open(&fixture("tiny-qwen-image-edit-2509"), true)
+            .unwrap()
+            .purpose(),
         Purpose::Edit { zero_cond: false }
     );
-    let generate = open("tiny-qwen-image-edit-2511", false);
+    let generate = open(&f2511, false).unwrap();
     assert_eq!(generate.purpose(), Purpose::Generate);
-    let (e, g) = (edit.memory_sizes(), generate.memory_sizes());
-    assert!(e.text_encoder > g.text_encoder, "{e:?} vs {g:?}");
-    assert!(e.denoise_work > g.denoise_work, "{e:?} vs {g:?}");
     for p in [&edit, &generate] {
         let loaded = p.loaded_networks();
         for n in [Network::TextEncoder, Network::Modulation, Network::Denoiser] {
             assert!(loaded.contains(&n), "{n:?} not loaded: {loaded:?}");
         }
+    }
+
+    // the same folder with a text encoder without the vision tower
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("edit");
+    without_vision_tower(&f2511, &folder);
+    assert!(open(&folder, false).is_ok());
+    match open(&folder, true) {
+        Err(PipelineError::Mismatch { problems, .. }) => {
+            assert!(
+                problems.iter().any(|p| p.contains("visual.")),
+                "{problems:?}"
+            );
+        }
+        other => panic!("an edit pipeline without the vision tower: {other:?}"),
     }
 
     let refused = edit.generate(&Request::new("a fox"), &mut |_| {});
@@ -284,4 +299,44 @@ fn edit_pipelines_hold_the_edit_networks_in_the_rule() {
         matches!(&refused, Err(PipelineError::Request(m)) if m.contains("opened for generations")),
         "{refused:?}"
     );
+}
+
+/// `src` (an Edit folder) copied to `dst` with links to its parts, its text encoder's shards
+/// and index rewritten without the `visual.*` tensors.
+fn without_vision_tower(src: &std::path::Path, dst: &std::path::Path) {
+    use safetensors::tensor::{SafeTensors, TensorView};
+    use std::fs;
+    fs::create_dir_all(dst).unwrap();
+    for entry in fs::read_dir(src).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name != "text_encoder" {
+            let target = fs::canonicalize(src.join(&name)).unwrap();
+            std::os::unix::fs::symlink(target, dst.join(&name)).unwrap();
+        }
+    }
+    let (te_src, te_dst) = (src.join("text_encoder"), dst.join("text_encoder"));
+    fs::create_dir_all(&te_dst).unwrap();
+    for entry in fs::read_dir(&te_src).unwrap() {
+        let name = entry.unwrap().file_name();
+        let (from, to) = (te_src.join(&name), te_dst.join(&name));
+        let text = name.to_string_lossy().into_owned();
+        if text.ends_with(".safetensors") {
+            let bytes = fs::read(&from).unwrap();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let views: Vec<(String, TensorView)> = st
+                .tensors()
+                .into_iter()
+                .filter(|(n, _)| !n.starts_with("visual."))
+                .collect();
+            fs::write(&to, safetensors::serialize(views, None).unwrap()).unwrap();
+        } else if text.ends_with(".index.json") {
+            let mut index: serde_json::Value =
+                serde_json::from_slice(&fs::read(&from).unwrap()).unwrap();
+            let map = index["weight_map"].as_object_mut().unwrap();
+            map.retain(|k, _| !k.starts_with("visual."));
+            fs::write(&to, serde_json::to_vec(&index).unwrap()).unwrap();
+        } else {
+            fs::copy(&from, &to).unwrap();
+        }
+    }
 }

@@ -177,11 +177,9 @@ fn joint_cfg_edit_transformer_is_two_one_text_calls() {
     let loras = Loras::default();
     let (f32_, s) = (Dtype::Float32, Staging::default());
     let modulation = one.load_modulation(&ck, s, f32_, &Dense, &loras).unwrap();
+    // two steps' timesteps, then 0 (Edit-2511's references' row)
     let table = modulation
-        .table(&Array::from_slice(&[0.9f32, 0.6], &[2]))
-        .unwrap();
-    let zero = modulation
-        .table(&Array::from_slice(&[0.0f32], &[1]))
+        .table(&Array::from_slice(&[0.9f32, 0.6, 0.0], &[3]))
         .unwrap();
     let normal = |seed: u64, shape: &[i32]| {
         let k = random::key(seed).unwrap();
@@ -202,12 +200,12 @@ fn joint_cfg_edit_transformer_is_two_one_text_calls() {
         };
         let (a, b) = (load(one), load(joint));
         assert!(!a.joint_cfg() && b.joint_cfg());
-        let refs = zero_cond.then_some(&zero);
+        let refs_row = zero_cond.then_some(2);
         let run = |d: &dyn EditDenoiser, uncond| {
             let m = EditModulation {
                 table: &table,
                 step: 1,
-                refs,
+                refs_row,
             };
             d.velocities(&x, (&c, &rc), uncond, m, (24, 15)).unwrap()
         };

@@ -241,7 +241,8 @@ struct WeightArgs {
 
     /// A LoRA adapter to fuse into the transformer at load, `FILE` or `FILE:SCALE` (default
     /// 1); repeatable. diffusers/PEFT (`lora_A`/`lora_B`) and kohya/ComfyUI
-    /// (`lora_down`/`lora_up`/`alpha`) keys; with --quantize kept beside the quantized weights (see --lora-fuse).
+    /// (`lora_down`/`lora_up`/`alpha`) keys; with --quantize kept beside the quantized weights
+    /// (for a generation, --lora-fuse fuses them before quantizing).
     #[arg(long, value_name = "FILE[:SCALE]", value_parser = qwen::cli::parse_lora)]
     lora: Vec<(PathBuf, f32)>,
 }
@@ -440,6 +441,8 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
             memory_limit: memory_limit_bytes(args.weights.memory_limit)?,
             quantize: args.weights.quantize.clone(),
             loras: args.weights.lora.clone(),
+            // without a negative pass, the one-text edit transformer where the size has one
+            negative_pass: args.cfg > 1.0,
             edit: true,
             ..Options::default()
         },

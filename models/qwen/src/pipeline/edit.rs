@@ -3,7 +3,7 @@
 //! tower) into the prompt, and through the VAE into reference latents; the edit transformer
 //! denoising the generated image's tokens beside the references'.
 
-use qwen_runtime::__private::mlx_rs::{ops, Array};
+use qwen_runtime::__private::mlx_rs::{ops, transforms, Array};
 use qwen_runtime::resample::{resize_rgb, Filter};
 use qwen_runtime::rope::qwen_image_rope;
 use qwen_runtime::RgbImage;
@@ -77,8 +77,9 @@ fn bad(i: usize, e: String) -> PipelineError {
 
 impl Pipeline {
     /// The final latents `[1, L_img, 64]` (f32) of an edit of `edit.images` at this
-    /// pipeline's size, through the shared module's edit networks (loaded on the first edit;
-    /// Edit-2511's `zero_cond_t` from `transformer/config.json`).
+    /// pipeline's size, through the shared module's edit networks (a pipeline opened with
+    /// `Options::edit`: the networks loaded and freed by [`super::memory`]'s rule, Edit-2511's
+    /// `zero_cond_t` read at open).
     pub fn edit_latents(&self, edit: &EditRequest) -> Result<Array> {
         self.edit_latents_with(edit, &mut |_| {})
     }
@@ -108,6 +109,9 @@ impl Pipeline {
         // the references through the VAE first (its activations at ~1 MP, with room made as for
         // a decode), then the vision tower and the prompts, each network loaded by the rule
         let references = self.edit_references(&edit.images)?;
+        // the denoise estimates for these references' tokens
+        let ref_tokens: usize = references.grids.iter().map(|(h, w)| h * w).sum();
+        self.set_edit_references(ref_tokens);
         self.ensure(Network::TextEncoder)?;
         let loaded = self.loaded.borrow();
         let encoder = loaded.edit_encoder.as_deref().expect("ensured");
@@ -156,23 +160,22 @@ impl Pipeline {
             (Some(n), true) => Some(encode(n)?),
             _ => None,
         };
+        // computed now, while the encoders are loaded (the rule may free them next)
+        let mut done = vec![&cond];
+        done.extend(uncond.as_ref());
+        transforms::eval(done).map_err(mlx("encoding the edit prompt"))?;
         drop(loaded);
 
         // the schedule and its modulation (and timestep 0's for Edit-2511's references)
         let out_len = self.image_seq_len();
         let schedule = self.scheduler.schedule(request.steps, out_len)?;
-        let table = self.modulation_table(&self.timesteps(request.steps)?)?;
-        let refs_table = if zero_cond {
-            self.ensure(Network::Modulation)?;
-            let l = self.loaded.borrow();
-            let m = l.modulation.as_ref().expect("ensured");
-            let zero = m
-                .table(&Array::from_slice(&[0.0f32], &[1]))
-                .map_err(mlx("running the timestep modulation"))?;
-            Some(zero)
-        } else {
-            None
-        };
+        // Edit-2511: timestep 0's row after the schedule's, one table kept for both
+        let mut timesteps = self.timesteps(request.steps)?;
+        let refs_row = zero_cond.then(|| {
+            timesteps.push(0.0);
+            timesteps.len() - 1
+        });
+        let table = self.modulation_table(&timesteps)?;
         let (gh, gw) = self.grid();
         let mut images = vec![(1, gh, gw)];
         images.extend(references.grids.iter().map(|&(h, w)| (1, h, w)));
@@ -212,7 +215,7 @@ impl Pipeline {
             let modulation = EditModulation {
                 table: &table,
                 step: i,
-                refs: refs_table.as_ref(),
+                refs_row,
             };
             let negative = uncond.as_ref().zip(rope_u.as_ref());
             let lengths = (out_len as i32, ref_len);
@@ -296,9 +299,12 @@ impl Pipeline {
             latents.push(self.encode_image(&x)?);
             grids.push((vh / 16, vw / 16));
         }
-        Ok(References {
-            latents: join(&latents, 1)?,
-            grids,
-        })
+        let latents = join(&latents, 1)?;
+        // encoded now, within the room made for it (not in the first step, beside the
+        // edit transformer)
+        latents
+            .eval()
+            .map_err(mlx("encoding the reference images"))?;
+        Ok(References { latents, grids })
     }
 }

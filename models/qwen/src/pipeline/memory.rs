@@ -104,8 +104,9 @@ impl Sizes {
     /// (everything loaded: `stage_peaks_gb` 55.59 → 58.72); the VAE decode's full-resolution
     /// convolutions ~7.2 GB (2026-11-29: everything loaded, weights 55.1 GB, image peak
     /// 62.3 GB; q8 in 24 GB: denoiser 14.5 GB, peak 22.0 GB). An edit's step runs the
-    /// references' tokens too: the denoise estimate is for one reference of the VAE path's
-    /// area (`crate::edit::VAE_AREA`, 1024²) beside the output.
+    /// references' tokens too, and its VAE encoder stays beside the decoder: the step's
+    /// estimates count one reference of the VAE path's area (`crate::edit::VAE_AREA`, 1024²)
+    /// beside the output until the edit's own are known ([`Sizes::with_references`]).
     pub fn of(
         variant: &dyn Variant,
         purpose: Purpose,
@@ -113,28 +114,22 @@ impl Sizes {
         quantize: Option<&Quantization>,
         stored: Option<(&Checkpoint, i32)>,
     ) -> Self {
-        let width = if dtype == Dtype::Float32 { 2 } else { 1 };
-        let Resolution {
-            width: w,
-            height: h,
-        } = variant.resolution();
-        let megapixels = (w * h) as f64 / (1024.0 * 1024.0);
-        let work = |gib_per_megapixel: f64, floor: f64| {
-            ((gib_per_megapixel * megapixels).max(floor) * GIB as f64) as usize * width
-        };
         let (te, tr) = plans(quantize, stored);
-        let (encoder, denoiser, tokens) = match purpose {
+        let (encoder, denoiser, vae, references) = match purpose {
             Purpose::Generate => (
                 variant.text_encoder_specs(),
                 variant.transformer_specs(),
-                1.0,
+                variant.vae_specs(),
+                0,
             ),
             Purpose::Edit { zero_cond } => {
-                let reference = crate::edit::VAE_AREA as f64 / (1024.0 * 1024.0);
+                let mut vae = variant.vae_specs();
+                vae.extend(variant.vae_encoder_specs());
                 (
                     variant.edit_encoder_specs(),
                     variant.edit_denoiser_specs(zero_cond),
-                    (megapixels + reference) / megapixels,
+                    vae,
+                    crate::edit::VAE_AREA,
                 )
             }
         };
@@ -142,12 +137,41 @@ impl Sizes {
             text_encoder: loaded_bytes(&encoder, dtype, &te),
             modulation: loaded_bytes(&variant.modulation_specs(), dtype, tr.as_ref()),
             denoiser: loaded_bytes(&denoiser, dtype, tr.as_ref()),
-            vae: loaded_bytes(&variant.vae_specs(), dtype, &Dense),
+            vae: loaded_bytes(&vae, dtype, &Dense),
             loras: 0,
+            denoise_work: 0,
+            pipeline_work: 0,
+            decode_work: 0,
+            encode_work: 0,
+        }
+        .with_references(variant, dtype, references)
+    }
+
+    /// The working-memory estimates for `variant`'s size in `dtype`, the step's with
+    /// `reference_pixels` of an edit's reference images beside the output (their tokens in the
+    /// image stream: activations grow with the tokens, attention being flash).
+    pub fn with_references(
+        self,
+        variant: &dyn Variant,
+        dtype: Dtype,
+        reference_pixels: usize,
+    ) -> Self {
+        let width = if dtype == Dtype::Float32 { 2 } else { 1 };
+        let Resolution {
+            width: w,
+            height: h,
+        } = variant.resolution();
+        let megapixels = (w * h) as f64 / (1024.0 * 1024.0);
+        let tokens = (w * h + reference_pixels) as f64 / (w * h) as f64;
+        let work = |gib_per_megapixel: f64, floor: f64| {
+            ((gib_per_megapixel * megapixels).max(floor) * GIB as f64) as usize * width
+        };
+        Self {
             denoise_work: work(2.25 * tokens, 0.25),
-            pipeline_work: work(0.75, 0.1),
+            pipeline_work: work(0.75 * tokens, 0.1),
             decode_work: work(7.0, 0.25),
             encode_work: work(0.0, 1.0),
+            ..self
         }
     }
 
@@ -310,7 +334,18 @@ pub fn load_at_open(sizes: &Sizes, budget: usize) -> bool {
 impl Pipeline {
     /// The sizes the rule works with.
     pub fn memory_sizes(&self) -> Sizes {
-        self.sizes
+        self.sizes.get()
+    }
+
+    /// An edit's reference images hold `tokens` tokens of the image stream: the step's
+    /// working-memory estimates from now on are for them.
+    pub(super) fn set_edit_references(&self, tokens: usize) {
+        // a packed token is 16×16 pixels
+        let s = self
+            .sizes
+            .get()
+            .with_references(self.variant, self.dtype, tokens * 256);
+        self.sizes.set(s);
     }
 
     /// The networks loaded now, in the order they would be freed.
@@ -331,7 +366,7 @@ impl Pipeline {
         if stage == Stage::Decode && l.modulation.is_some() {
             l.table = None;
         }
-        let free = to_free(&self.sizes, &l.loaded(), stage, self.budget);
+        let free = to_free(&self.sizes.get(), &l.loaded(), stage, self.budget);
         for n in &free {
             l.free(*n);
         }
@@ -363,9 +398,10 @@ impl Pipeline {
         if !held.contains(&Network::Denoiser) {
             held.push(Network::Denoiser);
         }
-        let weights: usize = held.iter().map(|n| self.sizes.weights(*n)).sum();
-        let work = self.sizes.denoise_work * self.pairs_per_call(count).max(1);
-        self.sizes.vae + self.sizes.loras + weights + work <= self.budget
+        let sizes = self.sizes.get();
+        let weights: usize = held.iter().map(|n| sizes.weights(*n)).sum();
+        let work = sizes.denoise_work * self.pairs_per_call(count).max(1);
+        sizes.vae + sizes.loras + weights + work <= self.budget
     }
 
     /// How the denoiser's blocks are evaluated while `images` images denoise as one batch:
@@ -378,7 +414,7 @@ impl Pipeline {
             return mode;
         }
         if pipeline_fits(
-            &self.sizes,
+            &self.sizes.get(),
             &self.loaded.borrow().loaded(),
             self.pairs_per_call(images),
             self.budget,
@@ -393,8 +429,9 @@ impl Pipeline {
     /// (after [`Pipeline::make_room`] for the decode: `Options::vae_tiling`'s `Auto`).
     pub(super) fn decode_fits(&self) -> bool {
         let l = self.loaded.borrow();
-        let held: usize = l.loaded().iter().map(|n| self.sizes.weights(*n)).sum();
-        self.sizes.vae + self.sizes.loras + held + self.sizes.decode_work <= self.budget
+        let sizes = self.sizes.get();
+        let held: usize = l.loaded().iter().map(|n| sizes.weights(*n)).sum();
+        sizes.vae + sizes.loras + held + sizes.decode_work <= self.budget
     }
 
     /// Frees what `need` does not leave room for (see the module doc), then loads `need`
@@ -413,7 +450,7 @@ impl Pipeline {
         let (v, d) = (self.variant, self.dtype);
         let cks = &self.checkpoints;
         let staging = Staging {
-            ahead_bytes: staging_room(&self.sizes, &l.loaded(), need, self.budget),
+            ahead_bytes: staging_room(&self.sizes.get(), &l.loaded(), need, self.budget),
             ..Staging::default()
         };
         let (te_ck, tr_ck) = (&cks.text_encoder, &cks.transformer);

@@ -200,10 +200,14 @@ impl Pipeline {
             };
             tr_specs = stored.stored_specs(&tr_specs);
         }
+        let mut vae_specs = variant.vae_specs();
+        if let Purpose::Edit { .. } = purpose {
+            vae_specs.extend(variant.vae_encoder_specs());
+        }
         for (component, ck, specs) in [
             ("text_encoder", &te, te_specs.clone()),
             ("transformer", &tr, tr_specs),
-            ("vae", &vae, variant.vae_specs()),
+            ("vae", &vae, vae_specs),
         ] {
             // The text encoder checkpoint also holds the vision tower and the LM head; the VAE
             // its encoder. Neither is used for text-to-image.
@@ -287,7 +291,7 @@ impl Pipeline {
                 vae,
             },
             loaded: Default::default(),
-            sizes,
+            sizes: sizes.into(),
             budget,
             quantize: options.quantize.clone(),
             loras,

@@ -81,6 +81,8 @@ pub trait Variant: Sync {
         loras: &Loras,
         zero_cond: bool,
     ) -> Result<Box<dyn EditDenoiser>>;
+    /// What the VAE encoder reads (an edit's reference images).
+    fn vae_encoder_specs(&self) -> Vec<TensorSpec>;
     /// The VAE encoder (the shared module's: its size is free at run time).
     fn load_vae_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn ImageEncoder>>;
     /// Compiles every fused kernel the module's networks use (one tiny call each; see the
@@ -200,8 +202,8 @@ pub struct EditModulation<'a> {
     pub table: &'a ModulationTable,
     pub step: usize,
     /// Edit-2511's `zero_cond_t`: the references' tokens take the modulation of timestep 0,
-    /// this table of that one timestep.
-    pub refs: Option<&'a ModulationTable>,
+    /// this row of `table` (made with the schedule's, one table kept for both).
+    pub refs_row: Option<usize>,
 }
 
 /// A loaded VAE encoder: an NHWC image `[1, 8h, 8w, 3]` in [−1, 1] → the posterior's mean

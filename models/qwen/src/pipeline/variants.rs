@@ -146,12 +146,12 @@ macro_rules! variant {
                 One(EditOne),
                 Joint(EditJoint),
             }
-            /// The references' rows of `refs` (the table at timestep 0) for a batch.
-            fn refs_rows(refs: Option<&ModulationTable>, batch: i32) -> Result<Array, Exception> {
-                let t = refs.ok_or_else(|| {
+            /// The references' image rows (timestep 0's, row `refs` of `table`) for a batch.
+            fn refs_rows(table: &ModulationTable, refs: Option<usize>, batch: i32) -> Result<Array, Exception> {
+                let row = refs.ok_or_else(|| {
                     Exception::custom("Edit-2511's transformer needs the references' modulation at timestep 0")
                 })?;
-                let [img, _, _] = t.step(0, batch)?;
+                let [img, _, _] = table.step(row, batch)?;
                 Ok(img)
             }
             impl EditDenoiser for EditTr {
@@ -163,7 +163,7 @@ macro_rules! variant {
                     x: &Array,
                     (c, rc): EditText<'_>,
                     uncond: Option<EditText<'_>>,
-                    EditModulation { table, step: i, refs }: EditModulation<'_>,
+                    EditModulation { table, step: i, refs_row: refs }: EditModulation<'_>,
                     (out, refs_len): (i32, i32),
                 ) -> Result<(Array, Option<Array>), Exception> {
                     match self {
@@ -174,7 +174,7 @@ macro_rules! variant {
                                     w, x, text, &mi, &mt, &mo, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
                                 ),
                                 EditOne::ZeroCond(w) => m::edit_transformer_zero_cond(
-                                    w, x, text, &mi, &mt, &mo, &refs_rows(refs, 1)?, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
+                                    w, x, text, &mi, &mt, &mo, &refs_rows(table, refs, 1)?, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
                                 ),
                             };
                             let v = call(c, rc)?;
@@ -193,7 +193,7 @@ macro_rules! variant {
                                     w, &x2, &texts, &mi, &mt, &mo, &rc.img_cos, &rc.img_sin, &rc.txt_cos, &ru.txt_cos, &rc.txt_sin, &ru.txt_sin, out, refs_len,
                                 ),
                                 EditJoint::ZeroCond(w) => m::edit_transformer_zero_cond_cfg(
-                                    w, &x2, &texts, &mi, &mt, &mo, &refs_rows(refs, 2)?, &rc.img_cos, &rc.img_sin, &rc.txt_cos, &ru.txt_cos, &rc.txt_sin, &ru.txt_sin, out, refs_len,
+                                    w, &x2, &texts, &mi, &mt, &mo, &refs_rows(table, refs, 2)?, &rc.img_cos, &rc.img_sin, &rc.txt_cos, &ru.txt_cos, &rc.txt_sin, &ru.txt_sin, out, refs_len,
                                 ),
                             }?;
                             let mut halves = ops::split_at_indices(&y, &[1], 0)?.into_iter();
@@ -352,6 +352,9 @@ macro_rules! variant {
                         (true, false) => EditTr::Joint(EditJoint::Plain(load!(m::EditTransformerCfgWeights))),
                         (true, true) => EditTr::Joint(EditJoint::ZeroCond(load!(m::EditTransformerZeroCondCfgWeights))),
                     }))
+                }
+                fn vae_encoder_specs(&self) -> Vec<TensorSpec> {
+                    m::VaeEncoderWeights::specs("")
                 }
                 fn load_vae_encoder(&self, ck: &Checkpoint, dtype: Dtype) -> Result<Box<dyn ImageEncoder>> {
                     let w = loaded("vae", || m::VaeEncoderWeights::load(ck, "", dtype), m::VaeEncoderWeights::arrays)?;
