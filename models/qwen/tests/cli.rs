@@ -861,6 +861,29 @@ fn edit_refuses_bad_images() {
     let r = qwen_run_edit(&["edit", "--model", m, "--prompt", "x", "-o", o]);
     assert!(!r.status.success());
     assert!(stderr(&r).contains("--image"), "{}", stderr(&r));
+    // the schedule's arguments as for a generation: --lightning without a LoRA warns, steps
+    // out of range are refused before anything is read
+    let r = qwen_run_edit(&[
+        "edit",
+        "--model",
+        m,
+        "--image",
+        missing.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--lightning",
+        "4",
+        "--steps",
+        "0",
+        "-o",
+        o,
+    ]);
+    assert_fails_with(&r, "--steps must be between 1 and");
+    assert!(
+        stderr(&r).contains("--lightning without --lora"),
+        "{}",
+        stderr(&r)
+    );
     assert!(!out.exists());
 }
 

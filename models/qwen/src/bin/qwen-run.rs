@@ -64,19 +64,8 @@ struct Args {
     #[arg(long, value_name = "RES")]
     res: Option<Resolution>,
 
-    /// Denoising steps (default 50; with --lightning its steps).
-    #[arg(long)]
-    steps: Option<usize>,
-
-    /// True CFG scale; 1 or less runs no negative pass (default 4; with --lightning 1).
-    #[arg(long)]
-    cfg: Option<f32>,
-
-    /// Qwen-Image-Lightning: its schedule (dynamic shift ln 3, no terminal stretch), 8 or 4
-    /// steps and no negative pass, for a Lightning LoRA given with --lora; --steps and --cfg
-    /// still override.
-    #[arg(long, value_name = "STEPS", value_parser = clap::builder::PossibleValuesParser::new(["8", "4"]))]
-    lightning: Option<String>,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
 
     /// Seed of the initial noise (MLX's generator, so not torch's).
     #[arg(long, default_value_t = 0)]
@@ -205,10 +194,8 @@ struct EditArgs {
     /// (as the reference), taken to the nearest size generated for the folder's config.
     #[arg(long)]
     res: Option<Resolution>,
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    #[arg(long, default_value_t = 4.0)]
-    cfg: f32,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Compute dtype (bf16 on a GPU, f32 on the CPU by default).
@@ -222,6 +209,45 @@ struct EditArgs {
     weights: WeightArgs,
     #[arg(long, short, default_value = "edit.png")]
     output: PathBuf,
+}
+
+/// The steps, the CFG scale and the Lightning schedule: generations and edits alike.
+#[derive(Debug, clap::Args)]
+struct ScheduleArgs {
+    /// Denoising steps (default 50; with --lightning its steps).
+    #[arg(long)]
+    steps: Option<usize>,
+
+    /// True CFG scale; 1 or less runs no negative pass (default 4; with --lightning 1).
+    #[arg(long)]
+    cfg: Option<f32>,
+
+    /// Qwen-Image-Lightning: its schedule (dynamic shift ln 3, no terminal stretch), 8 or 4
+    /// steps and no negative pass, for a Lightning LoRA given with --lora (an Edit-2509/2511
+    /// Lightning LoRA for an edit); --steps and --cfg still override.
+    #[arg(long, value_name = "STEPS", value_parser = clap::builder::PossibleValuesParser::new(["8", "4"]))]
+    lightning: Option<String>,
+}
+
+impl ScheduleArgs {
+    /// The steps and the CFG scale (a warning for --lightning without a LoRA; steps out of
+    /// range are an error).
+    fn resolve(&self, loras: &[(PathBuf, f32)]) -> Result<(usize, f32)> {
+        let lightning: Option<usize> = self.lightning.as_deref().map(|s| s.parse().unwrap_or(8));
+        if lightning.is_some() && loras.is_empty() {
+            eprintln!(
+                "warning: --lightning without --lora: the few-step schedule on the base model (give the Lightning LoRA)"
+            );
+        }
+        let steps = self.steps.or(lightning).unwrap_or(50);
+        if !(1..=MAX_STEPS).contains(&steps) {
+            bail!("--steps must be between 1 and {MAX_STEPS}, got {steps}");
+        }
+        let cfg = self
+            .cfg
+            .unwrap_or(if lightning.is_some() { 1.0 } else { 4.0 });
+        Ok((steps, cfg))
+    }
 }
 
 /// How the networks are held: generations and edits alike.
@@ -389,12 +415,7 @@ fn run(args: &Args) -> Result<()> {
 /// `qwen-run edit`: the images read, the edit's latents, decoded, the PNG written.
 fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
     use qwen::pipeline::{detect_config, EditRequest, PromptPositions, VARIANTS};
-    if !(1..=MAX_STEPS).contains(&args.steps) {
-        bail!(
-            "--steps must be between 1 and {MAX_STEPS}, got {}",
-            args.steps
-        );
-    }
+    let (steps, cfg) = args.schedule.resolve(&args.weights.lora)?;
     let model = qwen::model_dir::resolve(&args.model)?;
     let mut inputs: Vec<&Path> = vec![model.as_path()];
     inputs.extend(args.images.iter().map(PathBuf::as_path));
@@ -442,7 +463,8 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
             quantize: args.weights.quantize.clone(),
             loras: args.weights.lora.clone(),
             // without a negative pass, the one-text edit transformer where the size has one
-            negative_pass: args.cfg > 1.0,
+            negative_pass: cfg > 1.0,
+            lightning: args.schedule.lightning.is_some(),
             edit: true,
             ..Options::default()
         },
@@ -460,8 +482,8 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
     let request = EditRequest {
         request: Request {
             negative_prompt: Some(args.negative_prompt.clone()),
-            steps: args.steps,
-            cfg_scale: args.cfg,
+            steps,
+            cfg_scale: cfg,
             seed: args.seed,
             ..Request::new(args.prompt.clone())
         },
@@ -471,7 +493,7 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
             PositionsArg::Multimodal => PromptPositions::Multimodal,
         },
     };
-    let bar = ProgressBar::new(args.steps as u64);
+    let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template("edit {bar:30} {pos}/{len} steps [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -533,19 +555,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     let Some(prompt) = args.prompt.clone() else {
         bail!("--prompt is required");
     };
-    let lightning_steps: Option<usize> = args.lightning.as_deref().map(|s| s.parse().unwrap_or(8));
-    if lightning_steps.is_some() && args.weights.lora.is_empty() {
-        eprintln!(
-            "warning: --lightning without --lora: the few-step schedule on the base model (give the Lightning LoRA)"
-        );
-    }
-    let steps = args.steps.or(lightning_steps).unwrap_or(50);
-    let cfg = args
-        .cfg
-        .unwrap_or(if lightning_steps.is_some() { 1.0 } else { 4.0 });
-    if !(1..=MAX_STEPS).contains(&steps) {
-        bail!("--steps must be between 1 and {MAX_STEPS}, got {steps}");
-    }
+    let (steps, cfg) = args.schedule.resolve(&args.weights.lora)?;
     let rank = ranks::this_rank();
     if args.gpus == 0 {
         bail!("--gpus must be at least 1");
@@ -624,7 +634,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         } else {
             qwen_runtime::lora::OnQuantized::Separate
         },
-        lightning: args.lightning.is_some(),
+        lightning: args.schedule.lightning.is_some(),
         // a rank runs one CFG half: one text per call
         negative_pass: cfg > 1.0 && rank.is_none(),
         vae_tiling: args.vae_tiling.mode(),
