@@ -371,7 +371,7 @@ phase_edit() {
     local v=${EDIT_VARIANT:-2511}
     local e=$QA/edit-$v prompt=${EDIT_PROMPT:-make the sky a watercolor sunset} n=${EDITS:-3}
     need_file $B/make_edit_folder.py $B/diffusers_qwen_edit.py "tests/fixtures/tiny-qwen-image-edit-$v/processor/preprocessor_config.json"
-    [ -f "$e/input.png" ] || python3 $B/make_edit_folder.py "$QA/model" "$e" "$v" "tests/fixtures/tiny-qwen-image-edit-$v/processor" 1024 ||
+    [ -f "$e/input.png" ] || python3 $B/make_edit_folder.py "$QA/model" "$e" "$v" "tests/fixtures/tiny-qwen-image-edit-$v/processor/preprocessor_config.json" 1024 ||
         die "edit: could not make the Edit-$v folder"
     say "edit: Edit-$v, $RES, $STEPS steps, cfg $CFG, one 1024² input; qwen then diffusers, 1 warm-up + $n edits each"
     "$QA/bin/qwen-bench" edit --model "$e" --image "$e/input.png" --res "$RES" --dtype bf16 --steps "$STEPS" --cfg "$CFG" \

@@ -3,10 +3,12 @@
 # have the text-to-image shapes; random weights are random weights), model_index.json names the edit pipeline and
 # processor/, transformer/config.json gains `zero_cond_t` for 2511. Also writes OUT/input.png, a deterministic
 # SIZE x SIZE RGB input image (PIL; gradients and a disc), for the edit timings.
-# usage: make_edit_folder.py MODEL OUT 2509|2511 PROCESSOR_DIR [SIZE=1024]   (PROCESSOR_DIR: the tiny Edit fixture's)
+# processor/ is MODEL's tokenizer files and PREPROCESSOR_CONFIG (the tiny Edit fixture's: the published values), as
+# the published folders hold them (regular files: the carried tree's links are not relied on).
+# usage: make_edit_folder.py MODEL OUT 2509|2511 PREPROCESSOR_CONFIG [SIZE=1024]
 import json, os, shutil, sys
 
-model, out, variant, processor = sys.argv[1:5]
+model, out, variant, preprocessor = sys.argv[1:5]
 size = int(sys.argv[5]) if len(sys.argv) > 5 else 1024
 if variant not in ("2509", "2511"):
     sys.exit(f"variant {variant}: want 2509 or 2511")
@@ -31,8 +33,10 @@ index = json.load(open(os.path.join(model, "model_index.json")))
 index["_class_name"] = "QwenImageEditPlusPipeline"
 index["processor"] = ["transformers", "Qwen2VLProcessor"]
 json.dump(index, open(os.path.join(out, "model_index.json"), "w"), indent=2)
-shutil.rmtree(os.path.join(out, "processor"), ignore_errors=True)
-shutil.copytree(processor, os.path.join(out, "processor"), symlinks=False)
+proc = os.path.join(out, "processor")
+shutil.rmtree(proc, ignore_errors=True)
+shutil.copytree(os.path.join(model, "tokenizer"), proc)
+shutil.copy(preprocessor, os.path.join(proc, "preprocessor_config.json"))
 
 from PIL import Image
 import numpy as np

@@ -1,5 +1,6 @@
-//! MLX's distributed layer, which mlx-rs does not wrap: a group of processes (ranks) and the
-//! sum of an array over them, through mlx-c's `mlx_distributed_*`. MLX picks the backend:
+//! MLX's distributed layer, which mlx-rs does not wrap: a group of processes (ranks), the
+//! sum of an array over them and their arrays gathered, through mlx-c's
+//! `mlx_distributed_*`. MLX picks the backend:
 //! NCCL on CUDA (`MLX_RANK`, `MLX_WORLD_SIZE`, `NCCL_HOST_IP`, `NCCL_PORT`), its TCP ring
 //! elsewhere (`MLX_RANK`, `MLX_HOSTFILE`: a JSON list, per rank, of `"ip:port"` addresses).
 //! Without that environment a process is a group of one.
@@ -75,6 +76,48 @@ impl Group {
                 ));
             }
             Ok(Array::from_ptr(res))
+        }
+    }
+}
+
+impl Group {
+    /// `x` of every process of the group joined along axis 0, in rank order (each calls it
+    /// with an array of the same shape): `[size·n, ..]` from `[n, ..]`; lazy. The collective
+    /// a sequence-parallel attention gathers its keys and values with.
+    pub fn all_gather(&self, x: &Array) -> Result<Array, Exception> {
+        // SAFETY: as in `all_sum`.
+        unsafe {
+            let stream = mlx_rs::Stream::new();
+            let mut res = mlx_sys::mlx_array_new();
+            let status = mlx_sys::mlx_distributed_all_gather(
+                &mut res,
+                x.as_ptr(),
+                self.raw,
+                stream.as_ptr(),
+            );
+            if status != 0 {
+                mlx_sys::mlx_array_free(res);
+                return Err(Exception::custom(
+                    "MLX refused to gather over the process group",
+                ));
+            }
+            Ok(Array::from_ptr(res))
+        }
+    }
+
+    /// The subgroup of the processes that give the same `color`, ordered by `key` (every
+    /// process of the group calls it): e.g. the ranks of one CFG half.
+    pub fn split(&self, color: i32, key: i32) -> Result<Group, Exception> {
+        // SAFETY: `raw` receives a new handle; the group lives through the call.
+        unsafe {
+            let mut raw = mlx_sys::mlx_distributed_group {
+                ctx: std::ptr::null_mut(),
+            };
+            let status = mlx_sys::mlx_distributed_group_split(&mut raw, self.raw, color, key);
+            if status != 0 || raw.ctx.is_null() {
+                return Err(Exception::custom("MLX could not split the process group"));
+            }
+            Ok(Group { raw })
         }
     }
 }

@@ -1,6 +1,6 @@
 //! MLX's process groups through `qwen_runtime::distributed`: alone, a group of one; two
 //! processes of this test binary on this machine, through MLX's TCP ring (the CPU build's
-//! backend; NCCL plays this part on CUDA), sum an array.
+//! backend; NCCL plays this part on CUDA), sum an array and gather their rows.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -19,6 +19,9 @@ fn alone_a_process_is_a_group_of_one() {
     let x = Array::from_slice(&[1.0f32, 2.0, 3.0], &[3]);
     let s = g.all_sum(&x).unwrap();
     assert_eq!(s.as_slice::<f32>(), &[1.0, 2.0, 3.0]);
+    let all = g.all_gather(&x.reshape(&[3, 1]).unwrap()).unwrap();
+    assert_eq!(all.shape(), &[3, 1]);
+    assert_eq!(all.as_slice::<f32>(), &[1.0, 2.0, 3.0]);
 }
 
 /// Runs as a child of `two_processes_sum_over_the_ring` (with `QWEN_RING_RANK` set): joins
@@ -34,6 +37,27 @@ fn ring_rank() {
     let x = Array::from_slice(&[rank + 1.0; 4], &[4]);
     let s = g.all_sum(&x).unwrap();
     println!("ring sum {:?} at rank {}", s.as_slice::<f32>(), g.rank());
+    // each rank's 2×2 rows, joined in rank order
+    let rows = Array::from_slice(
+        &[
+            rank * 10.0,
+            rank * 10.0 + 1.0,
+            rank * 10.0 + 2.0,
+            rank * 10.0 + 3.0,
+        ],
+        &[2, 2],
+    );
+    let all = g.all_gather(&rows).unwrap();
+    println!(
+        "ring gather {:?} {:?} at rank {}",
+        all.shape(),
+        all.as_slice::<f32>(),
+        g.rank()
+    );
+    match g.split(g.rank(), 0) {
+        Ok(sub) => println!("ring split: size {} at rank {}", sub.size(), g.rank()),
+        Err(e) => println!("ring split: {e} at rank {}", g.rank()),
+    }
 }
 
 #[test]
@@ -96,6 +120,21 @@ fn two_processes_sum_over_the_ring() {
         assert!(out.status.success(), "rank {rank}: {text}");
         assert!(
             text.contains(&format!("ring sum [3.0, 3.0, 3.0, 3.0] at rank {rank}")),
+            "rank {rank}: {text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ring gather [4, 2] [0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0] at rank {rank}"
+            )),
+            "rank {rank}: {text}"
+        );
+        // MLX 0.32's ring (and, by its source, NCCL) cannot split a group: a CFG half's
+        // subgroup of a larger group is not to be had (issue 11's sequence parallelism runs
+        // over the whole group instead). If this changes, subgroups became possible.
+        assert!(
+            text.contains(&format!(
+                "ring split: \"MLX could not split the process group\""
+            )) && text.contains(&format!("at rank {rank}")),
             "rank {rank}: {text}"
         );
     }
