@@ -832,52 +832,23 @@ fn edit_refuses_bad_images() {
     let out = tmp.path().join("edit.png");
     let o = out.to_str().unwrap();
     let missing = tmp.path().join("missing.png");
-    let r = qwen_run_edit(&[
-        "edit",
-        "--model",
-        m,
-        "--image",
-        missing.to_str().unwrap(),
-        "--prompt",
-        "x",
-        "-o",
-        o,
-    ]);
-    assert_fails_with(&r, "missing.png");
+    // `qwen-run edit` of `image` with the prompt "x", then `extra`
+    let edit = |image: &Path, extra: &[&str]| {
+        let mut args = vec!["edit", "--model", m, "--prompt", "x", "-o", o, "--image"];
+        args.push(image.to_str().unwrap());
+        args.extend(extra);
+        qwen_run_edit(&args)
+    };
+    assert_fails_with(&edit(&missing, &[]), "missing.png");
     let text = tmp.path().join("text.png");
     fs::write(&text, "not an image").unwrap();
-    let r = qwen_run_edit(&[
-        "edit",
-        "--model",
-        m,
-        "--image",
-        text.to_str().unwrap(),
-        "--prompt",
-        "x",
-        "-o",
-        o,
-    ]);
-    assert_fails_with(&r, "not a readable PNG");
+    assert_fails_with(&edit(&text, &[]), "not a readable PNG");
     let r = qwen_run_edit(&["edit", "--model", m, "--prompt", "x", "-o", o]);
     assert!(!r.status.success());
     assert!(stderr(&r).contains("--image"), "{}", stderr(&r));
     // the schedule's arguments as for a generation: --lightning without a LoRA warns, steps
     // out of range are refused before anything is read
-    let r = qwen_run_edit(&[
-        "edit",
-        "--model",
-        m,
-        "--image",
-        missing.to_str().unwrap(),
-        "--prompt",
-        "x",
-        "--lightning",
-        "4",
-        "--steps",
-        "0",
-        "-o",
-        o,
-    ]);
+    let r = edit(&missing, &["--lightning", "4", "--steps", "0"]);
     assert_fails_with(&r, "--steps must be between 1 and");
     assert!(
         stderr(&r).contains("--lightning without --lora"),
