@@ -848,6 +848,10 @@ fn edit_refuses_bad_images() {
     assert!(stderr(&r).contains("--image"), "{}", stderr(&r));
     // the schedule's arguments as for a generation: --lightning without a LoRA warns, steps
     // out of range are refused before anything is read
+    assert_fails_with(
+        &edit(&missing, &["--count", "0"]),
+        "--count must be between 1 and",
+    );
     let r = edit(&missing, &["--lightning", "4", "--steps", "0"]);
     assert_fails_with(&r, "--steps must be between 1 and");
     assert!(

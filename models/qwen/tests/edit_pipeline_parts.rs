@@ -340,3 +340,66 @@ fn without_vision_tower(src: &std::path::Path, dst: &std::path::Path) {
         }
     }
 }
+
+/// `count` edits of one request (`Pipeline::edit_images_with`, `qwen-run edit --count`): each
+/// the edit a single call with its seed makes, denoised as one batch where it fits and one
+/// after another under a 1 MB limit. (Ignored in CI: four VAE encodes of the input at
+/// 1760×576.)
+#[test]
+#[ignore = "slow on a CPU: the VAE encodes the input at 1760×576 four times (~45 s each)"]
+fn several_edits_are_single_edits() {
+    use qwen::pipeline::{EditRequest, Options, Pipeline, PromptPositions, Request};
+    let r = reference();
+    let a = r.array("input.image1").unwrap();
+    let image = qwen_runtime::RgbImage {
+        width: a.shape()[1] as u32,
+        height: a.shape()[0] as u32,
+        pixels: a.as_slice::<f32>().iter().map(|v| *v as u8).collect(),
+    };
+    let open = |limit: Option<usize>| {
+        Pipeline::open(
+            fixture("tiny-qwen-image-edit-2511"),
+            &Options {
+                resolution: Some("96x64".parse().unwrap()),
+                dtype: Dtype::Float32,
+                edit: true,
+                memory_limit: limit,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let request = |seed: u64| EditRequest {
+        request: Request {
+            steps: 2,
+            seed,
+            ..Request::new(PROMPT)
+        },
+        images: vec![image.clone()],
+        positions: PromptPositions::OneDimensional,
+    };
+    let p = open(None);
+    let mut steps = 0;
+    let batch = p
+        .edit_images_with(&request(5), 2, &mut |_| steps += 1)
+        .unwrap();
+    assert_eq!(steps, 2, "one denoise of both edits");
+    let singles: Vec<_> = [5, 6]
+        .map(|seed| p.edit_latents(&request(seed)).unwrap())
+        .into();
+    let tight = open(Some(1_000_000));
+    let mut steps = 0;
+    let one_by_one = tight
+        .edit_images_with(&request(5), 2, &mut |_| steps += 1)
+        .unwrap();
+    assert_eq!(steps, 4, "under 1 MB, one edit after another");
+    for i in 0..2 {
+        let (e, t) = (
+            rel_err(&batch[i], &singles[i]),
+            rel_err(&one_by_one[i], &singles[i]),
+        );
+        println!("edit {i}: batch {e:.3e}, one by one {t:.3e}");
+        assert!(e <= 1e-5 && t <= 1e-5, "{e:.3e} {t:.3e}");
+    }
+    assert!(rel_err(&singles[0], &singles[1]) > 1e-2);
+}

@@ -165,7 +165,7 @@ fn edit_transformer_zero_cond_matches_diffusers() {
 #[test]
 fn joint_cfg_edit_transformer_is_two_one_text_calls() {
     use qwen::pipeline::{variant_by_name, EditDenoiser, EditModulation};
-    use qwen_runtime::__private::mlx_rs::{random, Dtype};
+    use qwen_runtime::__private::mlx_rs::{ops, random, Dtype};
     use qwen_runtime::lora::Loras;
     use qwen_runtime::quant::Dense;
     use qwen_runtime::weights::Staging;
@@ -187,6 +187,7 @@ fn joint_cfg_edit_transformer_is_two_one_text_calls() {
     };
     // 24 generated tokens (4×6), then a 3×5 reference's 15
     let x = normal(0, &[1, 39, 64]);
+    let x2 = normal(3, &[1, 39, 64]);
     let (c, u) = (normal(1, &[1, 7, 32]), normal(2, &[1, 4, 32]));
     let images = [(1, 4, 6), (1, 3, 5)];
     let (rc, ru) = (
@@ -201,14 +202,15 @@ fn joint_cfg_edit_transformer_is_two_one_text_calls() {
         let (a, b) = (load(one), load(joint));
         assert!(!a.joint_cfg() && b.joint_cfg());
         let refs_row = zero_cond.then_some(2);
-        let run = |d: &dyn EditDenoiser, uncond| {
+        let run_on = |d: &dyn EditDenoiser, x: &Array, uncond| {
             let m = EditModulation {
                 table: &table,
                 step: 1,
                 refs_row,
             };
-            d.velocities(&x, (&c, &rc), uncond, m, (24, 15)).unwrap()
+            d.velocities(x, (&c, &rc), uncond, m, (24, 15)).unwrap()
         };
+        let run = |d: &dyn EditDenoiser, uncond| run_on(d, &x, uncond);
         let (va, ua) = run(a.as_ref(), Some((&u, &ru)));
         let (vb, ub) = run(b.as_ref(), Some((&u, &ru)));
         let (ua, ub) = (ua.unwrap(), ub.unwrap());
@@ -221,5 +223,21 @@ fn joint_cfg_edit_transformer_is_two_one_text_calls() {
         let (alone, none) = run(b.as_ref(), None);
         assert!(none.is_none());
         assert!(rel_err(&alone, &va) <= 1e-5);
+        // two edits in one call (`--count 2`): each row the velocity of its edit alone
+        let both = ops::concatenate(&[&x, &x2], 0).unwrap();
+        for d in [a.as_ref(), b.as_ref()] {
+            let (v, vu) = run_on(d, &both, Some((&u, &ru)));
+            let (v, vu) = (v, vu.unwrap());
+            assert_eq!(v.shape(), &[2, 24, 64]);
+            let rows = |t: &Array| ops::split_equal(t, 2, 0).unwrap();
+            let (second, second_u) = run_on(d, &x2, Some((&u, &ru)));
+            let second_u = second_u.unwrap();
+            for (got, want) in rows(&v).iter().zip([&va, &second]) {
+                assert!(rel_err(got, want) <= 1e-5, "{:.3e}", rel_err(got, want));
+            }
+            for (got, want) in rows(&vu).iter().zip([&ua, &second_u]) {
+                assert!(rel_err(got, want) <= 1e-5, "{:.3e}", rel_err(got, want));
+            }
+        }
     }
 }

@@ -198,6 +198,11 @@ struct EditArgs {
     schedule: ScheduleArgs,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Edits of the images, seeds SEED, SEED+1, …, written as NAME-1.png … (for --output
+    /// NAME.png); the images and prompts encoded once, the edits denoised as one batch where it
+    /// fits the memory budget, one after another otherwise.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    count: usize,
     /// Compute dtype (bf16 on a GPU, f32 on the CPU by default).
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
@@ -416,12 +421,22 @@ fn run(args: &Args) -> Result<()> {
 fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
     use qwen::pipeline::{detect_config, EditRequest, PromptPositions, VARIANTS};
     let (steps, cfg) = args.schedule.resolve(&args.weights.lora)?;
+    if !(1..=MAX_COUNT).contains(&args.count) {
+        bail!(
+            "--count must be between 1 and {MAX_COUNT}, got {}",
+            args.count
+        );
+    }
     let model = qwen::model_dir::resolve(&args.model)?;
     let mut inputs: Vec<&Path> = vec![model.as_path()];
     inputs.extend(args.images.iter().map(PathBuf::as_path));
     check_output(&args.output, &inputs)?;
-    for stale in remove_stale_temp_files(&args.output, SystemTime::now()) {
-        println!("removed {} (left by a killed run)", stale.display());
+    let outputs = numbered(&args.output, args.count);
+    for output in &outputs {
+        check_output(output, &inputs)?;
+        for stale in remove_stale_temp_files(output, SystemTime::now()) {
+            println!("removed {} (left by a killed run)", stale.display());
+        }
     }
     let images = args
         .images
@@ -499,29 +514,21 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     signals::install().context("installing the SIGINT/SIGTERM handlers")?;
-    let latents = pipeline.edit_latents_with(&request, &mut |event| match event {
+    let latents = pipeline.edit_images_with(&request, args.count, &mut |event| match event {
         Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
         Event::Step { done, total } => step_done(&bar, done, total),
     });
     bar.finish_and_clear();
-    let latents = latents?;
-    let decoded = pipeline.decode(&latents)?;
-    let image = qwen_runtime::RgbImage::from_array(&decoded)?;
+    let images = latents?
+        .iter()
+        .map(|l| Ok(qwen_runtime::RgbImage::from_array(&pipeline.decode(l)?)?))
+        .collect::<Result<Vec<_>>>()?;
     println!("edit: {:.2} s", start.elapsed().as_secs_f64());
     if let Ok(peak) = mlx_rs::memory::peak_memory() {
         println!("peak memory: {:.2} GB", peak as f64 / 1e9);
     }
-    let meta = pipeline.metadata(&request.request);
-    let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    stop_if_signalled(|| "before writing".into())?;
-    let written = image
-        .write_png_unless(&args.output, &text, &|| signals::received().is_some())
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    if !written {
-        stop_if_signalled(|| "while writing".into())?;
-    }
-    println!("wrote {}", args.output.display());
-    Ok(())
+    let images: Vec<&qwen_runtime::RgbImage> = images.iter().collect();
+    write_images(&pipeline, &request.request, &images, &outputs)
 }
 
 /// A denoising step done: the bar moves; after SIGINT or SIGTERM the run ends here (the
@@ -730,7 +737,24 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         println!("peak memory: {:.2} GB", peak as f64 / 1e9);
     }
 
-    for (i, (generation, output)) in generations.iter().zip(&outputs).enumerate() {
+    let images: Vec<&qwen_runtime::RgbImage> = generations.iter().map(|g| &g.image).collect();
+    write_images(&pipeline, &request, &images, &outputs)?;
+    // The process ends here: the system takes back the loaded networks (tens of GB of
+    // MLX buffers) at once, faster than freeing them buffer by buffer.
+    std::mem::forget(generations);
+    std::mem::forget(pipeline);
+    Ok(())
+}
+
+/// Writes image i (seed `request.seed + i`, in its PNG metadata) to `outputs[i]`, each
+/// unless SIGINT or SIGTERM came (then the run ends as interrupted, the file as it was).
+fn write_images(
+    pipeline: &Pipeline,
+    request: &Request,
+    images: &[&qwen_runtime::RgbImage],
+    outputs: &[PathBuf],
+) -> Result<()> {
+    for (i, (image, output)) in images.iter().zip(outputs).enumerate() {
         let seeded = Request {
             seed: request.seed.wrapping_add(i as u64),
             ..request.clone()
@@ -738,23 +762,18 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         let meta = pipeline.metadata(&seeded);
         let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         stop_if_signalled(|| "before writing".into())?;
-        let written = generation
-            .image
+        let written = image
             .write_png_unless(output, &text, &|| signals::received().is_some())
             .with_context(|| format!("writing {}", output.display()))?;
         if !written {
             stop_if_signalled(|| "while writing".into())?;
         }
-        if args.count > 1 {
+        if images.len() > 1 {
             println!("wrote {} (seed {})", output.display(), seeded.seed);
         } else {
             println!("wrote {}", output.display());
         }
     }
-    // The process ends here: the system takes back the loaded networks (tens of GB of
-    // MLX buffers) at once, faster than freeing them buffer by buffer.
-    std::mem::forget(generations);
-    std::mem::forget(pipeline);
     Ok(())
 }
 

@@ -90,7 +90,31 @@ impl Pipeline {
         edit: &EditRequest,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Array> {
+        Ok(self.edit_images_with(edit, 1, on_event)?.remove(0))
+    }
+
+    /// `count` edits of one request, seeds `seed, seed + 1, …`: the final latents `[1, L_img,
+    /// 64]` (f32) of each, as `count` calls of [`Pipeline::edit_latents`] with those seeds make
+    /// them. The images and the prompts are encoded once; the edits are denoised as one batch
+    /// where its working memory fits beside what stays loaded ([`super::memory`]), else one
+    /// after another; `on_event` hears of every step of every denoise.
+    pub fn edit_images_with(
+        &self,
+        edit: &EditRequest,
+        count: usize,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Vec<Array>> {
         let request = &edit.request;
+        if count == 0 {
+            return Err(PipelineError::Request(
+                "the edit count must be at least 1".into(),
+            ));
+        }
+        if count > 1 && request.latents.is_some() {
+            return Err(PipelineError::Request(
+                "given initial latents make one edit, not several".into(),
+            ));
+        }
         if edit.images.is_empty() {
             return Err(PipelineError::Request(
                 "an edit needs at least one image".into(),
@@ -196,22 +220,36 @@ impl Pipeline {
             .map_err(mlx("casting"))?;
         let ref_len = references.shape()[1];
 
-        let x = match &request.latents {
+        let initial: Vec<Array> = match &request.latents {
             Some(l) => {
                 self.check_latents(l)?;
-                l.clone()
+                vec![l.clone()]
             }
-            None => self.noise(request.seed)?,
-        }
-        .as_dtype(self.dtype)
-        .map_err(mlx("casting"))?;
+            None => (0..count as u64)
+                .map(|k| self.noise(request.seed.wrapping_add(k)))
+                .collect::<Result<_>>()?,
+        };
         self.ensure(Network::Denoiser)?;
-        let _blocks = self.denoise_block_eval(1).scoped();
+        // one batch of every edit where it fits, else one edit at a time
+        let batches: Vec<Array> = if count > 1 && self.batch_fits(count) {
+            vec![ops::concatenate(&initial, 0).map_err(mlx("stacking the latents"))?]
+        } else {
+            initial
+        };
+        let rows = batches[0].shape()[0];
+        let _blocks = self.denoise_block_eval(rows as usize).scoped();
         let loaded = self.loaded.borrow();
         let denoiser = loaded.edit_denoiser.as_deref().expect("ensured");
-        // the references' tokens after the generated image's, every step
+        // the references' tokens after each generated image's, every step
+        let refs = match rows {
+            1 => references,
+            n => {
+                let s = references.shape();
+                ops::broadcast_to(&references, &[n, s[1], s[2]]).map_err(mlx("repeating"))?
+            }
+        };
         let velocity = |x: &Array, i: usize| {
-            let x_in = ops::concatenate(&[x.clone(), references.clone()], 1)?;
+            let x_in = ops::concatenate(&[x.clone(), refs.clone()], 1)?;
             let modulation = EditModulation {
                 table: &table,
                 step: i,
@@ -222,14 +260,23 @@ impl Pipeline {
             denoiser.velocities(&x_in, (&cond, &rope_c), negative, modulation, lengths)
         };
         let total = schedule.steps();
-        self.run_steps(
-            x,
-            &schedule,
-            request.cfg_scale,
-            None,
-            &velocity,
-            &mut |done, _| on_event(Event::Step { done, total }),
-        )
+        let mut out = Vec::with_capacity(count);
+        for x in batches {
+            let x = x.as_dtype(self.dtype).map_err(mlx("casting"))?;
+            let done = self.run_steps(
+                x,
+                &schedule,
+                request.cfg_scale,
+                None,
+                &velocity,
+                &mut |done, _| on_event(Event::Step { done, total }),
+            )?;
+            match done.shape()[0] {
+                1 => out.push(done),
+                n => out.extend(ops::split_equal(&done, n, 0).map_err(mlx("splitting the batch"))?),
+            }
+        }
+        Ok(out)
     }
 
     /// Each image through the vision path: the condition size, the processor's whole

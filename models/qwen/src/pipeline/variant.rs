@@ -182,9 +182,10 @@ pub type EditText<'a> = (&'a Array, &'a qwen_runtime::rope::RopeTables);
 pub trait EditDenoiser {
     /// Whether both CFG halves run in one call.
     fn joint_cfg(&self) -> bool;
-    /// The velocities at `modulation`'s step of the first `L_out` tokens of the image stream
-    /// `x` `[1, L_out + L_ref, 64]` (the generated image's tokens, then the references';
-    /// `lengths` = (L_out, L_ref)) for the prompt and, for CFG, the negative prompt.
+    /// The velocities at `modulation`'s step of the first `L_out` tokens of the image streams
+    /// `x` `[N, L_out + L_ref, 64]` (N edits: each generated image's tokens, then the
+    /// references'; `lengths` = (L_out, L_ref)) for the prompt and, for CFG, the negative
+    /// prompt: `[N, L_out, 64]` each.
     fn velocities(
         &self,
         x: &Array,

@@ -166,16 +166,30 @@ macro_rules! variant {
                     EditModulation { table, step: i, refs_row: refs }: EditModulation<'_>,
                     (out, refs_len): (i32, i32),
                 ) -> Result<(Array, Option<Array>), Exception> {
+                    // n edits of one text: the text repeated for each
+                    let n = x.shape()[0];
+                    let per_edit = |t: &Array| -> Result<Array, Exception> {
+                        match n {
+                            1 => Ok(t.clone()),
+                            n => {
+                                let s = t.shape();
+                                ops::broadcast_to(t, &[n, s[1], s[2]])
+                            }
+                        }
+                    };
                     match self {
                         EditTr::One(w) => {
-                            let [mi, mt, mo] = table.step(i, 1)?;
-                            let call = |text: &Array, r: &qwen_runtime::rope::RopeTables| match w {
-                                EditOne::Plain(w) => m::edit_transformer(
-                                    w, x, text, &mi, &mt, &mo, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
-                                ),
-                                EditOne::ZeroCond(w) => m::edit_transformer_zero_cond(
-                                    w, x, text, &mi, &mt, &mo, &refs_rows(table, refs, 1)?, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
-                                ),
+                            let [mi, mt, mo] = table.step(i, n)?;
+                            let call = |text: &Array, r: &qwen_runtime::rope::RopeTables| {
+                                let text = per_edit(text)?;
+                                match w {
+                                    EditOne::Plain(w) => m::edit_transformer(
+                                        w, x, &text, &mi, &mt, &mo, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
+                                    ),
+                                    EditOne::ZeroCond(w) => m::edit_transformer_zero_cond(
+                                        w, x, &text, &mi, &mt, &mo, &refs_rows(table, refs, n)?, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
+                                    ),
+                                }
                             };
                             let v = call(c, rc)?;
                             let u = uncond.map(|(t, r)| call(t, r)).transpose()?;
@@ -185,18 +199,19 @@ macro_rules! variant {
                             // the image stream twice, the texts packed; without a negative
                             // prompt the second half repeats the first and is dropped
                             let (u, ru) = uncond.unwrap_or((c, rc));
+                            // the conditional half's n edits, then the unconditional half's
                             let x2 = ops::concatenate(&[x, x], 0)?;
-                            let texts = ops::concatenate(&[c, u], 1)?;
-                            let [mi, mt, mo] = table.step(i, 2)?;
+                            let texts = per_edit(&ops::concatenate(&[c, u], 1)?)?;
+                            let [mi, mt, mo] = table.step(i, 2 * n)?;
                             let y = match w {
                                 EditJoint::Plain(w) => m::edit_transformer_cfg(
                                     w, &x2, &texts, &mi, &mt, &mo, &rc.img_cos, &rc.img_sin, &rc.txt_cos, &ru.txt_cos, &rc.txt_sin, &ru.txt_sin, out, refs_len,
                                 ),
                                 EditJoint::ZeroCond(w) => m::edit_transformer_zero_cond_cfg(
-                                    w, &x2, &texts, &mi, &mt, &mo, &refs_rows(table, refs, 2)?, &rc.img_cos, &rc.img_sin, &rc.txt_cos, &ru.txt_cos, &rc.txt_sin, &ru.txt_sin, out, refs_len,
+                                    w, &x2, &texts, &mi, &mt, &mo, &refs_rows(table, refs, 2 * n)?, &rc.img_cos, &rc.img_sin, &rc.txt_cos, &ru.txt_cos, &rc.txt_sin, &ru.txt_sin, out, refs_len,
                                 ),
                             }?;
-                            let mut halves = ops::split_at_indices(&y, &[1], 0)?.into_iter();
+                            let mut halves = ops::split_at_indices(&y, &[n], 0)?.into_iter();
                             let (v, vu) = match (halves.next(), halves.next()) {
                                 (Some(v), Some(vu)) => (v, vu),
                                 _ => return Err(Exception::custom("the joint edit transformer gave no two halves")),
