@@ -193,17 +193,7 @@ fn edits_match_the_pipeline() {
             Some(1_000_000),
         ),
     ] {
-        let p = Pipeline::open(
-            fixture(folder),
-            &Options {
-                resolution: Some("96x64".parse().unwrap()),
-                dtype: Dtype::Float32,
-                edit: true,
-                memory_limit: limit,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let p = open_edit(folder, limit);
         let request = EditRequest {
             request: Request {
                 steps: 2,
@@ -356,19 +346,7 @@ fn several_edits_are_single_edits() {
         height: a.shape()[0] as u32,
         pixels: a.as_slice::<f32>().iter().map(|v| *v as u8).collect(),
     };
-    let open = |limit: Option<usize>| {
-        Pipeline::open(
-            fixture("tiny-qwen-image-edit-2511"),
-            &Options {
-                resolution: Some("96x64".parse().unwrap()),
-                dtype: Dtype::Float32,
-                edit: true,
-                memory_limit: limit,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-    };
+    let open = |limit| open_edit("tiny-qwen-image-edit-2511", limit);
     let request = |seed: u64| EditRequest {
         request: Request {
             steps: 2,
@@ -402,4 +380,19 @@ fn several_edits_are_single_edits() {
         assert!(e <= 1e-5 && t <= 1e-5, "{e:.3e} {t:.3e}");
     }
     assert!(rel_err(&singles[0], &singles[1]) > 1e-2);
+}
+
+/// The tiny Edit `folder` opened for edits at 96×64 in f32, within `limit` bytes if given.
+fn open_edit(folder: &str, limit: Option<usize>) -> qwen::pipeline::Pipeline {
+    qwen::pipeline::Pipeline::open(
+        fixture(folder),
+        &qwen::pipeline::Options {
+            resolution: Some("96x64".parse().unwrap()),
+            dtype: Dtype::Float32,
+            edit: true,
+            memory_limit: limit,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }

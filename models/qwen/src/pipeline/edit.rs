@@ -105,23 +105,11 @@ impl Pipeline {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Vec<Array>> {
         let request = &edit.request;
-        if count == 0 {
-            return Err(PipelineError::Request(
-                "the edit count must be at least 1".into(),
-            ));
-        }
-        if count > 1 && request.latents.is_some() {
-            return Err(PipelineError::Request(
-                "given initial latents make one edit, not several".into(),
-            ));
-        }
+        self.check_request(request, count, "edit")?;
         if edit.images.is_empty() {
             return Err(PipelineError::Request(
                 "an edit needs at least one image".into(),
             ));
-        }
-        if request.steps == 0 {
-            return Err(PipelineError::Request("steps must be at least 1".into()));
         }
         let Purpose::Edit { zero_cond } = self.purpose else {
             return Err(PipelineError::Request(
@@ -221,10 +209,7 @@ impl Pipeline {
         let ref_len = references.shape()[1];
 
         let initial: Vec<Array> = match &request.latents {
-            Some(l) => {
-                self.check_latents(l)?;
-                vec![l.clone()]
-            }
+            Some(l) => vec![l.clone()],
             None => (0..count as u64)
                 .map(|k| self.noise(request.seed.wrapping_add(k)))
                 .collect::<Result<_>>()?,

@@ -105,28 +105,7 @@ impl Pipeline {
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<Vec<Generation>> {
         self.for_generations()?;
-        if count == 0 {
-            return Err(PipelineError::Request(
-                "the image count must be at least 1".into(),
-            ));
-        }
-        if count > 1 && request.latents.is_some() {
-            return Err(PipelineError::Request(
-                "given initial latents make one image, not several".into(),
-            ));
-        }
-        if request.steps == 0 {
-            return Err(PipelineError::Request("steps must be at least 1".into()));
-        }
-        if !request.cfg_scale.is_finite() {
-            return Err(PipelineError::Request(format!(
-                "cfg scale {} is not a finite number",
-                request.cfg_scale
-            )));
-        }
-        if let Some(l) = &request.latents {
-            self.check_latents(l)?;
-        }
+        self.check_request(request, count, "image")?;
         let mut warnings = Vec::new();
         let guided = request.cfg_scale > 1.0 && request.negative_prompt.is_some();
         let negative = if guided {
@@ -234,6 +213,35 @@ impl Pipeline {
     pub(super) fn timesteps(&self, steps: usize) -> Result<Vec<f32>> {
         let schedule = self.scheduler.schedule(steps, self.image_seq_len())?;
         Ok(schedule.timesteps.iter().map(|t| t / 1000.0).collect())
+    }
+
+    /// An error unless `count` runs (`what`s: images, edits) of `request` can be made: at
+    /// least one, given initial latents for one only and of the right shape, at least one
+    /// step, a finite CFG scale.
+    pub(super) fn check_request(&self, request: &Request, count: usize, what: &str) -> Result<()> {
+        if count == 0 {
+            return Err(PipelineError::Request(format!(
+                "the {what} count must be at least 1"
+            )));
+        }
+        if count > 1 && request.latents.is_some() {
+            return Err(PipelineError::Request(format!(
+                "given initial latents make one {what}, not several"
+            )));
+        }
+        if request.steps == 0 {
+            return Err(PipelineError::Request("steps must be at least 1".into()));
+        }
+        if !request.cfg_scale.is_finite() {
+            return Err(PipelineError::Request(format!(
+                "cfg scale {} is not a finite number",
+                request.cfg_scale
+            )));
+        }
+        if let Some(l) = &request.latents {
+            self.check_latents(l)?;
+        }
+        Ok(())
     }
 
     /// The denoise loop from packed latents `[N, L_img, 64]` (N images of one text); returns
