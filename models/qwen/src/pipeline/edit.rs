@@ -8,6 +8,7 @@ use qwen_runtime::resample::{resize_rgb, Filter};
 use qwen_runtime::rope::qwen_image_rope;
 use qwen_runtime::RgbImage;
 
+use super::variants::repeat_rows;
 use super::{edit_token_ids, EDIT_TEMPLATE_DROP, IMAGE_PAD};
 use super::{
     mlx, EditEncoder, EditModulation, Event, Network, Pipeline, PipelineError, Purpose, Request,
@@ -226,13 +227,7 @@ impl Pipeline {
         let loaded = self.loaded.borrow();
         let denoiser = loaded.edit_denoiser.as_deref().expect("ensured");
         // the references' tokens after each generated image's, every step
-        let refs = match rows {
-            1 => references,
-            n => {
-                let s = references.shape();
-                ops::broadcast_to(&references, &[n, s[1], s[2]]).map_err(mlx("repeating"))?
-            }
-        };
+        let refs = repeat_rows(&references, rows).map_err(mlx("repeating the references"))?;
         let velocity = |x: &Array, i: usize| {
             let x_in = ops::concatenate(&[x.clone(), refs.clone()], 1)?;
             let modulation = EditModulation {

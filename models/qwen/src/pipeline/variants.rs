@@ -9,7 +9,7 @@
 
 use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array, Dtype};
 use qwen_runtime::lora::Loras;
-use qwen_runtime::quant::Plan;
+use qwen_runtime::quant::{Dense, Plan};
 use qwen_runtime::weights::{in_gpu_memory, Checkpoint, Staging, TensorSpec};
 
 use super::{
@@ -59,6 +59,50 @@ fn loaded<W, E: std::fmt::Display>(
     qwen_runtime::__private::mlx_rs::transforms::eval(&arrays(&w))
         .map_err(|e| load_error(component, e))?;
     Ok(w)
+}
+
+/// The generated weights struct `$w` loaded from `$ck` as the pipeline loads every network:
+/// its float tensors copied ahead on other threads ([`Checkpoint::staged_with`]), each made
+/// resident in `$dtype` (and, given `loras`, the adapters fused into it) before `$plan`
+/// quantizes it, everything evaluated by [`loaded`] (its errors name `$component`).
+macro_rules! staged {
+    ($component:literal, $w:ty, $ck:expr, $staging:expr, $dtype:expr, $plan:expr) => {
+        staged!(@load $component, $w, $ck, $staging, $dtype, $plan, |get, k| resident(get(k)?, $dtype)?)
+    };
+    ($component:literal, $w:ty, $ck:expr, $staging:expr, $dtype:expr, $plan:expr, loras: $loras:expr) => {
+        staged!(@load $component, $w, $ck, $staging, $dtype, &$loras.plan($plan),
+            |get, k| $loras.load(k, resident(get(k)?, $dtype)?, $plan)?)
+    };
+    (@load $component:literal, $w:ty, $ck:expr, $staging:expr, $dtype:expr, $plan:expr,
+        |$get:ident, $k:ident| $tensor:expr) => {{
+        let ck: &Checkpoint = $ck;
+        let order = staging_order(ck, &<$w>::specs(""));
+        loaded(
+            $component,
+            || ck.staged_with($staging, &order, |$get| <$w>::load_from(&mut |$k| Ok($tensor), $plan, "", $dtype)),
+            <$w>::arrays,
+        )
+    }};
+}
+
+/// `a` `[1, ..]` repeated to `n` rows (itself for one): one text for each of `n` images.
+pub(super) fn repeat_rows(a: &Array, n: i32) -> Result<Array, Exception> {
+    if n == 1 {
+        return Ok(a.clone());
+    }
+    let mut shape = a.shape().to_vec();
+    shape[0] = n;
+    ops::broadcast_to(a, &shape)
+}
+
+/// A joint-CFG call's output split after its first `n` rows: the conditional half, the
+/// unconditional one.
+fn halves(y: &Array, n: i32) -> Result<(Array, Array), Exception> {
+    let mut parts = ops::split_at_indices(y, &[n], 0)?.into_iter();
+    match (parts.next(), parts.next()) {
+        (Some(cond), Some(uncond)) => Ok((cond, uncond)),
+        _ => Err(Exception::custom("a joint-CFG call gave no two halves")),
+    }
 }
 
 /// Every resolution module, in the order of `specializations.rs`, as
@@ -168,20 +212,11 @@ macro_rules! variant {
                 ) -> Result<(Array, Option<Array>), Exception> {
                     // n edits of one text: the text repeated for each
                     let n = x.shape()[0];
-                    let per_edit = |t: &Array| -> Result<Array, Exception> {
-                        match n {
-                            1 => Ok(t.clone()),
-                            n => {
-                                let s = t.shape();
-                                ops::broadcast_to(t, &[n, s[1], s[2]])
-                            }
-                        }
-                    };
                     match self {
                         EditTr::One(w) => {
                             let [mi, mt, mo] = table.step(i, n)?;
                             let call = |text: &Array, r: &qwen_runtime::rope::RopeTables| {
-                                let text = per_edit(text)?;
+                                let text = repeat_rows(text, n)?;
                                 match w {
                                     EditOne::Plain(w) => m::edit_transformer(
                                         w, x, &text, &mi, &mt, &mo, &r.img_cos, &r.img_sin, &r.txt_cos, &r.txt_sin, out, refs_len,
@@ -201,7 +236,7 @@ macro_rules! variant {
                             let (u, ru) = uncond.unwrap_or((c, rc));
                             // the conditional half's n edits, then the unconditional half's
                             let x2 = ops::concatenate(&[x, x], 0)?;
-                            let texts = per_edit(&ops::concatenate(&[c, u], 1)?)?;
+                            let texts = repeat_rows(&ops::concatenate(&[c, u], 1)?, n)?;
                             let [mi, mt, mo] = table.step(i, 2 * n)?;
                             let y = match w {
                                 EditJoint::Plain(w) => m::edit_transformer_cfg(
@@ -211,11 +246,7 @@ macro_rules! variant {
                                     w, &x2, &texts, &mi, &mt, &mo, &refs_rows(table, refs, 2 * n)?, &rc.img_cos, &rc.img_sin, &rc.txt_cos, &ru.txt_cos, &rc.txt_sin, &ru.txt_sin, out, refs_len,
                                 ),
                             }?;
-                            let mut halves = ops::split_at_indices(&y, &[n], 0)?.into_iter();
-                            let (v, vu) = match (halves.next(), halves.next()) {
-                                (Some(v), Some(vu)) => (v, vu),
-                                _ => return Err(Exception::custom("the joint edit transformer gave no two halves")),
-                            };
+                            let (v, vu) = halves(&y, n)?;
                             Ok((v, uncond.is_some().then_some(vu)))
                         }
                     }
@@ -278,8 +309,7 @@ macro_rules! variant {
                     dtype: Dtype,
                     plan: &dyn Plan,
                 ) -> Result<Box<dyn TextEncoder>> {
-                    let order = staging_order(ck, &m::TextEncoderWeights::specs(""));
-                    let w = loaded("text_encoder", || ck.staged_with(staging, &order, |get| m::TextEncoderWeights::load_from(&mut |k| Ok(resident(get(k)?, dtype)?), plan, "", dtype)), m::TextEncoderWeights::arrays)?;
+                    let w = staged!("text_encoder", m::TextEncoderWeights, ck, staging, dtype, plan)?;
                     Ok(Box::new(Te(w)))
                 }
                 fn load_modulation(
@@ -290,8 +320,7 @@ macro_rules! variant {
                     plan: &dyn Plan,
                     loras: &Loras,
                 ) -> Result<Box<dyn Modulator>> {
-                    let order = staging_order(ck, &m::TimestepModulationWeights::specs(""));
-                    let w = loaded("transformer", || ck.staged_with(staging, &order, |get| m::TimestepModulationWeights::load_from(&mut |k| Ok(loras.load(k, resident(get(k)?, dtype)?, plan)?), &loras.plan(plan), "", dtype)), m::TimestepModulationWeights::arrays)?;
+                    let w = staged!("transformer", m::TimestepModulationWeights, ck, staging, dtype, plan, loras: loras)?;
                     Ok(Box::new(Md(w)))
                 }
                 fn load_transformer(
@@ -302,8 +331,7 @@ macro_rules! variant {
                     plan: &dyn Plan,
                     loras: &Loras,
                 ) -> Result<Box<dyn Denoiser>> {
-                    let order = staging_order(ck, &m::TransformerWeights::specs(""));
-                    let w = loaded("transformer", || ck.staged_with(staging, &order, |get| m::TransformerWeights::load_from(&mut |k| Ok(loras.load(k, resident(get(k)?, dtype)?, plan)?), &loras.plan(plan), "", dtype)), m::TransformerWeights::arrays)?;
+                    let w = staged!("transformer", m::TransformerWeights, ck, staging, dtype, plan, loras: loras)?;
                     Ok(Box::new(Tr(w)))
                 }
                 fn warm_up_kernels(&self, dtype: Dtype) -> Result<(), Exception> {
@@ -340,10 +368,9 @@ macro_rules! variant {
                     dtype: Dtype,
                     plan: &dyn Plan,
                 ) -> Result<Box<dyn EditEncoder>> {
-                    let order = staging_order(ck, &m::VisionTowerWeights::specs(""));
-                    let tower = loaded("text_encoder", || ck.staged_with(staging, &order, |get| m::VisionTowerWeights::load_with(&mut |k| Ok(resident(get(k)?, dtype)?), "", dtype)), m::VisionTowerWeights::arrays)?;
-                    let order = staging_order(ck, &m::TextEncoderWithImagesWeights::specs(""));
-                    let lm = loaded("text_encoder", || ck.staged_with(staging, &order, |get| m::TextEncoderWithImagesWeights::load_from(&mut |k| Ok(resident(get(k)?, dtype)?), plan, "", dtype)), m::TextEncoderWithImagesWeights::arrays)?;
+                    // the vision tower stays dense
+                    let tower = staged!("text_encoder", m::VisionTowerWeights, ck, staging, dtype, &Dense)?;
+                    let lm = staged!("text_encoder", m::TextEncoderWithImagesWeights, ck, staging, dtype, plan)?;
                     Ok(Box::new(EditEnc { tower, lm }))
                 }
                 fn load_edit_denoiser(
@@ -356,10 +383,9 @@ macro_rules! variant {
                     zero_cond: bool,
                 ) -> Result<Box<dyn EditDenoiser>> {
                     macro_rules! load {
-                        ($w:ty) => {{
-                            let order = staging_order(ck, &<$w>::specs(""));
-                            loaded("transformer", || ck.staged_with(staging, &order, |get| <$w>::load_from(&mut |k| Ok(loras.load(k, resident(get(k)?, dtype)?, plan)?), &loras.plan(plan), "", dtype)), <$w>::arrays)?
-                        }};
+                        ($w:ty) => {
+                            staged!("transformer", $w, ck, staging, dtype, plan, loras: loras)?
+                        };
                     }
                     Ok(Box::new(match (self.joint_cfg(), zero_cond) {
                         (false, false) => EditTr::One(EditOne::Plain(load!(m::EditTransformerWeights))),
@@ -425,13 +451,18 @@ macro_rules! one_text {
                 let n = x.shape()[0];
                 let [mi, mt, mo] = self.modulation.step(i, n)?;
                 let call = |(c, tc, ts): &(Array, Array, Array)| {
-                    let c = if n > 1 {
-                        let s = c.shape();
-                        ops::broadcast_to(c, &[n, s[1], s[2]])?
-                    } else {
-                        c.clone()
-                    };
-                    $m::transformer(self.w, x, &c, &mi, &mt, &mo, ic, is, tc, ts)
+                    $m::transformer(
+                        self.w,
+                        x,
+                        &repeat_rows(c, n)?,
+                        &mi,
+                        &mt,
+                        &mo,
+                        ic,
+                        is,
+                        tc,
+                        ts,
+                    )
                 };
                 let cond = call(&self.cond)?;
                 let uncond = self.uncond.as_ref().map(call).transpose()?;
@@ -488,22 +519,11 @@ macro_rules! joint {
                 let n = x.shape()[0];
                 let x2 = ops::concatenate(&[x, x], 0)?;
                 let [mi, mt, mo] = self.modulation.step(i, 2 * n)?;
-                let texts = if n > 1 {
-                    let s = self.texts.shape();
-                    ops::broadcast_to(&self.texts, &[n, s[1], s[2]])?
-                } else {
-                    self.texts.clone()
-                };
+                let texts = repeat_rows(&self.texts, n)?;
                 let y = $m::transformer(
                     self.w, &x2, &texts, &mi, &mt, &mo, ic, is, tc0, tc1, ts0, ts1,
                 )?;
-                let mut halves = ops::split_at_indices(&y, &[n], 0)?.into_iter();
-                let cond = halves
-                    .next()
-                    .ok_or_else(|| Exception::from("no cond half"))?;
-                let uncond = halves
-                    .next()
-                    .ok_or_else(|| Exception::from("no uncond half"))?;
+                let (cond, uncond) = halves(&y, n)?;
                 Ok((cond, self.guided.then_some(uncond)))
             }
         }
