@@ -69,8 +69,9 @@ fn reference_latents_are_the_pipelines() {
 /// the multimodal ones; the test runs what the reference ran (with the multimodal positions the
 /// result is far off, so this pins which one it is). The input is 3:1, so its condition size
 /// (672×224) is whole patches and the processor does not resize again: our pixel chain equals
-/// the processor's (for other sizes Pillow 13 may run the vertical pass of that resize first,
-/// e.g. 480×320 → 476×308, where `qwen_runtime::resample` runs the horizontal one).
+/// the processor's (for some other sizes, e.g. 480×320 → 476×308, the processor's resize and
+/// `qwen_runtime::resample` differ by a few levels; the cause is open: Pillow's C core runs the
+/// horizontal pass first, as ours does).
 #[test]
 fn prompt_embeddings_with_an_image_are_the_pipelines() {
     let r = reference();
