@@ -67,8 +67,22 @@ awk -v t="$tree" -v d="$dev" -v a="$all" 'BEGIN {
     m = 1048576
     printf "travels: working tree %.1f MiB + the carry above %.1f MiB = %.1f MiB (limit 64 MiB; all of .dev: %.1f MiB)\n",
         t / m, d / m, (t + d) / m, a / m }'
-if [ $((tree + dev)) -gt $((64 * 1048576)) ]; then
-    echo "error: over the 64 MiB a call carries: make the working tree smaller (untracked files count)" >&2
-    exit 1
+limit=$((64 * 1048576))
+if [ $((tree + dev)) -gt $limit ]; then
+    # Two carries: a machine keeps the carried paths a later call does not name (while it is held), so a
+    # first call can bring the MLX pack and the next ones the rest (setup checks that all are there).
+    first=("$DEV/device-setup.sh" "$DEV/mlx-cuda13-sm90.tar.xz" "${found[0]}")
+    rest=("$DEV/py-wheels.tar.xz" "$DEV/qwen-bins.tar.xz")
+    d1=$(stat -c %s "${first[@]}" | awk '{s += $1} END {print s}')
+    d2=$(stat -c %s "${rest[@]}" | awk '{s += $1} END {print s}')
+    if [ $((tree + d1)) -gt $limit ] || [ $((tree + d2)) -gt $limit ]; then
+        echo "error: over the 64 MiB a call carries, also in two carries: make the working tree smaller" >&2
+        exit 1
+    fi
+    awk -v t="$tree" -v a="$d1" -v b="$d2" 'BEGIN { m = 1048576
+        printf "over 64 MiB in one call: carry in two (%.1f and %.1f MiB with the tree), chained on one held machine:\n",
+            (t + a) / m, (t + b) / m }'
+    printf '  first call, command `true`: carry ["%s", "%s", "%s"]\n' "${first[@]}"
+    printf '  then each call: carry ["%s", "%s"]\n' "${rest[@]}"
 fi
 echo "then: bash benches/device.sh plan"
