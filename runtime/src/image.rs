@@ -45,18 +45,47 @@ impl RgbImage {
     /// From a planar decoder output `[3, H, W]` (row-major, values in [−1, 1]).
     pub fn from_planar(planar: &[f32], width: usize, height: usize) -> Result<Self, ImageError> {
         let plane = width * height;
-        if planar.len() != 3 * plane || plane == 0 {
-            return Err(ImageError::Shape {
-                expected: format!("[3, {height}, {width}]"),
-                got: vec![planar.len() as i64],
-            });
-        }
+        Self::check_len(
+            planar.len(),
+            width,
+            height,
+            format!("[3, {height}, {width}]"),
+        )?;
         let mut pixels = Vec::with_capacity(3 * plane);
         for i in 0..plane {
             for c in 0..3 {
                 pixels.push(byte_from_unit(unit_from_decoded(planar[c * plane + i])));
             }
         }
+        Self::with_pixels(width, height, pixels)
+    }
+
+    /// From an interleaved decoder output `[H, W, 3]` (row-major, values in [−1, 1]).
+    pub fn from_interleaved(hwc: &[f32], width: usize, height: usize) -> Result<Self, ImageError> {
+        Self::check_len(hwc.len(), width, height, format!("[{height}, {width}, 3]"))?;
+        let pixels = hwc
+            .iter()
+            .map(|&x| byte_from_unit(unit_from_decoded(x)))
+            .collect();
+        Self::with_pixels(width, height, pixels)
+    }
+
+    fn check_len(
+        len: usize,
+        width: usize,
+        height: usize,
+        expected: String,
+    ) -> Result<(), ImageError> {
+        if len != 3 * width * height || width * height == 0 {
+            return Err(ImageError::Shape {
+                expected,
+                got: vec![len as i64],
+            });
+        }
+        Ok(())
+    }
+
+    fn with_pixels(width: usize, height: usize, pixels: Vec<u8>) -> Result<Self, ImageError> {
         let dim = |d: usize| {
             u32::try_from(d).map_err(|_| ImageError::Shape {
                 expected: "dimensions below 2^32".into(),
@@ -72,10 +101,17 @@ impl RgbImage {
 
     /// From a decoder output array of shape `[3, H, W]`, `[1, 3, H, W]` or `[1, 3, 1, H, W]`
     /// (any float dtype). Evaluates the array.
+    ///
+    /// Reads it channels last: the pipeline's decoder output is a transposed view of an NHWC
+    /// array, so that view is already contiguous and reading it copies nothing on the device.
+    /// (Copying the planar view contiguous failed to launch its CUDA kernel for a 2048² image
+    /// with MLX 0.32.4 on an H200: "invalid argument".)
     pub fn from_array(decoded: &Array) -> Result<Self, ImageError> {
         let shape = decoded.shape();
-        let (h, w) = match shape {
-            [3, h, w] | [1, 3, h, w] | [1, 3, 1, h, w] => (*h as usize, *w as usize),
+        let (h, w, channels_last): (_, _, &[i32]) = match shape {
+            [3, h, w] => (*h, *w, &[1, 2, 0]),
+            [1, 3, h, w] => (*h, *w, &[0, 2, 3, 1]),
+            [1, 3, 1, h, w] => (*h, *w, &[0, 2, 3, 4, 1]),
             _ => {
                 return Err(ImageError::Shape {
                     expected: "[3, H, W], [1, 3, H, W] or [1, 3, 1, H, W]".into(),
@@ -87,14 +123,14 @@ impl RgbImage {
             what,
             message: e.to_string(),
         };
-        let values = decoded
-            .as_type::<f32>()
+        let values = mlx_rs::ops::transpose_axes(decoded, channels_last)
+            .and_then(|a| a.as_type::<f32>())
             .and_then(|a| a.contiguous())
             .map_err(|e| mlx("convert the decoded image to f32", &e))?;
-        let planar = values
+        let interleaved = values
             .try_as_slice::<f32>()
             .map_err(|e| mlx("read the decoded image", &e))?;
-        Self::from_planar(planar, w, h)
+        Self::from_interleaved(interleaved, w as usize, h as usize)
     }
 
     /// Writes a PNG (8-bit RGB) with one text chunk per `(keyword, value)`: `tEXt` when both

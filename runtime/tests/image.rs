@@ -6,7 +6,7 @@ mod common;
 use std::io::Cursor;
 
 use common::{fixture_path, Fixture};
-use qwen_runtime::__private::mlx_rs::Array;
+use qwen_runtime::__private::mlx_rs::{ops, Array};
 use qwen_runtime::image::{check_writable, temp_file_pid, temp_files, unit_from_decoded};
 use qwen_runtime::{ImageError, RgbImage};
 
@@ -65,6 +65,26 @@ fn pixels_match_diffusers_postprocess_exactly() {
         let dims: Vec<i32> = shape.iter().map(|&d| d as i32).collect();
         let from_array = RgbImage::from_array(&Array::from_slice(&decoded, &dims)).unwrap();
         assert_eq!(from_array, image, "{res}: array path");
+        // the view the pipeline's decode returns (an NHWC array transposed to planar), and
+        // the other accepted shapes
+        let planar = Array::from_slice(&decoded, &[1, 3, h as i32, w as i32]);
+        let nhwc = ops::transpose_axes(&planar, &[0, 2, 3, 1])
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let view = ops::transpose_axes(&nhwc, &[0, 3, 1, 2]).unwrap();
+        assert_eq!(
+            RgbImage::from_array(&view).unwrap(),
+            image,
+            "{res}: NHWC view"
+        );
+        for dims in [
+            vec![3, h as i32, w as i32],
+            vec![1, 3, 1, h as i32, w as i32],
+        ] {
+            let a = Array::from_slice(&decoded, &dims);
+            assert_eq!(RgbImage::from_array(&a).unwrap(), image, "{res}: {dims:?}");
+        }
 
         // The PNG diffusers wrote holds the same pixels.
         let png = std::fs::read(fixture_path(&format!("references/pipeline_{res}.png"))).unwrap();
