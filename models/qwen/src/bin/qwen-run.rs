@@ -705,7 +705,11 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let group = match rank {
-        Some(_) => Some(ranks::join(chosen)?),
+        Some(_) => {
+            let g = ranks::join(chosen)?;
+            pipeline.connect_ranks(&g)?;
+            Some(g)
+        }
         None => None,
     };
     let on_event = &mut |event: Event| match event {

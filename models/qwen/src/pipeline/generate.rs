@@ -313,8 +313,22 @@ impl Pipeline {
         velocity: &Velocity<'_>,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Array> {
+        // QWEN_STEP_PROFILE=1: each step's velocities evaluated on their own; the first
+        // step's time in that and in the rest (the exchange between ranks, CFG, the Euler
+        // step), and the later steps' means, printed at the end. A diagnostic (one more wait
+        // per step), off by default.
+        let profile = std::env::var("QWEN_STEP_PROFILE").is_ok_and(|v| v == "1");
+        let mut times: Vec<(f64, f64)> = vec![];
+        let mut in_velocity = 0.0f64;
         for i in 0..schedule.steps() {
+            let start = std::time::Instant::now();
             let (cond, uncond) = velocity(&x, i).map_err(mlx("running the transformer"))?;
+            if profile {
+                transforms::eval(std::iter::once(&cond).chain(uncond.as_ref()))
+                    .map_err(mlx("running the transformer"))?;
+                in_velocity = start.elapsed().as_secs_f64();
+            }
+            let rest = std::time::Instant::now();
             let (cond, uncond) = match ranks {
                 Some(g) => {
                     super::parallel::exchange(g, cond).map_err(mlx("exchanging the velocities"))?
@@ -341,7 +355,28 @@ impl Pipeline {
                     steps: schedule.steps(),
                 });
             }
+            if profile {
+                times.push((in_velocity, rest.elapsed().as_secs_f64()));
+            }
             on_step(i + 1, schedule.steps());
+        }
+        if let [(v0, r0), later @ ..] = times.as_slice() {
+            let rank = ranks.map_or(String::new(), |g| format!(" (rank {})", g.rank()));
+            let n = later.len().max(1) as f64;
+            let (v, r) = later
+                .iter()
+                .fold((0.0, 0.0), |(a, b), (v, r)| (a + v, b + r));
+            let line = format!(
+                "step profile{rank}: step 1: velocities {:.2} ms, the rest {:.2} ms; steps 2-{}: \
+                 {:.2} ms and {:.2} ms (means)\n",
+                1e3 * v0,
+                1e3 * r0,
+                times.len(),
+                1e3 * v / n,
+                1e3 * r / n
+            );
+            // one write: the ranks share the terminal
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         }
         x.as_dtype(Dtype::Float32).map_err(mlx("casting"))
     }

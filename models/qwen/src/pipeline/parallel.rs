@@ -3,11 +3,12 @@
 //! summed over the group (each rank fills its own row of a `[2, L, 64]` zero array), so that
 //! both ranks take the same guided Euler step and hold the same latents; rank 0 decodes.
 
-use qwen_runtime::__private::mlx_rs::{error::Exception, ops, Array};
+use qwen_runtime::__private::mlx_rs::{error::Exception, ops, transforms, Array};
 use qwen_runtime::distributed::Group;
 use qwen_runtime::RgbImage;
 
 use super::generate::{Event, Generation, Request, Timings};
+use super::latents::PACKED_CHANNELS;
 use super::{Embeddings, Pipeline, PipelineError, Result};
 
 impl Pipeline {
@@ -82,6 +83,21 @@ impl Pipeline {
             },
             peaks: vec![],
         }))
+    }
+}
+
+impl Pipeline {
+    /// One exchange of a step's velocities (zeros, this pipeline's shape and dtype) over
+    /// `group`, evaluated; every rank calls it, before it times anything. NCCL connects the
+    /// ranks lazily, at their first collective, which would otherwise be in the first step.
+    pub fn connect_ranks(&self, group: &Group) -> Result<()> {
+        let shape = [1, self.image_seq_len() as i32, PACKED_CHANNELS as i32];
+        let run = || -> std::result::Result<(), Exception> {
+            let v = ops::zeros_dtype(&shape, self.dtype)?;
+            let (cond, uncond) = exchange(group, v)?;
+            transforms::eval(std::iter::once(&cond).chain(uncond.as_ref()))
+        };
+        run().map_err(super::mlx("connecting the ranks"))
     }
 }
 
