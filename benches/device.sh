@@ -18,7 +18,7 @@
 #                       MEM_RUNS picks some ("bf16 8 4"); also a background step (peaks do not depend on the other GPU)
 #     lightning         a random Lightning-layout LoRA, LIGHTNING_STEPS (8) steps without CFG: qwen, then diffusers
 #                       (LIGHTNING_DIFFUSERS=0: qwen only)
-#     sizes             SIZES ("1328 1664x928 2048"), SIZE_STEPS (20) steps, one image each: qwen, then diffusers
+#     sizes             SIZES ("1328 1664x928 2048"), SIZE_STEPS (20) steps, one image each: qwen, then diffusers (SIZES_DIFFUSERS=0: qwen only)
 #     count             --count COUNT (4) against 1 at RES (rows with count, images_per_s); the batch's 2nd PNG vs a single run
 #     gpus              qwen-run on GPU FG_GPU, then --gpus 2 on FG_GPU and BG_GPU (rows with gpus; PNGs compared)
 #     edit              an Edit-EDIT_VARIANT (2511) folder linked to the checkpoint (make_edit_folder.py, with a 1024²
@@ -298,7 +298,8 @@ phase_lightning() {
 }
 
 # Issue 12: other sizes, each a fresh qwen-bench warm (1 warm-up + 1 image, SIZE_STEPS steps, bf16; 2048² decodes
-# in tiles when its decode does not fit) and diffusers_qwen_e2e.py at the same size (timing only), one after another.
+# in tiles when its decode does not fit) and diffusers_qwen_e2e.py at the same size (timing only; not with SIZES_DIFFUSERS=0), one after
+# another.
 phase_sizes() {
     mlx_env
     need_model
@@ -310,6 +311,7 @@ phase_sizes() {
         "$QA/bin/qwen-bench" warm --model "$QA/model" --res "$r" --dtype bf16 --steps "$steps" --cfg "$CFG" \
             --prompt "$PROMPT" --negative "$NEG" --images 1 --gpu "$(gpu_name)" --device "$DEVICE" --out "$RESULTS" \
             2> >(tee -a "$QA/sizes.log" >&2) || say "sizes: qwen $r failed"
+        [ "${SIZES_DIFFUSERS:-1}" = 1 ] || continue
         SKIP_DUMP=1 IMAGES=1 STEPS=$steps rows python3 $B/diffusers_qwen_e2e.py "$QA/model" "$QA/latents.safetensors" \
             "$QA/sizes-diffusers.safetensors" "$DUMP_STEPS" "$CFG" "$PROMPT" "$NEG" "$r" \
             2> >(tee -a "$QA/sizes.log" >&2) || say "sizes: diffusers $r failed"
@@ -701,18 +703,16 @@ IMAGES=3 costs nothing (the background job sets the length). Two-call variant, o
   bash benches/device.sh diffusers-timing bg-wait 420 compare table        ~4.5 min
 One GPU: setup qwen-warm | qwen-cold diffusers-timing | qwen-dump diffusers-dump compare | compile
 
-Open measurements (2026-11-30, after the work of that day): every open issue's last rows, in four
-calls on nvidia-h200-x2 (~22 min of device time with the start; estimates, each call within 600 s):
-  call 1  BG_STEPS=compile bash benches/device.sh setup bg-start qwen-warm     ~5 min
-            issue 7: our warm step while torch.compile's step is made on GPU 1 (the same run)
-  call 2  EDITS=2 bash benches/device.sh edit                                  ~5-6 min
-            issue 14: Edit-2511 at 1024^2 (a 1 MP reference: twice the tokens of an image),
-            ours then diffusers, 1 warm-up + 2 edits each
-  call 3  SIZES=2048 SIZE_STEPS=10 bash benches/device.sh sizes bg-wait 60     ~3-4 min
-            issue 12: 2048^2, 10 steps; the compile rows
-  call 4  bash benches/device.sh gpus count table                              ~5 min
-            issue 11: --gpus 2 against one GPU (both GPUs free: the compile job has ended);
-            issue 12: --count 4 against 1 with the PNG check
+Open measurements (2026-11-30, after that day's device time): on nvidia-h200-x2, after the first call of
+benches/fill-dev.sh's two carries when it prints them (`true`, with the MLX pack), ~9 min with the start:
+  call 1  SIZES=2048 SIZE_STEPS=10 bash benches/device.sh setup sizes gpus      ~5.5 min
+            issue 12: 2048^2, ours and diffusers on one machine (ours 15.30 s, diffusers 18.50 s were
+            two machines); issue 11: --gpus 2 against one GPU, now with the ranks connected first
+  call 2  see below (QWEN_STEP_PROFILE=1, qwen-run --gpus 2 --steps 20), then gpus again  ~1.5 min
+            issue 11: step 1 apart from the later steps' exchange
+    export LD_LIBRARY_PATH=$(cat /tmp/mlx-libdir); CUDA_VISIBLE_DEVICES=0,1 QWEN_STEP_PROFILE=1 \
+    /tmp/qa/bin/qwen-run --gpus 2 --model /tmp/qa/model --res 1024 --dtype bf16 --steps 20 --cfg 4 \
+    --prompt "a red fox in the snow, watercolor" --negative-prompt " " -o /tmp/qa/prof.png 2>&1 | grep profile
 On one H200 (64 GiB disk, 128 GiB of host memory) cold runs are slower in a fresh machine's first
 process (its page cache fills): run qwen-cold twice.
 EOF
