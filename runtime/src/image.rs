@@ -145,9 +145,6 @@ impl RgbImage {
         self.write_png_unless(path, text, &|| false).map(|_| ())
     }
 
-    /// [`write_png`](Self::write_png), but `cancelled` is asked once more after the temporary
-    /// file is written and synced: when it answers true, that file is removed, the destination
-    /// is left as it was and the result is `Ok(false)`. `Ok(true)`: the PNG was written.
     /// A PNG file's pixels as RGB: palette, grey and 16-bit images converted, an alpha channel
     /// dropped (as Pillow's `convert("RGB")`); anything but a PNG is an error naming the file.
     pub fn read_png(path: impl AsRef<Path>) -> Result<Self, ImageError> {
@@ -193,6 +190,9 @@ impl RgbImage {
         })
     }
 
+    /// [`write_png`](Self::write_png), but `cancelled` is asked once more after the temporary
+    /// file is written and synced: when it answers true, that file is removed, the destination
+    /// is left as it was and the result is `Ok(false)`. `Ok(true)`: the PNG was written.
     pub fn write_png_unless(
         &self,
         path: impl AsRef<Path>,
