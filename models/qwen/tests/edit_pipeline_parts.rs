@@ -155,7 +155,7 @@ fn prompt_embeddings_with_an_image_are_the_pipelines() {
 #[test]
 #[ignore = "slow on a CPU: the VAE encodes each input at 1760×576 (~45 s each)"]
 fn edits_match_the_pipeline() {
-    use qwen::pipeline::{EditRequest, Options, Pipeline, PromptPositions, Request};
+    use qwen::pipeline::{EditRequest, PromptPositions, Request};
     use qwen_runtime::RgbImage;
     let r = reference();
     let image = |k: &str| {
@@ -339,7 +339,7 @@ fn without_vision_tower(src: &std::path::Path, dst: &std::path::Path) {
 #[test]
 #[ignore = "slow on a CPU: the VAE encodes the input at 1760×576 four times (~45 s each)"]
 fn several_edits_are_single_edits() {
-    use qwen::pipeline::{EditRequest, Options, Pipeline, PromptPositions, Request};
+    use qwen::pipeline::{EditRequest, PromptPositions, Request};
     let r = reference();
     let a = r.array("input.image1").unwrap();
     let image = qwen_runtime::RgbImage {
