@@ -115,7 +115,8 @@ fn link_tree(src: &Path, dst: &Path) -> Result<(), PipelineError> {
 /// Writes the quantized copy of the model folder `src` to `dst` (which must not exist): the
 /// transformer's linear weights quantized as `q`'s transformer plan says, one tensor at a
 /// time (at most one shard, 5 GB, is held). Written under `dst`'s name + `.partial` and
-/// renamed at the end, so a failed run leaves no half folder under `dst`.
+/// renamed at the end, so a failed run leaves no half folder under `dst`; a `.partial` folder a
+/// killed run left (it carries this function's mark) is replaced, any other is refused.
 pub fn write(src: &Path, dst: &Path, q: &Quantization) -> Result<Written, PipelineError> {
     if fs::symlink_metadata(dst).is_ok() {
         return Err(PipelineError::Request(format!(
@@ -155,10 +156,19 @@ pub fn write(src: &Path, dst: &Path, q: &Quantization) -> Result<Written, Pipeli
     partial.push(".partial");
     let tmp = parent.unwrap_or(Path::new(".")).join(partial);
     if tmp.exists() {
-        // left by a run that failed or was killed: only ever written by this function
+        // left by a run that failed or was killed, which marked it; anything else is the user's
+        if !tmp.join(PARTIAL_MARK).is_file() {
+            return Err(PipelineError::Request(format!(
+                "{} exists and was not left by a quantize run: move it away first",
+                tmp.display()
+            )));
+        }
         fs::remove_dir_all(&tmp).map_err(io(&tmp, "removing a folder a failed run left"))?;
     }
     let result = (|| {
+        fs::create_dir_all(&tmp).map_err(io(&tmp, "creating the folder"))?;
+        let mark = tmp.join(PARTIAL_MARK);
+        fs::write(&mark, b"").map_err(io(&mark, "writing"))?;
         for entry in fs::read_dir(src).map_err(io(src, "reading the folder"))? {
             let entry = entry.map_err(io(src, "reading the folder"))?;
             let name = entry.file_name();
@@ -169,12 +179,12 @@ pub fn write(src: &Path, dst: &Path, q: &Quantization) -> Result<Written, Pipeli
             if fs::metadata(&from).map_err(io(&from, "reading"))?.is_dir() {
                 link_tree(&from, &tmp.join(&name))?;
             } else {
-                fs::create_dir_all(&tmp).map_err(io(&tmp, "creating the folder"))?;
                 link_file(&from, &tmp.join(&name))?;
             }
         }
         let written =
             write_transformer(&ck, &src.join("transformer"), &tmp.join("transformer"), q)?;
+        fs::remove_file(&mark).map_err(io(&mark, "removing"))?;
         fs::rename(&tmp, dst).map_err(io(dst, "renaming the finished folder"))?;
         Ok(written)
     })();
@@ -183,6 +193,10 @@ pub fn write(src: &Path, dst: &Path, q: &Quantization) -> Result<Written, Pipeli
     }
     result
 }
+
+/// The file that marks a `DIR.partial` folder as this function's own (removed before the
+/// folder is renamed to `DIR`).
+const PARTIAL_MARK: &str = ".qwen-quantize-partial";
 
 fn mlx(
     what: &'static str,

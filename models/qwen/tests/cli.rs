@@ -332,6 +332,13 @@ fn bad_arguments() {
         &qwen_run(&["--prompt", "x", "--steps", "0", "-o", out]),
         "--steps must be between 1 and 10000, got 0",
     );
+    for (cfg, says) in [("nan", "got NaN"), ("inf", "got inf")] {
+        let args = ["--prompt", "x", "--cfg", cfg, "--gpus", "2", "-o", out];
+        assert_fails_with(
+            &qwen_run(&args),
+            &format!("--cfg must be a finite number, {says}"),
+        );
+    }
     // the parser's own errors: exit 2, no panic
     let run = qwen_run(&["--prompt", "x", "--res", "big"]);
     assert_eq!(run.status.code(), Some(2));

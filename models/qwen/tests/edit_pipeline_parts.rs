@@ -219,8 +219,9 @@ fn edits_match_the_pipeline() {
 
 /// A pipeline opened for edits holds the edit networks in the memory rule's places: Edit-2511's
 /// `zero_cond_t` is read at open and everything loads at open where it fits; the edit networks
-/// are checked at open (a folder whose text encoder lacks the vision tower opens for
-/// generations, not for edits, the error naming the missing tensors); it refuses generations,
+/// are checked at open (a folder whose text encoder lacks the vision tower does not open for
+/// edits, the error naming the missing tensors); an Edit folder does not open for generations
+/// nor a text-to-image folder for edits (`model_index.json`'s class); it refuses generations,
 /// and a pipeline opened for generations refuses edits, each with an error that says why.
 #[test]
 fn edit_pipelines_hold_the_edit_networks_in_the_rule() {
@@ -247,8 +248,20 @@ fn edit_pipelines_hold_the_edit_networks_in_the_rule() {
             .purpose(),
         Purpose::Edit { zero_cond: false }
     );
-    let generate = open(&f2511, false).unwrap();
+    let generate = open(&fixture("tiny-qwen-image"), false).unwrap();
     assert_eq!(generate.purpose(), Purpose::Generate);
+    // the class tells an Edit folder from a text-to-image one (their weights pass both checks)
+    for (folder, edit, says) in [
+        (f2511.clone(), false, "an Edit folder"),
+        (fixture("tiny-qwen-image"), true, "a text-to-image folder"),
+    ] {
+        match open(&folder, edit) {
+            Err(PipelineError::Invalid { reason, .. }) => {
+                assert!(reason.contains(says), "{reason}")
+            }
+            other => panic!("{} opened with edit {edit}: {other:?}", folder.display()),
+        }
+    }
     for p in [&edit, &generate] {
         let loaded = p.loaded_networks();
         for n in [Network::TextEncoder, Network::Modulation, Network::Denoiser] {
@@ -260,7 +273,6 @@ fn edit_pipelines_hold_the_edit_networks_in_the_rule() {
     let tmp = tempfile::tempdir().unwrap();
     let folder = tmp.path().join("edit");
     without_vision_tower(&f2511, &folder);
-    assert!(open(&folder, false).is_ok());
     match open(&folder, true) {
         Err(PipelineError::Mismatch { problems, .. }) => {
             assert!(

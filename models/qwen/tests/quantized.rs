@@ -172,6 +172,29 @@ fn folder_names_overrides_and_io_layers() {
         .join("q8/transformer/quantization.json")
         .is_file());
     assert!(!dir.path().join("q8.partial").exists() && !dir.path().join("q8/.partial").exists());
+    assert!(!dir.path().join("q8/.qwen-quantize-partial").exists());
+    // a `.partial` folder this function did not leave is the user's: refused, kept
+    let theirs = dir.path().join("mine.partial");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::write(theirs.join("notes.txt"), "keep").unwrap();
+    let e = quantize_folder::write(&tiny, &dir.path().join("mine"), &q).unwrap_err();
+    assert!(
+        e.to_string().contains("was not left by a quantize run"),
+        "{e}"
+    );
+    assert!(theirs.join("notes.txt").is_file());
+    // one a failed run left (marked) is replaced
+    let left = dir.path().join("again.partial");
+    std::fs::create_dir(&left).unwrap();
+    std::fs::write(left.join(".qwen-quantize-partial"), "").unwrap();
+    quantize_folder::write(&tiny, &dir.path().join("again"), &q).unwrap();
+    assert!(
+        !left.exists()
+            && dir
+                .path()
+                .join("again/transformer/quantization.json")
+                .is_file()
+    );
     let te = q.clone().with_overrides("text_encoder=8").unwrap();
     let e = quantize_folder::write(&tiny, &dir.path().join("te"), &te).unwrap_err();
     assert!(e.to_string().contains("text encoder"), "{e}");

@@ -236,7 +236,7 @@ struct ScheduleArgs {
 
 impl ScheduleArgs {
     /// The steps and the CFG scale (a warning for --lightning without a LoRA; steps out of
-    /// range are an error).
+    /// range and a scale that is not a finite number are errors, before anything loads).
     fn resolve(&self, loras: &[(PathBuf, f32)]) -> Result<(usize, f32)> {
         let lightning: Option<usize> = self.lightning.as_deref().map(|s| s.parse().unwrap_or(8));
         if lightning.is_some() && loras.is_empty() {
@@ -251,6 +251,9 @@ impl ScheduleArgs {
         let cfg = self
             .cfg
             .unwrap_or(if lightning.is_some() { 1.0 } else { 4.0 });
+        if !cfg.is_finite() {
+            bail!("--cfg must be a finite number, got {cfg}");
+        }
         Ok((steps, cfg))
     }
 }
@@ -421,23 +424,11 @@ fn run(args: &Args) -> Result<()> {
 fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
     use qwen::pipeline::{detect_config, EditRequest, PromptPositions, VARIANTS};
     let (steps, cfg) = args.schedule.resolve(&args.weights.lora)?;
-    if !(1..=MAX_COUNT).contains(&args.count) {
-        bail!(
-            "--count must be between 1 and {MAX_COUNT}, got {}",
-            args.count
-        );
-    }
+    check_count(args.count)?;
     let model = qwen::model_dir::resolve(&args.model)?;
     let mut inputs: Vec<&Path> = vec![model.as_path()];
     inputs.extend(args.images.iter().map(PathBuf::as_path));
-    check_output(&args.output, &inputs)?;
-    let outputs = numbered(&args.output, args.count);
-    for output in &outputs {
-        check_output(output, &inputs)?;
-        for stale in remove_stale_temp_files(output, SystemTime::now()) {
-            println!("removed {} (left by a killed run)", stale.display());
-        }
-    }
+    let outputs = checked_outputs(&args.output, args.count, &inputs, SystemTime::now())?;
     let images = args
         .images
         .iter()
@@ -567,6 +558,22 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     if args.gpus == 0 {
         bail!("--gpus must be at least 1");
     }
+    let started = SystemTime::now();
+    signals::install().context("installing the SIGINT/SIGTERM handlers")?;
+    let dtype = args.dtype.unwrap_or_else(|| DtypeArg::default_for(chosen));
+    let model = match &args.model {
+        Some(m) => qwen::model_dir::resolve(m)?,
+        None => std::fs::canonicalize(DEMO_MODEL).unwrap_or_else(|_| PathBuf::from(DEMO_MODEL)),
+    };
+    check_count(args.count)?;
+    if args.count > 1 && args.latents_file.is_some() {
+        bail!("--latents-file gives the initial latents of one image: not with --count");
+    }
+    let mut inputs = vec![model.as_path()];
+    inputs.extend(args.latents_file.as_deref());
+    let outputs = checked_outputs(&args.output, args.count, &inputs, started)?;
+    // the model, the latents and the outputs are checked above before any rank starts (each
+    // rank checks them again)
     if args.gpus > 1 && rank.is_none() {
         if args.gpus != 2 {
             bail!(
@@ -580,37 +587,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         if args.count > 1 {
             bail!("--gpus 2 makes one image: not with --count");
         }
-        // the ranks' stops are this process's to order (Ctrl-C reaches them too)
-        signals::install().context("installing the SIGINT/SIGTERM handlers")?;
         return ranks::launch(2, chosen);
-    }
-    let started = SystemTime::now();
-    signals::install().context("installing the SIGINT/SIGTERM handlers")?;
-    let dtype = args.dtype.unwrap_or_else(|| DtypeArg::default_for(chosen));
-    let model = match &args.model {
-        Some(m) => qwen::model_dir::resolve(m)?,
-        None => std::fs::canonicalize(DEMO_MODEL).unwrap_or_else(|_| PathBuf::from(DEMO_MODEL)),
-    };
-    if !(1..=MAX_COUNT).contains(&args.count) {
-        bail!(
-            "--count must be between 1 and {MAX_COUNT}, got {}",
-            args.count
-        );
-    }
-    if args.count > 1 && args.latents_file.is_some() {
-        bail!("--latents-file gives the initial latents of one image: not with --count");
-    }
-    let mut inputs = vec![model.as_path()];
-    inputs.extend(args.latents_file.as_deref());
-    // the path as given is checked too (a folder, `.`, or a name ending in `/` is refused as
-    // it is for one image, not numbered into a sibling)
-    check_output(&args.output, &inputs)?;
-    let outputs = numbered(&args.output, args.count);
-    for output in &outputs {
-        check_output(output, &inputs)?;
-        for stale in remove_stale_temp_files(output, started) {
-            println!("removed {} (left by a killed run)", stale.display());
-        }
     }
 
     if let Some(r) = args.res {
@@ -712,8 +689,11 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         }
         None => None,
     };
+    // rank 1 encodes the same prompts: rank 0 says their warnings
+    let warns = rank.is_none_or(|r| r == 0);
     let on_event = &mut |event: Event| match event {
-        Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
+        Event::Warning(w) if warns => bar.suspend(|| eprintln!("warning: {w}")),
+        Event::Warning(_) => {}
         Event::Step { done, total } => step_done(&bar, done, total),
     };
     let result = match &group {
@@ -731,10 +711,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     let t = generations[0].timings;
     println!(
         "encode: {:.2} s, denoise: {:.2} s ({:.3} s/step), decode: {:.2} s",
-        t.encode,
-        t.denoise,
-        t.denoise / steps as f64,
-        t.decode
+        t.encode, t.denoise, t.step, t.decode
     );
     // MLX's largest memory in use in this process (weights, activations; not its cache)
     if let Ok(peak) = mlx_rs::memory::peak_memory() {
@@ -748,6 +725,35 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     std::mem::forget(generations);
     std::mem::forget(pipeline);
     Ok(())
+}
+
+/// `--count` within 1..=[`MAX_COUNT`].
+fn check_count(count: usize) -> Result<()> {
+    if !(1..=MAX_COUNT).contains(&count) {
+        bail!("--count must be between 1 and {MAX_COUNT}, got {count}");
+    }
+    Ok(())
+}
+
+/// The `count` files `output` names (numbered when several), each checked writable and not
+/// one of `inputs`, with the temporary files a killed run left there before `started`
+/// removed (and said). The path as given is checked too: a folder, `.` or a name ending in
+/// `/` is refused as it is for one image, not numbered into a sibling.
+fn checked_outputs(
+    output: &Path,
+    count: usize,
+    inputs: &[&Path],
+    started: SystemTime,
+) -> Result<Vec<PathBuf>> {
+    check_output(output, inputs)?;
+    let outputs = numbered(output, count);
+    for output in &outputs {
+        check_output(output, inputs)?;
+        for stale in remove_stale_temp_files(output, started) {
+            println!("removed {} (left by a killed run)", stale.display());
+        }
+    }
+    Ok(outputs)
 }
 
 /// Writes image i (seed `request.seed + i`, in its PNG metadata) to `outputs[i]`, each

@@ -22,17 +22,34 @@ pub const EDIT_PIPELINE_CLASS: &str = "QwenImageEditPlusPipeline";
 /// The text encoder's embedding table in its checkpoint.
 const EMBED_TOKENS: &str = "model.embed_tokens.weight";
 
-/// `model_index.json` is a json object whose `_class_name` is [`PIPELINE_CLASS`].
-pub(super) fn check_model_index(dir: &Path) -> Result<()> {
+/// `model_index.json` is a json object whose `_class_name` is [`PIPELINE_CLASS`], or
+/// [`EDIT_PIPELINE_CLASS`] for a pipeline opened for edits: a text-to-image folder's weights also
+/// pass an edit's checks (its text encoder holds the vision tower) and the other way round, so
+/// only the class tells which model a folder holds.
+pub(super) fn check_model_index(dir: &Path, edit: bool) -> Result<()> {
     let path = dir.join("model_index.json");
     let json = read_json(&path)?;
+    let (want, other, hint) = if edit {
+        (
+            EDIT_PIPELINE_CLASS,
+            PIPELINE_CLASS,
+            "a text-to-image folder: `qwen-run` without `edit` runs it",
+        )
+    } else {
+        (
+            PIPELINE_CLASS,
+            EDIT_PIPELINE_CLASS,
+            "an Edit folder: `qwen-run edit` runs it",
+        )
+    };
     let reason = match json.as_object().map(|o| o.get("_class_name")) {
-        None => format!("not a JSON object, expected one with `_class_name` \"{PIPELINE_CLASS}\""),
-        Some(None) => format!("no `_class_name`, expected \"{PIPELINE_CLASS}\""),
-        Some(Some(Value::String(s))) if s == PIPELINE_CLASS || s == EDIT_PIPELINE_CLASS => {
-            return Ok(())
+        None => format!("not a JSON object, expected one with `_class_name` \"{want}\""),
+        Some(None) => format!("no `_class_name`, expected \"{want}\""),
+        Some(Some(Value::String(s))) if s == want => return Ok(()),
+        Some(Some(Value::String(s))) if s == other => {
+            format!("`_class_name` is \"{s}\", expected \"{want}\" ({hint})")
         }
-        Some(Some(v)) => format!("`_class_name` is {v}, expected \"{PIPELINE_CLASS}\""),
+        Some(Some(v)) => format!("`_class_name` is {v}, expected \"{want}\""),
     };
     Err(PipelineError::Invalid { path, reason })
 }

@@ -46,7 +46,7 @@ impl Resolution {
     }
 
     /// Rounded down to multiples of 16 each, as diffusers' pipeline does (with a warning)
-    /// before it makes the latents.
+    /// before it makes the latents; a side below 16 becomes 16.
     pub fn rounded(self) -> Self {
         let r = |v: usize| (v / SIZE_MULTIPLE * SIZE_MULTIPLE).max(SIZE_MULTIPLE);
         Self::new(r(self.width), r(self.height))

@@ -64,15 +64,19 @@ pub struct Generation {
     /// MLX's peak memory (bytes, since the caller's last reset) after each stage: `encode`,
     /// `modulation` (the schedule's modulation table, its network loaded if it was not),
     /// `denoiser` (loaded), `denoise` (every step), `decode`: where the peak of an image is.
+    /// Empty for a CFG-parallel image ([`Pipeline::generate_cfg_parallel`]).
     pub peaks: Vec<(&'static str, usize)>,
 }
 
-/// Wall-clock seconds of the three stages.
+/// Wall-clock seconds of the three stages; `encode` and `denoise` include loading their
+/// networks where the memory budget had them freed, and `denoise` every batch of a count.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
     pub encode: f64,
     pub denoise: f64,
     pub decode: f64,
+    /// The mean seconds of one step of the step loops (no loading, no modulation table).
+    pub step: f64,
 }
 
 /// The velocities of latents at a step: the prompt's and, for CFG, the negative prompt's.
@@ -141,6 +145,7 @@ impl Pipeline {
             .map(|i| request.seed.wrapping_add(i))
             .collect();
         let mut finals = Vec::with_capacity(count);
+        let mut in_steps = 0.0;
         for batch in seeds.chunks(per_call) {
             let latents = match &request.latents {
                 Some(l) => l
@@ -158,6 +163,7 @@ impl Pipeline {
                     }
                 }
             };
+            let steps_start = std::time::Instant::now();
             let out = self.denoise(
                 latents,
                 &emb,
@@ -165,6 +171,7 @@ impl Pipeline {
                 request.cfg_scale,
                 &mut |done, total| on_event(Event::Step { done, total }),
             )?;
+            in_steps += steps_start.elapsed().as_secs_f64();
             if batch.len() == 1 {
                 finals.push(out);
             } else {
@@ -187,10 +194,12 @@ impl Pipeline {
         }
         let decode_s = start.elapsed().as_secs_f64();
         peak("decode")?;
+        let batches = count.div_ceil(per_call);
         let timings = Timings {
             encode: encode_s,
             denoise: denoise_s,
             decode: decode_s,
+            step: in_steps / (batches * request.steps) as f64,
         };
         Ok(images
             .into_iter()

@@ -85,8 +85,10 @@ impl Default for Options {
 }
 
 impl Pipeline {
-    /// Opens `dir` (diffusers layout), picks the generated module, checks all weights, loads
-    /// the transformer and the VAE decoder.
+    /// Opens `dir` (diffusers layout), picks the generated module, checks all weights and
+    /// loads the VAE decoder; the text encoder, the modulation and the denoiser (the edit
+    /// networks for `Options::edit`) too where they all fit the memory budget, else each when
+    /// its stage first needs it ([`super::memory`]).
     pub fn open(dir: impl AsRef<Path>, options: &Options) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.exists() {
@@ -114,7 +116,7 @@ impl Pipeline {
             }
         }
 
-        check_model_index(&dir)?;
+        check_model_index(&dir, options.edit)?;
         let config = detect_config(&dir)?;
         // rounded down to multiples of 16 as diffusers does (the CLI says so when it changes)
         let resolution = options
@@ -242,7 +244,7 @@ impl Pipeline {
                     .map_err(super::mlx("setting the memory limit"))?;
                 limit
             }
-            None => mlx_memory::memory_limit().unwrap_or(0),
+            None => mlx_memory::memory_limit().map_err(super::mlx("reading the memory limit"))?,
         };
         let sizes = Sizes {
             loras: loras.bytes(),

@@ -9,7 +9,7 @@ use qwen_runtime::RgbImage;
 
 use super::generate::{Event, Generation, Request, Timings};
 use super::latents::PACKED_CHANNELS;
-use super::{Embeddings, Pipeline, PipelineError, Result};
+use super::{Embeddings, Network, Pipeline, PipelineError, Result};
 
 impl Pipeline {
     /// One image of `request` with its two CFG halves on the two ranks of `group` (the
@@ -28,6 +28,7 @@ impl Pipeline {
                 group.size()
             )));
         }
+        self.check_request(request, 1, "image")?;
         let negative = match &request.negative_prompt {
             Some(n) if request.cfg_scale > 1.0 => n.as_str(),
             _ => return Err(PipelineError::Request(
@@ -35,12 +36,6 @@ impl Pipeline {
                     .into(),
             )),
         };
-        if request.steps == 0 {
-            return Err(PipelineError::Request("steps must be at least 1".into()));
-        }
-        if let Some(l) = &request.latents {
-            self.check_latents(l)?;
-        }
         let rank = group.rank();
         let mut warnings = vec![];
         let start = std::time::Instant::now();
@@ -51,10 +46,14 @@ impl Pipeline {
         }
 
         let start = std::time::Instant::now();
+        // the stages `denoise_with` starts with, so that `step` times the steps alone
+        self.modulation_table(&self.timesteps(request.steps)?)?;
+        self.ensure(Network::Denoiser)?;
         let latents = match &request.latents {
             Some(l) => l.clone(),
             None => self.noise(request.seed)?,
         };
+        let steps_start = std::time::Instant::now();
         let on_step = &mut |done, total| on_event(Event::Step { done, total });
         let latents = self.denoise_with(
             latents,
@@ -65,6 +64,7 @@ impl Pipeline {
             on_step,
         )?;
         let denoise_s = start.elapsed().as_secs_f64();
+        let steps_s = steps_start.elapsed().as_secs_f64();
         if rank != 0 {
             return Ok(None);
         }
@@ -80,6 +80,7 @@ impl Pipeline {
                 encode: encode_s,
                 denoise: denoise_s,
                 decode: start.elapsed().as_secs_f64(),
+                step: steps_s / request.steps as f64,
             },
             peaks: vec![],
         }))

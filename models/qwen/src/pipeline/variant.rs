@@ -151,8 +151,9 @@ pub trait Denoiser {
 
 /// A transformer bound to its texts and schedule.
 pub trait Step {
-    /// Velocities for latents `[1, L, 64]` at step `i` of the schedule: the conditional one
-    /// and, when bound with a negative prompt, the unconditional one.
+    /// Velocities for latents `[N, L, 64]` (N images of the bound text) at step `i` of the
+    /// schedule: the conditional ones and, when bound with a negative prompt, the
+    /// unconditional ones, each `[N, L, 64]`.
     fn velocity(&self, latents: &Array, i: usize) -> Result<(Array, Option<Array>), Exception>;
 }
 
@@ -239,7 +240,9 @@ pub fn find_variant(resolution: Resolution, config: ModelConfig) -> Result<&'sta
                 .filter(|v| v.config() == config)
                 .map(|v| v.resolution().to_string())
                 .collect();
-            available.dedup();
+            // the joint and the one-text module of a size are both listed
+            let mut seen = std::collections::HashSet::new();
+            available.retain(|r| seen.insert(r.clone()));
             PipelineError::UnsupportedResolution {
                 resolution,
                 config,
