@@ -221,6 +221,12 @@ fn seeded_noise_is_reproducible_and_standard_normal() {
     let b = pipeline.noise(7).unwrap();
     let c = pipeline.noise(8).unwrap();
     assert_eq!(a.shape(), &[1, 24, 64]);
+    // latents of another size are refused by the decoder with their shape, not inside MLX
+    let e = pipeline
+        .decode(&open("64x64", None).noise(7).unwrap())
+        .unwrap_err();
+    assert!(matches!(&e, PipelineError::LatentsShape { .. }), "{e}");
+    assert!(pipeline.decode(&a).is_ok());
     let (a, b, c) = (
         a.as_slice::<f32>().to_vec(),
         b.as_slice::<f32>().to_vec(),

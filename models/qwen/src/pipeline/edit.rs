@@ -8,6 +8,7 @@ use qwen_runtime::resample::{resize_rgb, Filter};
 use qwen_runtime::rope::qwen_image_rope;
 use qwen_runtime::RgbImage;
 
+use super::latents::batch_rows;
 use super::variants::repeat_rows;
 use super::{edit_token_ids, EDIT_TEMPLATE_DROP, IMAGE_PAD};
 use super::{
@@ -209,19 +210,8 @@ impl Pipeline {
             .map_err(mlx("casting"))?;
         let ref_len = references.shape()[1];
 
-        let initial: Vec<Array> = match &request.latents {
-            Some(l) => vec![l.clone()],
-            None => (0..count as u64)
-                .map(|k| self.noise(request.seed.wrapping_add(k)))
-                .collect::<Result<_>>()?,
-        };
         self.ensure(Network::Denoiser)?;
-        // one batch of every edit where it fits, else one edit at a time
-        let batches: Vec<Array> = if count > 1 && self.batch_fits(count) {
-            vec![ops::concatenate(&initial, 0).map_err(mlx("stacking the latents"))?]
-        } else {
-            initial
-        };
+        let batches = self.initial_batches(request.latents.as_ref(), request.seed, count)?;
         let rows = batches[0].shape()[0];
         let _blocks = self.denoise_block_eval(rows as usize).scoped();
         let loaded = self.loaded.borrow();
@@ -251,10 +241,7 @@ impl Pipeline {
                 &velocity,
                 &mut |done, _| on_event(Event::Step { done, total }),
             )?;
-            match done.shape()[0] {
-                1 => out.push(done),
-                n => out.extend(ops::split_equal(&done, n, 0).map_err(mlx("splitting the batch"))?),
-            }
+            out.extend(batch_rows(done)?);
         }
         Ok(out)
     }

@@ -10,7 +10,7 @@ use qwen_runtime::scheduler::{euler_step_array, Schedule};
 use qwen_runtime::tiles::tiled_decode;
 use qwen_runtime::RgbImage;
 
-use super::latents::{unpack_nhwc, LATENT_CHANNELS};
+use super::latents::{batch_rows, unpack_nhwc, LATENT_CHANNELS};
 use super::{mlx, Embeddings, Network, Pipeline, PipelineError, Result, VaeTiling, Warning};
 
 /// One generation.
@@ -140,29 +140,11 @@ impl Pipeline {
         peak("modulation")?;
         self.ensure(Network::Denoiser)?;
         peak("denoiser")?;
-        let per_call = if self.batch_fits(count) { count } else { 1 };
-        let seeds: Vec<u64> = (0..count as u64)
-            .map(|i| request.seed.wrapping_add(i))
-            .collect();
+        let batches = self.initial_batches(request.latents.as_ref(), request.seed, count)?;
+        let n_batches = batches.len();
         let mut finals = Vec::with_capacity(count);
         let mut in_steps = 0.0;
-        for batch in seeds.chunks(per_call) {
-            let latents = match &request.latents {
-                Some(l) => l
-                    .as_dtype(Dtype::Float32)
-                    .map_err(mlx("reading the initial latents"))?,
-                None => {
-                    let mut noise = batch
-                        .iter()
-                        .map(|&seed| self.noise(seed))
-                        .collect::<Result<Vec<_>>>()?;
-                    if noise.len() == 1 {
-                        noise.remove(0)
-                    } else {
-                        ops::concatenate(&noise, 0).map_err(mlx("joining the images' noise"))?
-                    }
-                }
-            };
+        for latents in batches {
             let steps_start = std::time::Instant::now();
             let out = self.denoise(
                 latents,
@@ -172,14 +154,7 @@ impl Pipeline {
                 &mut |done, total| on_event(Event::Step { done, total }),
             )?;
             in_steps += steps_start.elapsed().as_secs_f64();
-            if batch.len() == 1 {
-                finals.push(out);
-            } else {
-                finals.extend(
-                    ops::split_equal(&out, batch.len() as i32, 0)
-                        .map_err(mlx("splitting the batch"))?,
-                );
-            }
+            finals.extend(batch_rows(out)?);
         }
         let denoise_s = start.elapsed().as_secs_f64();
         peak("denoise")?;
@@ -194,12 +169,11 @@ impl Pipeline {
         }
         let decode_s = start.elapsed().as_secs_f64();
         peak("decode")?;
-        let batches = count.div_ceil(per_call);
         let timings = Timings {
             encode: encode_s,
             denoise: denoise_s,
             decode: decode_s,
-            step: in_steps / (batches * request.steps) as f64,
+            step: in_steps / (n_batches * request.steps) as f64,
         };
         Ok(images
             .into_iter()
@@ -394,6 +368,7 @@ impl Pipeline {
     /// the decode's activations need room for (see [`super::memory`]); decodes in tiles as
     /// `Options::vae_tiling` says (automatically: when even then they would not fit).
     pub fn decode(&self, latents: &Array) -> Result<Array> {
+        self.check_latents(latents)?;
         self.make_room(super::memory::Stage::Decode)?;
         let (gh, gw) = self.grid();
         let tiling = self.variant.vae_tiling();

@@ -32,6 +32,29 @@ impl Pipeline {
         pack(&noise, gh, gw).map_err(mlx("packing the noise"))
     }
 
+    /// The initial latents of `count` images in the batches they are denoised in: `given`
+    /// (one image) or seeded noise (`seed`, `seed + 1`, …); all `count` in one batch where it
+    /// fits beside what is loaded ([`Pipeline::batch_fits`]), else one at a time.
+    pub(super) fn initial_batches(
+        &self,
+        given: Option<&Array>,
+        seed: u64,
+        count: usize,
+    ) -> Result<Vec<Array>> {
+        let initial: Vec<Array> = match given {
+            Some(l) => vec![l.clone()],
+            None => (0..count as u64)
+                .map(|k| self.noise(seed.wrapping_add(k)))
+                .collect::<Result<_>>()?,
+        };
+        if initial.len() > 1 && self.batch_fits(count) {
+            let all = ops::concatenate(&initial, 0).map_err(mlx("joining the images' noise"))?;
+            Ok(vec![all])
+        } else {
+            Ok(initial)
+        }
+    }
+
     /// An error unless `latents` are `[1, L_img, 64]`.
     pub(super) fn check_latents(&self, latents: &Array) -> Result<()> {
         self.check_latents_of(latents, 1)
@@ -92,6 +115,14 @@ impl Pipeline {
             });
         }
         Ok(())
+    }
+}
+
+/// A denoised batch `[N, L, 64]` back into its N images `[1, L, 64]`, in order.
+pub(super) fn batch_rows(batch: Array) -> Result<Vec<Array>> {
+    match batch.shape()[0] {
+        1 => Ok(vec![batch]),
+        n => ops::split_equal(&batch, n, 0).map_err(mlx("splitting the batch")),
     }
 }
 
