@@ -238,6 +238,42 @@ fn truncated_file_says_how_many_bytes_are_missing() {
 }
 
 #[test]
+fn file_longer_than_its_header_or_of_impossible_sizes_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.safetensors");
+    write(&path, &[zeros("w", &[4, 4])]);
+    let mut full = fs::read(&path).unwrap();
+    let n = full.len();
+    full.extend([0u8; 7]);
+    fs::write(&path, &full).unwrap();
+    assert_eq!(
+        message(Checkpoint::open(&path)),
+        format!(
+            "safetensors file {} is longer than its header describes: {n} bytes, the file has {}",
+            path.display(),
+            n + 7
+        )
+    );
+    // eight tensors of 2^61 - 1 bytes each: their sizes overflow 64 bits (an error, no panic)
+    let big = (1u64 << 61) - 1;
+    let entries: Vec<String> = (0..8u64)
+        .map(|i| {
+            format!(
+                "\"t{i}\":{{\"dtype\":\"U8\",\"shape\":[{big}],\"data_offsets\":[{},{}]}}",
+                i * big,
+                (i + 1) * big
+            )
+        })
+        .collect();
+    let header = format!("{{{}}}", entries.join(","));
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    fs::write(&path, &bytes).unwrap();
+    let msg = message(Checkpoint::open(&path));
+    assert!(msg.starts_with("truncated safetensors file"), "{msg}");
+}
+
+#[test]
 fn file_cut_inside_its_header_is_corrupt() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("model.safetensors");
@@ -342,6 +378,17 @@ fn missing_file_tensor_and_folder_errors() {
         msg.ends_with(
             "holds 2 .safetensors files and no *.safetensors.index.json to say how they fit: \
              a.safetensors, b.safetensors"
+        ),
+        "{msg}"
+    );
+    for i in ["a", "b"] {
+        fs::write(tmp.path().join(format!("{i}.safetensors.index.json")), "{}").unwrap();
+    }
+    let msg = message(Checkpoint::open(tmp.path()));
+    assert!(
+        msg.ends_with(
+            "holds 2 *.safetensors.index.json files, where one says how the shards fit: \
+             a.safetensors.index.json, b.safetensors.index.json"
         ),
         "{msg}"
     );

@@ -31,6 +31,12 @@ pub enum WeightError {
     )]
     Ambiguous { dir: PathBuf, files: Vec<String> },
 
+    #[error(
+        "{} holds {} *.safetensors.index.json files, where one says how the shards fit: {}",
+        dir.display(), indexes.len(), indexes.join(", ")
+    )]
+    SeveralIndexes { dir: PathBuf, indexes: Vec<String> },
+
     // === Sharded checkpoints ===
     #[error("malformed index {}: {reason}", path.display())]
     Index { path: PathBuf, reason: String },
@@ -77,6 +83,16 @@ pub enum WeightError {
         path.display()
     )]
     Truncated {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error(
+        "safetensors file {} is longer than its header describes: {expected} bytes, the file has {actual}",
+        path.display()
+    )]
+    TooLong {
         path: PathBuf,
         expected: u64,
         actual: u64,

@@ -38,9 +38,9 @@ fn special_kind(_: FileType) -> &'static str {
     "a special file"
 }
 
-/// The text of `path`, opened only when it is a regular file; otherwise an
-/// `InvalidInput` error saying what it is.
-pub fn read_regular(path: &Path) -> io::Result<String> {
+/// `path` opened for reading when it is a regular file; otherwise an `InvalidInput` error
+/// saying what it is.
+pub fn open_regular(path: &Path) -> io::Result<std::fs::File> {
     let meta = std::fs::metadata(path)?;
     if let Some(kind) = not_regular(meta.file_type()) {
         return Err(io::Error::new(
@@ -48,5 +48,12 @@ pub fn read_regular(path: &Path) -> io::Result<String> {
             format!("it is {kind}, not a regular file"),
         ));
     }
-    std::fs::read_to_string(path)
+    std::fs::File::open(path)
+}
+
+/// The text of `path`, read only when it is a regular file (see [`open_regular`]).
+pub fn read_regular(path: &Path) -> io::Result<String> {
+    let mut text = String::new();
+    io::Read::read_to_string(&mut open_regular(path)?, &mut text)?;
+    Ok(text)
 }

@@ -20,6 +20,10 @@ use mlx_rs::Array;
 
 use crate::error::ImageError;
 
+/// The most pixels [`RgbImage::read_png`] reads (256 Mi: 16384² and then some; an edit
+/// resizes its inputs to about 1 MP anyway).
+pub const MAX_READ_PIXELS: u64 = 1 << 28;
+
 /// `clamp(x · 0.5 + 0.5, 0, 1)`: a decoder output in [−1, 1] to [0, 1].
 pub fn unit_from_decoded(x: f32) -> f32 {
     (x * 0.5 + 0.5).clamp(0.0, 1.0)
@@ -153,18 +157,27 @@ impl RgbImage {
             path: path.to_path_buf(),
             message,
         };
-        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let file = crate::files::open_regular(path).map_err(|e| err(e.to_string()))?;
         let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
         decoder.set_transformations(png::Transformations::normalize_to_color8());
         let mut reader = decoder
             .read_info()
             .map_err(|e| err(format!("not a readable PNG file ({e})")))?;
-        let mut buf = vec![
-            0;
-            reader
-                .output_buffer_size()
-                .ok_or_else(|| err("too large".into()))?
-        ];
+        // the header's size, before a buffer of it is made (a few bytes can claim 200000²)
+        let (w, h) = (reader.info().width, reader.info().height);
+        if u64::from(w) * u64::from(h) > MAX_READ_PIXELS {
+            return Err(err(format!(
+                "{w}x{h} is larger than the {} megapixels an input image may have",
+                MAX_READ_PIXELS >> 20
+            )));
+        }
+        let size = reader
+            .output_buffer_size()
+            .ok_or_else(|| err("too large".into()))?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(size)
+            .map_err(|_| err(format!("no memory for its {size} bytes")))?;
+        buf.resize(size, 0);
         let info = reader
             .next_frame(&mut buf)
             .map_err(|e| err(e.to_string()))?;

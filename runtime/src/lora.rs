@@ -311,12 +311,19 @@ impl Plan for LoraPlan<'_> {
     }
 
     fn low_rank(&self, key: &str) -> Vec<LowRank> {
-        if self.loras.on_quantized != OnQuantized::Separate || self.inner.spec(key).is_none() {
+        let Some(spec) = self.inner.spec(key) else {
+            return vec![];
+        };
+        if self.loras.on_quantized != OnQuantized::Separate {
             return vec![];
         }
+        // as `Loras::kept_separate` decides: only where the weight `[out, in]` (up's rows,
+        // down's columns) is quantized, in whole groups; elsewhere `load` fused them
+        let quantized = |p: &Pair| spec.fits(&[p.up.shape()[0], p.down.shape()[1]]);
         self.loras
             .pairs
             .get(key)
+            .filter(|ps| ps.first().is_some_and(quantized))
             .map(|ps| {
                 ps.iter()
                     .map(|p| LowRank {

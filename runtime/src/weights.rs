@@ -418,9 +418,9 @@ fn pick_in_dir(dir: &Path) -> Result<PathBuf, WeightError> {
             dir: dir.to_path_buf(),
             files,
         }),
-        _ => Err(WeightError::Ambiguous {
+        _ => Err(WeightError::SeveralIndexes {
             dir: dir.to_path_buf(),
-            files: indexes,
+            indexes,
         }),
     }
 }
@@ -473,6 +473,12 @@ impl Shard {
             path: self.path.clone(),
             reason,
         };
+        // the sizes the header gives, checked first with checked arithmetic: the safetensors
+        // crate adds them unchecked (a header of huge tensors overflows it)
+        match header_data_end(&self.map) {
+            Some(end) if end != self.map.len() as u64 => return Err(self.size_error()),
+            _ => {}
+        }
         let (header_len, metadata) = match SafeTensors::read_metadata(&self.map) {
             Ok(parsed) => parsed,
             Err(safetensors::SafeTensorError::MetadataIncompleteBuffer) => {
@@ -509,7 +515,12 @@ impl Shard {
         let actual = self.map.len() as u64;
         let expected = header_data_end(&self.map);
         match expected {
-            Some(expected) if expected != actual => WeightError::Truncated {
+            Some(expected) if expected > actual => WeightError::Truncated {
+                path: self.path.clone(),
+                expected,
+                actual,
+            },
+            Some(expected) if expected < actual => WeightError::TooLong {
                 path: self.path.clone(),
                 expected,
                 actual,
@@ -522,7 +533,8 @@ impl Shard {
     }
 }
 
-/// File size implied by a safetensors header: 8 + header length + the largest data end.
+/// File size implied by a safetensors header: 8 + header length + the largest data end
+/// (`u64::MAX` where that sum overflows); `None` where the header cannot be read.
 fn header_data_end(bytes: &[u8]) -> Option<u64> {
     let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     let header = bytes.get(8..8usize.checked_add(usize::try_from(len).ok()?)?)?;
@@ -534,7 +546,7 @@ fn header_data_end(bytes: &[u8]) -> Option<u64> {
         .filter_map(|(_, info)| info.get("data_offsets")?.get(1)?.as_u64())
         .max()
         .unwrap_or(0);
-    Some(8 + len + end)
+    Some(8u64.saturating_add(len).saturating_add(end))
 }
 
 fn describe_safetensors_error(error: &safetensors::SafeTensorError) -> String {

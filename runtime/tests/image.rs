@@ -258,3 +258,61 @@ fn temporary_files_of_a_destination_are_found_by_their_exact_name() {
         "regular files of that exact pattern only"
     );
 }
+
+/// CRC-32 (IEEE) of a PNG chunk's type and data.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// `read_png` opens regular files only (a FIFO would block it) and refuses a header that
+/// claims more pixels than an input may have, before it makes a buffer of that size.
+#[test]
+fn reading_a_png_refuses_special_files_and_oversized_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    // a real PNG reads back
+    let small = dir.path().join("small.png");
+    let image = RgbImage::from_planar(&[0.0; 12], 2, 2).unwrap();
+    image.write_png(&small, &[]).unwrap();
+    assert_eq!(RgbImage::read_png(&small).unwrap(), image);
+
+    // 200000 × 200000 RGB in a 60-byte file
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend((data.len() as u32).to_be_bytes());
+        let body: Vec<u8> = kind.iter().chain(data).copied().collect();
+        png.extend(&body);
+        png.extend(crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = vec![];
+    ihdr.extend(200_000u32.to_be_bytes());
+    ihdr.extend(200_000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00]);
+    chunk(b"IEND", &[]);
+    let huge = dir.path().join("huge.png");
+    std::fs::write(&huge, &png).unwrap();
+    let e = RgbImage::read_png(&huge).unwrap_err().to_string();
+    assert!(e.contains("200000x200000 is larger than"), "{e}");
+
+    #[cfg(unix)]
+    {
+        let fifo = dir.path().join("fifo.png");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let e = RgbImage::read_png(&fifo).unwrap_err().to_string();
+            assert!(e.contains("named pipe"), "{e}");
+        }
+    }
+}

@@ -109,6 +109,40 @@ fn a_lora_on_a_quantized_model_both_ways() {
     assert_eq!(OnQuantized::default(), OnQuantized::Separate);
 }
 
+/// A LoRA on a layer the plan names but cannot quantize (its inputs not whole groups of 64:
+/// the tiny `txt_in`, 32) is fused into its dense weight, and not also handed to it as a
+/// separate pair (which failed the load: "LoRA kept beside a weight that was not quantized").
+#[test]
+fn a_lora_on_a_layer_the_quantization_leaves_dense_is_fused() {
+    let ck = Checkpoint::open(fixture("tiny-qwen-image/transformer")).unwrap();
+    let w = ck.array("txt_in.weight").unwrap();
+    let (out, inputs) = (w.shape()[0], w.shape()[1]);
+    assert_ne!(inputs % 64, 0, "the case needs a layer of partial groups");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("txt_in.safetensors");
+    let key = qwen_runtime::__private::mlx_rs::random::key(3).unwrap();
+    let normal = |shape: &[i32]| {
+        qwen_runtime::__private::mlx_rs::random::normal::<f32>(shape, None, Some(0.1), &key)
+            .unwrap()
+    };
+    let tensors = [
+        ("transformer.txt_in.lora_A.weight", normal(&[2, inputs])),
+        ("transformer.txt_in.lora_B.weight", normal(&[out, 2])),
+    ];
+    Array::save_safetensors(tensors.iter().map(|(k, v)| (*k, v)), None, &path).unwrap();
+    let dense = latents(&options(vec![(path.clone(), 1.0)]));
+    let mut o = options(vec![(path, 1.0)]);
+    o.quantize = Some(
+        Quantization::new(8)
+            .unwrap()
+            .with_overrides("io=8")
+            .unwrap(),
+    );
+    let quantized = latents(&o);
+    let e = rel_err(&quantized, &dense);
+    assert!(e > 0.0 && e < 5e-2, "{e:.3e}");
+}
+
 /// Keys that match nothing, shapes of another model, and a half pair are one error each,
 /// naming the keys; a file that is not safetensors is a clear error.
 #[test]

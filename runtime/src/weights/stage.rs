@@ -98,6 +98,10 @@ impl Checkpoint {
         if staging.threads == 0 || order.is_empty() {
             return load(&mut |name| self.array(name));
         }
+        // a name listed twice is staged once, at its first place
+        let mut seen = std::collections::HashSet::new();
+        let order: Vec<String> = order.iter().filter(|n| seen.insert(*n)).cloned().collect();
+        let order = order.as_slice();
         let shared = Shared {
             ck: self,
             names: order,
@@ -113,11 +117,11 @@ impl Checkpoint {
             }),
             changed: Condvar::new(),
         };
-        // a name listed twice is staged once (its first place)
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for (i, n) in order.iter().enumerate() {
-            index.entry(n.as_str()).or_insert(i);
-        }
+        let index: HashMap<&str, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
         std::thread::scope(|scope| {
             for _ in 0..staging.threads {
                 scope.spawn(|| shared.work(staging.ahead_bytes));
@@ -282,13 +286,18 @@ mod tests {
                 ahead_bytes: 0,
             },
         ] {
-            let got: Vec<u32> = ck.staged_with(staging, &order[1..], |get| {
-                asked
-                    .iter()
-                    .map(|i| first(&get(&format!("t{i}")).unwrap()))
-                    .collect()
-            });
-            assert_eq!(got, asked.map(|i| 100 * i), "{staging:?}");
+            // and an order that lists a name twice (staged once)
+            let mut twice = order[1..].to_vec();
+            twice.insert(4, "t2".into());
+            for order in [&order[1..], &twice[..]] {
+                let got: Vec<u32> = ck.staged_with(staging, order, |get| {
+                    asked
+                        .iter()
+                        .map(|i| first(&get(&format!("t{i}")).unwrap()))
+                        .collect()
+                });
+                assert_eq!(got, asked.map(|i| 100 * i), "{staging:?}");
+            }
         }
     }
 
