@@ -42,27 +42,33 @@ for pat in ("diffusers-*.whl", "importlib_metadata-*.whl", "peft-*.whl"):
 PY
 tar -C "$tmp/wheels" -cf - . | xz -9e -c >"$DEV/py-wheels.tar.xz"
 
-# what device.sh uses, as `carry` names them (globs are not expanded there)
-carry=("$DEV/device-setup.sh" "$DEV/mlx-cuda13-sm90.tar.xz")
+# what device.sh uses, as `carry` names them (globs are not expanded there): the MLX pack (`first`) and the
+# wheels and binaries (`rest`)
 found=($DEV/mlx-*-cp312-*.whl) # shellcheck disable=SC2206 # the glob is meant
 if [ ${#found[@]} -ne 1 ] || [ ! -f "${found[0]}" ]; then
     echo "error: want exactly one $DEV/mlx-*-cp312-*.whl, found: ${found[*]}" >&2
     exit 1
 fi
-carry+=("${found[0]}" "$DEV/py-wheels.tar.xz")
-carry+=("$DEV/qwen-bins.tar.xz")
+first=("$DEV/device-setup.sh" "$DEV/mlx-cuda13-sm90.tar.xz" "${found[0]}")
+rest=("$DEV/py-wheels.tar.xz" "$DEV/qwen-bins.tar.xz")
+carry=("${first[@]}" "${rest[@]}")
 ls -l "${carry[@]}"
 
+bytes() { stat -c %s "$@" | awk '{s += $1} END {print s}'; }
+# the paths as the run tool's `carry` takes them: ["a", "b"]
+carry_list() {
+    local sep="" f
+    printf '['
+    for f in "$@"; do
+        printf '%s"%s"' "$sep" "$f"
+        sep=", "
+    done
+    printf ']'
+}
 tree=$({ git ls-files -z -co --exclude-standard | xargs -0 stat -c %s 2>/dev/null || true; } | awk '{s += $1} END {print s + 0}')
-dev=$(stat -c %s "${carry[@]}" | awk '{s += $1} END {print s}')
+dev=$(bytes "${carry[@]}")
 all=$(du -sb "$DEV" | cut -f1)
-printf 'carry: ['
-sep=""
-for f in "${carry[@]}"; do
-    printf '%s"%s"' "$sep" "$f"
-    sep=", "
-done
-printf ']\n'
+echo "carry: $(carry_list "${carry[@]}")"
 awk -v t="$tree" -v d="$dev" -v a="$all" 'BEGIN {
     m = 1048576
     printf "travels: working tree %.1f MiB + the carry above %.1f MiB = %.1f MiB (limit 64 MiB; all of .dev: %.1f MiB)\n",
@@ -71,10 +77,8 @@ limit=$((64 * 1048576))
 if [ $((tree + dev)) -gt $limit ]; then
     # Two carries: a machine keeps the carried paths a later call does not name (while it is held), so a
     # first call can bring the MLX pack and the next ones the rest (setup checks that all are there).
-    first=("$DEV/device-setup.sh" "$DEV/mlx-cuda13-sm90.tar.xz" "${found[0]}")
-    rest=("$DEV/py-wheels.tar.xz" "$DEV/qwen-bins.tar.xz")
-    d1=$(stat -c %s "${first[@]}" | awk '{s += $1} END {print s}')
-    d2=$(stat -c %s "${rest[@]}" | awk '{s += $1} END {print s}')
+    d1=$(bytes "${first[@]}")
+    d2=$(bytes "${rest[@]}")
     if [ $((tree + d1)) -gt $limit ] || [ $((tree + d2)) -gt $limit ]; then
         echo "error: over the 64 MiB a call carries, also in two carries: make the working tree smaller" >&2
         exit 1
@@ -82,7 +86,7 @@ if [ $((tree + dev)) -gt $limit ]; then
     awk -v t="$tree" -v a="$d1" -v b="$d2" 'BEGIN { m = 1048576
         printf "over 64 MiB in one call: carry in two (%.1f and %.1f MiB with the tree), chained on one held machine:\n",
             (t + a) / m, (t + b) / m }'
-    printf '  first call, command `true`: carry ["%s", "%s", "%s"]\n' "${first[@]}"
-    printf '  then each call: carry ["%s", "%s"]\n' "${rest[@]}"
+    echo "  first call, command \`true\`: carry $(carry_list "${first[@]}")"
+    echo "  then each call: carry $(carry_list "${rest[@]}")"
 fi
 echo "then: bash benches/device.sh plan"

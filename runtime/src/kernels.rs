@@ -285,9 +285,8 @@ pub fn round_up(n: usize, block: usize) -> i32 {
 /// True when generated code should run its repeated blocks through `transforms::compile`.
 /// Never on the CPU (MLX would compile C++ at run time); on a GPU `QWEN_COMPILE=1`/`0` (or
 /// [`set_compile_blocks`]) decides, by default only without fused kernels (Metal): MLX then
-/// fuses the elementwise chains itself. With the
-/// fused kernels, compiled blocks were slower on an H200 (341 against 273 ms per 1024²
-/// CFG step).
+/// fuses the elementwise chains itself. With the fused kernels, compiled blocks were slower on
+/// an H200 (341 against 273 ms per 1024² CFG step).
 pub fn compile_blocks() -> bool {
     let explicit = match COMPILE.load(Ordering::Relaxed) {
         1 => Some(true),

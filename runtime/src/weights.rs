@@ -475,14 +475,14 @@ impl Shard {
         };
         // the sizes the header gives, checked first with checked arithmetic: the safetensors
         // crate adds them unchecked (a header of huge tensors overflows it)
-        match header_data_end(&self.map) {
-            Some(end) if end != self.map.len() as u64 => return Err(self.size_error()),
-            _ => {}
+        let expected = header_data_end(&self.map);
+        if expected.is_some_and(|end| end != self.map.len() as u64) {
+            return Err(self.size_error(expected));
         }
         let (header_len, metadata) = match SafeTensors::read_metadata(&self.map) {
             Ok(parsed) => parsed,
             Err(safetensors::SafeTensorError::MetadataIncompleteBuffer) => {
-                return Err(self.size_error());
+                return Err(self.size_error(expected));
             }
             Err(e) => return Err(corrupt(describe_safetensors_error(&e))),
         };
@@ -510,10 +510,10 @@ impl Shard {
         Ok(entries)
     }
 
-    /// The header's data does not cover the file exactly: say how many bytes it wanted.
-    fn size_error(&self) -> WeightError {
+    /// The header's data (`expected` bytes with it, [`header_data_end`]) does not cover the
+    /// file exactly: say how many bytes it wanted.
+    fn size_error(&self, expected: Option<u64>) -> WeightError {
         let actual = self.map.len() as u64;
-        let expected = header_data_end(&self.map);
         match expected {
             Some(expected) if expected > actual => WeightError::Truncated {
                 path: self.path.clone(),

@@ -302,15 +302,14 @@ impl Pipeline {
         // per step), off by default.
         let profile = std::env::var("QWEN_STEP_PROFILE").is_ok_and(|v| v == "1");
         let mut times: Vec<(f64, f64)> = vec![];
-        let mut in_velocity = 0.0f64;
         for i in 0..schedule.steps() {
             let start = std::time::Instant::now();
             let (cond, uncond) = velocity(&x, i).map_err(mlx("running the transformer"))?;
             if profile {
                 transforms::eval(std::iter::once(&cond).chain(uncond.as_ref()))
                     .map_err(mlx("running the transformer"))?;
-                in_velocity = start.elapsed().as_secs_f64();
             }
+            let in_velocity = start.elapsed().as_secs_f64();
             let rest = std::time::Instant::now();
             let (cond, uncond) = match ranks {
                 Some(g) => {

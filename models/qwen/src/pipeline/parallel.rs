@@ -85,9 +85,7 @@ impl Pipeline {
             peaks: vec![],
         }))
     }
-}
 
-impl Pipeline {
     /// One exchange of a step's velocities (zeros, this pipeline's shape and dtype) over
     /// `group`, evaluated; every rank calls it, before it times anything. NCCL connects the
     /// ranks lazily, at their first collective, which would otherwise be in the first step.
