@@ -349,6 +349,10 @@ impl Rows {
                     opened.kernels.map(|k| round(k * 1000.0, 1)).into(),
                 ),
                 ("kernels_beside", opened.kernels_beside.into()),
+                (
+                    "first_uses_ms",
+                    opened.first_uses.map(|f| round(f * 1000.0, 1)).into(),
+                ),
             ],
         )
     }

@@ -417,3 +417,30 @@ fn encode_image_gives_diffusers_normalised_latents_packed() {
     let e = p.encode_image(&odd).unwrap_err().to_string();
     assert!(e.contains("multiples of 16"), "{e}");
 }
+
+/// `Pipeline::warm_up` (what `open` runs on a GPU while the fused kernels compile) keeps
+/// nothing: the image of a request made after it is, byte for byte, the one made before, and
+/// its latents are the same; and the warm-up itself says no warning (an empty-prompt warning
+/// of its `" "` would be an event of no request).
+#[test]
+fn warm_up_changes_no_image() {
+    let r = reference();
+    let p = open("96x64", None);
+    let request = Request {
+        steps: 2,
+        ..r.request("96x64")
+    };
+    let run = || {
+        p.generate(&request, &mut |e| {
+            if let Event::Warning(w) = e {
+                panic!("unexpected warning {w}")
+            }
+        })
+        .unwrap()
+    };
+    let before = run();
+    p.warm_up().unwrap();
+    let after = run();
+    assert_eq!(before.image.pixels, after.image.pixels);
+    assert_eq!(rel_err(&before.latents, &after.latents), 0.0);
+}

@@ -644,8 +644,11 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     let load = start.elapsed().as_secs_f64();
     match o.kernels {
         Some(k) if o.kernels_beside => println!(
-            "load: {load:.2} s (weights {:.2} s; fused kernels compiled beside them in {k:.2} s)",
-            o.weights
+            "load: {load:.2} s (weights {:.2} s{}; fused kernels compiled beside them in {k:.2} s)",
+            o.weights,
+            o.first_uses
+                .map(|f| format!(" and the first uses {f:.2} s"))
+                .unwrap_or_default()
         ),
         Some(k) => println!(
             "load: {load:.2} s (fused kernels compiled in {k:.2} s, then weights {:.2} s)",

@@ -306,15 +306,45 @@ impl Pipeline {
             purpose,
         };
         if all {
-            for n in [Network::Denoiser, Network::Modulation, Network::TextEncoder] {
+            pipeline.ensure(Network::TextEncoder)?;
+            // the first uses before the transformer's weights, while the fused kernels
+            // compile: what of them waits for the compilation (MLX compiles one kernel at a
+            // time, for every thread) waits beside that load, not after it
+            if compiling.is_some() && qwen_runtime::kernels::warm_up_first_uses() {
+                let start = Instant::now();
+                pipeline.warm_up()?;
+                pipeline.open_timings.first_uses = Some(start.elapsed().as_secs_f64());
+            }
+            for n in [Network::Denoiser, Network::Modulation] {
                 pipeline.ensure(n)?;
             }
         }
-        pipeline.open_timings.weights = start.elapsed().as_secs_f64();
+        pipeline.open_timings.weights =
+            start.elapsed().as_secs_f64() - pipeline.open_timings.first_uses.unwrap_or(0.0);
         if let Some(c) = compiling {
             pipeline.open_timings.kernels = Some(c.finish()?);
         }
         Ok(pipeline)
+    }
+
+    /// A process's first use of MLX's GPU libraries costs far more than the later ones
+    /// (measured on an H200 with MLX 0.32.4: cuBLAS's first matmul 126 ms against 5 ms for a
+    /// new shape, cuDNN's first attention 107 ms, its first convolution 68 ms and 13-82 ms per
+    /// further shape), which a cold image paid in its encode (0.5 s against 20 ms warm) and
+    /// its decode (0.35 s against 62 ms). `open` pays them instead, between the text
+    /// encoder's weights and the transformer's, while the fused kernels compile on their
+    /// thread: the text encoder on the prompt `" "` (the libraries' set-up, and the plans of
+    /// a text of that length, the usual negative prompt) and the decoder on latents of this
+    /// resolution, which fixes every one of its convolutions' shapes. Nothing is kept: an
+    /// image made after it is the image made without it.
+    pub fn warm_up(&self) -> Result<()> {
+        if let Purpose::Generate = self.purpose {
+            self.encode(" ", None, &mut vec![])?;
+        }
+        self.decode(&self.noise(0)?)?;
+        // and MLX's cache lets its buffers go: the transformer's weights, loaded next, took
+        // cached buffers larger than they are (a peak 1.2-2.6 GB higher, on an H200)
+        mlx_memory::clear_cache().map_err(super::mlx("freeing memory"))
     }
 }
 
@@ -372,4 +402,8 @@ pub struct OpenTimings {
     /// Loading the VAE decoder and the networks that load at open (all of them where they
     /// fit the memory budget, else none).
     pub weights: f64,
+    /// The first uses of MLX's GPU libraries made while the fused kernels compile beside
+    /// the load (`qwen_runtime::kernels::warm_up_first_uses`; not in `weights`): `None`
+    /// where they were not.
+    pub first_uses: Option<f64>,
 }
