@@ -344,21 +344,21 @@ phase_count() {
 
 # Issue 11: qwen-run on one GPU, then `--gpus 2` (GPUs 0 and 1: run it on nvidia-h200-x2 with no background job),
 # same seed: rows `image` (encode + denoise + decode as qwen-run prints them) with a `gpus` field, and the two PNGs'
-# largest difference in 8-bit levels.
+# largest difference in 8-bit levels. GPUS_DTYPE=f32 runs all three in f32 (bf16 by default).
 phase_gpus() {
     mlx_env
     need_model
     need_bin qwen-run
-    local n t log
+    local n t log dtype=${GPUS_DTYPE:-bf16}
     for n in 1 2; do
         log=$QA/gpus-$n.log
-        say "gpus: qwen-run --gpus $n, $RES, $STEPS steps, cfg $CFG"
+        say "gpus: qwen-run --gpus $n, $RES, $dtype, $STEPS steps, cfg $CFG"
         CUDA_VISIBLE_DEVICES=$([ "$n" = 1 ] && echo "$FG_GPU" || echo "$FG_GPU,$BG_GPU") \
-            "$QA/bin/qwen-run" --gpus "$n" --model "$QA/model" --res "$RES" --dtype bf16 --steps "$STEPS" --cfg "$CFG" \
+            "$QA/bin/qwen-run" --gpus "$n" --model "$QA/model" --res "$RES" --dtype "$dtype" --steps "$STEPS" --cfg "$CFG" \
             --device "$DEVICE" --seed 0 --prompt "$PROMPT" --negative-prompt "$NEG" --output "$QA/gpus-$n.png" 2>&1 | tee "$log"
         t=$(python3 -c 'import re,sys; t=open(sys.argv[1]).read(); m=re.search(r"encode: ([\d.]+) s, denoise: ([\d.]+) s.*decode: ([\d.]+) s", t); print(round(sum(float(x) for x in m.groups()) * 1000, 1) if m else "")' "$log")
         [ -n "$t" ] || { say "gpus: no timings from --gpus $n"; continue; }
-        rows echo "{\"system\": \"qwen-aot\", \"gpu\": \"$(gpu_name)\", \"width\": $W, \"height\": $H, \"steps\": $STEPS, \"cfg\": $CFG, \"dtype\": \"bf16\", \"what\": \"image\", \"ms\": $t, \"peak_gb\": null, \"gpus\": $n}"
+        rows echo "{\"system\": \"qwen-aot\", \"gpu\": \"$(gpu_name)\", \"width\": $W, \"height\": $H, \"steps\": $STEPS, \"cfg\": $CFG, \"dtype\": \"$dtype\", \"what\": \"image\", \"ms\": $t, \"peak_gb\": null, \"gpus\": $n}"
     done
     python3 -c 'import sys; from PIL import Image; import numpy as np; a, b = (np.asarray(Image.open(f)).astype(int) for f in sys.argv[1:]); print("gpus: PNGs of 1 and 2 GPUs, max difference", abs(a - b).max(), "levels")' \
         "$QA/gpus-1.png" "$QA/gpus-2.png" || say "gpus: could not compare the PNGs"
@@ -366,7 +366,7 @@ phase_gpus() {
     # with that module (two calls a step) must give the two-GPU PNG exactly (unless GPUS_ONE_TEXT=0)
     [ "${GPUS_ONE_TEXT:-1}" = 1 ] && [ "$RES" = 1024 ] || return 0
     say "gpus: qwen-run --gpus 1 --module res1024 (one text per call), the PNG of --gpus 2?"
-    CUDA_VISIBLE_DEVICES=$FG_GPU "$QA/bin/qwen-run" --module res1024 --model "$QA/model" --res "$RES" --dtype bf16 \
+    CUDA_VISIBLE_DEVICES=$FG_GPU "$QA/bin/qwen-run" --module res1024 --model "$QA/model" --res "$RES" --dtype "$dtype" \
         --steps "$STEPS" --cfg "$CFG" --device "$DEVICE" --seed 0 --prompt "$PROMPT" --negative-prompt "$NEG" \
         --output "$QA/gpus-1-one-text.png" 2>&1 | tee "$QA/gpus-1-one-text.log"
     python3 -c 'import sys; from PIL import Image; import numpy as np; a, b = (np.asarray(Image.open(f)).astype(int) for f in sys.argv[1:]); print("gpus: PNGs of 2 GPUs and of 1 GPU with the one-text module, max difference", abs(a - b).max(), "levels")' \
@@ -712,16 +712,12 @@ IMAGES=3 costs nothing (the background job sets the length). Two-call variant, o
   bash benches/device.sh diffusers-timing bg-wait 420 compare table        ~4.5 min
 One GPU: setup qwen-warm | qwen-cold diffusers-timing | qwen-dump diffusers-dump compare | compile
 
-Open measurements (2026-11-30, after that day's device time): on nvidia-h200-x2, after the first call of
-benches/fill-dev.sh's two carries when it prints them (`true`, with the MLX pack), ~9 min with the start:
-  call 1  SIZES=2048 SIZE_STEPS=10 bash benches/device.sh setup sizes gpus      ~5.5 min
-            issue 12: 2048^2, ours and diffusers on one machine (ours 15.30 s, diffusers 18.50 s were
-            two machines); issue 11: --gpus 2 against one GPU, now with the ranks connected first
-  call 2  see below (QWEN_STEP_PROFILE=1, qwen-run --gpus 2 --steps 20), then gpus again  ~1.5 min
-            issue 11: step 1 apart from the later steps' exchange
-    export LD_LIBRARY_PATH=$(cat /tmp/mlx-libdir); CUDA_VISIBLE_DEVICES=0,1 QWEN_STEP_PROFILE=1 \
-    /tmp/qa/bin/qwen-run --gpus 2 --model /tmp/qa/model --res 1024 --dtype bf16 --steps 20 --cfg 4 \
-    --prompt "a red fox in the snow, watercolor" --negative-prompt " " -o /tmp/qa/prof.png 2>&1 | grep profile
+Open measurements (2026-11-30, after that day's device time): issue 11's image of one GPU in f32, where
+the bf16 rounding of the one-GPU module's batch of two halves (6 levels from --gpus 2's PNG in bf16) is
+not in the way; on nvidia-h200-x2, after the first call of benches/fill-dev.sh's two carries (`true`,
+with the MLX pack), ~6-7 min with the start (f32: ~115 GB of weights on each GPU, the text encoder
+freed before the denoise where they do not all fit):
+  call 1  GPUS_DTYPE=f32 bash benches/device.sh setup gpus
 On one H200 (64 GiB disk, 128 GiB of host memory) cold runs are slower in a fresh machine's first
 process (its page cache fills): run qwen-cold twice.
 EOF
