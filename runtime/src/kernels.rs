@@ -312,8 +312,8 @@ pub enum BlockEval {
     /// never gets more than one block ahead (MLX keeps the buffers of everything queued until
     /// it has run, so an unbounded lead raised the 1024² step's peak by 7 GB on an H200).
     /// Measured there: 261.7 → 252.0 ms per CFG step against one unbounded graph; a lead of
-    /// two blocks made no difference (2026-11-30: 247.6 and 246.8 ms, and 125.6 and 125.8 ms
-    /// per rank with `--gpus 2`).
+    /// two blocks (a diagnostic, not kept) made no difference (2026-11-30: 247.6 against
+    /// 246.8 ms, and per rank with `--gpus 2` 125.6-125.9 against 125.4-126.2 ms).
     Pipelined,
     /// `eval` of each block before the next is built: one block's buffers in flight instead
     /// of two (1024² CFG step on an H200: ~1.3 GB less), the GPU idle while the CPU builds
@@ -405,8 +405,9 @@ pub fn warm_up_beside_load() -> bool {
 
 /// True when `Pipeline::open`, loading every network while the fused kernels compile beside
 /// the load ([`warm_up_beside_load`]), should run the text encoder and the decoder once
-/// before it loads the transformer, so that MLX's first uses of cuBLAS and cuDNN are paid
-/// in the load and not in the first image. On unless `QWEN_WARM_UP_FIRST_USES=0`.
+/// before it loads the transformer, so that MLX's first uses (cuBLAS's and cuDNN's set-up,
+/// their plans, its own kernels) are paid in the load and not in the first image. On unless
+/// `QWEN_WARM_UP_FIRST_USES=0`.
 pub fn warm_up_first_uses() -> bool {
     !std::env::var("QWEN_WARM_UP_FIRST_USES").is_ok_and(|v| v == "0")
 }

@@ -311,9 +311,9 @@ impl Pipeline {
             // compile: what of them waits for the compilation (MLX compiles one kernel at a
             // time, for every thread) waits beside that load, not after it
             if compiling.is_some() && qwen_runtime::kernels::warm_up_first_uses() {
-                let start = Instant::now();
+                let warm = Instant::now();
                 pipeline.warm_up()?;
-                pipeline.open_timings.first_uses = Some(start.elapsed().as_secs_f64());
+                pipeline.open_timings.first_uses = Some(warm.elapsed().as_secs_f64());
             }
             for n in [Network::Denoiser, Network::Modulation] {
                 pipeline.ensure(n)?;
@@ -335,8 +335,11 @@ impl Pipeline {
     /// encoder's weights and the transformer's, while the fused kernels compile on their
     /// thread: the text encoder on the prompt `" "` (the libraries' set-up, and the plans of
     /// a text of that length, the usual negative prompt) and the decoder on latents of this
-    /// resolution, which fixes every one of its convolutions' shapes. Nothing is kept: an
-    /// image made after it is the image made without it.
+    /// resolution, which fixes every one of its convolutions' shapes (an Edit pipeline: the
+    /// decoder only; its vision tower and VAE encoder still pay theirs in the first edit).
+    /// Nothing is kept: an image made after it is the image made without it. Meant for a
+    /// pipeline with every network loaded, as `open` runs it; under a memory budget it loads
+    /// and frees networks as an image's encode and decode would.
     pub fn warm_up(&self) -> Result<()> {
         if let Purpose::Generate = self.purpose {
             self.encode(" ", None, &mut vec![])?;
@@ -400,7 +403,7 @@ pub struct OpenTimings {
     /// rather than beside a page-cache prefetch, before them.
     pub kernels_beside: bool,
     /// Loading the VAE decoder and the networks that load at open (all of them where they
-    /// fit the memory budget, else none).
+    /// fit the memory budget, else none), less `first_uses`, which runs between them.
     pub weights: f64,
     /// The first uses of MLX's GPU libraries made while the fused kernels compile beside
     /// the load (`qwen_runtime::kernels::warm_up_first_uses`; not in `weights`): `None`
