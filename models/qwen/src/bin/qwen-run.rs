@@ -481,8 +481,13 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
         pipeline.variant().name()
     );
     println!(
-        "resolution: {res} (W×H); load: {:.2} s",
-        start.elapsed().as_secs_f64()
+        "resolution: {res} (W×H); load: {:.2} s{}",
+        start.elapsed().as_secs_f64(),
+        pipeline
+            .open_timings()
+            .first_uses
+            .map(|f| format!(" (of which the first uses {f:.2} s)"))
+            .unwrap_or_default()
     );
     let start = Instant::now();
     let request = EditRequest {
