@@ -480,15 +480,8 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
         model.display(),
         pipeline.variant().name()
     );
-    println!(
-        "resolution: {res} (W×H); load: {:.2} s{}",
-        start.elapsed().as_secs_f64(),
-        pipeline
-            .open_timings()
-            .first_uses
-            .map(|f| format!(" (of which the first uses {f:.2} s)"))
-            .unwrap_or_default()
-    );
+    println!("resolution: {res} (W×H)");
+    print_load(&pipeline, start.elapsed().as_secs_f64());
     let start = Instant::now();
     let request = EditRequest {
         request: Request {
@@ -645,22 +638,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
             r.width, r.height
         );
     }
-    let o = pipeline.open_timings();
-    let load = start.elapsed().as_secs_f64();
-    match o.kernels {
-        Some(k) if o.kernels_beside => println!(
-            "load: {load:.2} s (weights {:.2} s{}; fused kernels compiled beside them in {k:.2} s)",
-            o.weights,
-            o.first_uses
-                .map(|f| format!(" and the first uses {f:.2} s"))
-                .unwrap_or_default()
-        ),
-        Some(k) => println!(
-            "load: {load:.2} s (fused kernels compiled in {k:.2} s, then weights {:.2} s)",
-            o.weights
-        ),
-        None => println!("load: {load:.2} s"),
-    }
+    print_load(&pipeline, start.elapsed().as_secs_f64());
     stop_if_signalled(|| "while loading".into())?;
 
     let latents = match (&args.latents_file, &args.latents_key) {
@@ -733,6 +711,25 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     std::mem::forget(generations);
     std::mem::forget(pipeline);
     Ok(())
+}
+
+/// The `load:` line: `load` seconds to open `pipeline`, and where they went.
+fn print_load(pipeline: &Pipeline, load: f64) {
+    let o = pipeline.open_timings();
+    match o.kernels {
+        Some(k) if o.kernels_beside => println!(
+            "load: {load:.2} s (weights {:.2} s{}; fused kernels compiled beside them in {k:.2} s)",
+            o.weights,
+            o.first_uses
+                .map(|f| format!(" and the first uses {f:.2} s"))
+                .unwrap_or_default()
+        ),
+        Some(k) => println!(
+            "load: {load:.2} s (fused kernels compiled in {k:.2} s, then weights {:.2} s)",
+            o.weights
+        ),
+        None => println!("load: {load:.2} s"),
+    }
 }
 
 /// `--count` within 1..=[`MAX_COUNT`].

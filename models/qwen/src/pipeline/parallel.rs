@@ -49,10 +49,9 @@ impl Pipeline {
         // the stages `denoise_with` starts with, so that `step` times the steps alone
         self.modulation_table(&self.timesteps(request.steps)?)?;
         self.ensure(Network::Denoiser)?;
-        let latents = match &request.latents {
-            Some(l) => l.clone(),
-            None => self.noise(request.seed)?,
-        };
+        let latents = self
+            .initial_batches(request.latents.as_ref(), request.seed, 1)?
+            .remove(0);
         let steps_start = std::time::Instant::now();
         let on_step = &mut |done, total| on_event(Event::Step { done, total });
         let latents = self.denoise_with(
