@@ -344,13 +344,14 @@ phase_count() {
 }
 
 # Issue 11: qwen-run on one GPU, then `--gpus 2` (GPUs 0 and 1: run it on nvidia-h200-x2 with no background job),
-# same seed: rows `image` (encode + denoise + decode as qwen-run prints them) with a `gpus` field, and the two PNGs'
-# largest difference in 8-bit levels. GPUS_DTYPE=f32 runs all three in f32 (bf16 by default).
+# same seed: rows `image` (encode + denoise + decode as qwen-run prints them) with a `gpus` field and `split` (how the
+# two GPUs shared the image: the CFG halves at 1024², the image tokens at 2048² (RES=2048) or without CFG (CFG=1)),
+# and the two PNGs' largest difference in 8-bit levels. GPUS_DTYPE=f32 runs all three in f32 (bf16 by default).
 phase_gpus() {
     mlx_env
     need_model
     need_bin qwen-run
-    local n t log dtype=${GPUS_DTYPE:-bf16}
+    local n t log split step dtype=${GPUS_DTYPE:-bf16}
     for n in 1 2; do
         log=$QA/gpus-$n.log
         say "gpus: qwen-run --gpus $n, $RES, $dtype, $STEPS steps, cfg $CFG"
@@ -361,7 +362,10 @@ phase_gpus() {
         [ -n "$t" ] || { say "gpus: no timings from --gpus $n"; continue; }
         # in f32 not every network fits at open: the image's stages load them (no timing row then)
         [ "$dtype" = bf16 ] || continue
-        rows echo "{\"system\": \"qwen-aot\", \"gpu\": \"$(gpu_name)\", \"width\": $W, \"height\": $H, \"steps\": $STEPS, \"cfg\": $CFG, \"dtype\": \"$dtype\", \"what\": \"image\", \"ms\": $t, \"peak_gb\": null, \"gpus\": $n}"
+        # how --gpus N shared the image (qwen-run's `split:` line), and its step
+        split=$(sed -n 's/^split: //p' "$log" | head -1)
+        step=$(sed -n 's/.*denoise: [0-9.]* s (\([0-9.]*\) s\/step).*/\1/p' "$log" | head -1)
+        rows echo "{\"system\": \"qwen-aot\", \"gpu\": \"$(gpu_name)\", \"width\": $W, \"height\": $H, \"steps\": $STEPS, \"cfg\": $CFG, \"dtype\": \"$dtype\", \"what\": \"image\", \"ms\": $t, \"step_s\": ${step:-null}, \"peak_gb\": null, \"gpus\": $n, \"split\": \"${split:-one GPU}\"}"
     done
     python3 -c 'import sys; from PIL import Image; import numpy as np; a, b = (np.asarray(Image.open(f)).astype(int) for f in sys.argv[1:]); print("gpus: PNGs of 1 and 2 GPUs, max difference", abs(a - b).max(), "levels")' \
         "$QA/gpus-1.png" "$QA/gpus-2.png" || say "gpus: could not compare the PNGs"

@@ -688,6 +688,11 @@ impl GraphBuilder {
             &[x],
         )
     }
+    /// The shares of a sequence split over `parts` ranks, gathered along `axis`
+    /// ([`Op::GatherSequence`]): `[.., n, ..]` → `[.., parts·n, ..]`.
+    pub fn gather_sequence(&mut self, x: Tensor, axis: usize, parts: usize) -> Result<Tensor> {
+        self.node(Op::GatherSequence { axis, parts }, &[x])
+    }
     /// Split along `axis` into pieces of the given sizes.
     pub fn split(&mut self, x: Tensor, axis: usize, sizes: &[Dim]) -> Result<Vec<Tensor>> {
         let mut start = Dim::Const(0);

@@ -342,6 +342,18 @@ pub enum Op {
         sliced: usize,
     },
 
+    // --- collectives: between the processes of a group (one per GPU) ---
+    /// The shares of one sequence split over `parts` ranks, gathered along `axis` in rank
+    /// order: every rank of the group holds its `[.., n, ..]` share and gets the whole
+    /// `[.., parts·n, ..]` (sequence parallelism: each rank's queries attend to every
+    /// rank's keys). In a group of `parts · G` ranks, the `G` runs of `parts` consecutive
+    /// ranks gather among themselves (e.g. one CFG half each); the runtime does the
+    /// collective (`qwen_runtime::distributed::gather_sequence`).
+    GatherSequence {
+        axis: usize,
+        parts: usize,
+    },
+
     /// Per-token RoPE tables before folding: outputs img cos, img sin `[L_img, Σd/2]`,
     /// txt cos, txt sin `[L_txt, Σd/2]`. Only [`crate::passes::rope_fold`] lowers it.
     RopeTables(RopeSpec),
@@ -378,6 +390,7 @@ pub enum OpFamily {
     Elementwise,
     Conv,
     Shape,
+    Collective,
     Blocks,
 }
 
@@ -410,6 +423,7 @@ impl Op {
             | Op::BroadcastTo(_)
             | Op::Concat { .. }
             | Op::Slice { .. } => OpFamily::Shape,
+            Op::GatherSequence { .. } => OpFamily::Collective,
             Op::Call { .. } | Op::Repeat { .. } => OpFamily::Blocks,
         }
     }
@@ -478,6 +492,7 @@ impl Op {
             Op::BroadcastTo(_) => "broadcast_to",
             Op::Concat { .. } => "concat",
             Op::Slice { .. } => "slice",
+            Op::GatherSequence { .. } => "gather_sequence",
             Op::Call { .. } => "call",
             Op::Repeat { .. } => "repeat",
             Op::RopeTables(_) => "rope_tables",

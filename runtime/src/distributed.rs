@@ -85,23 +85,16 @@ impl Group {
     /// with an array of the same shape): `[size·n, ..]` from `[n, ..]`; lazy. The collective
     /// a sequence-parallel attention gathers its keys and values with.
     pub fn all_gather(&self, x: &Array) -> Result<Array, Exception> {
-        // SAFETY: as in `all_sum`.
-        unsafe {
-            let stream = mlx_rs::Stream::new();
-            let mut res = mlx_sys::mlx_array_new();
-            let status = mlx_sys::mlx_distributed_all_gather(
-                &mut res,
-                x.as_ptr(),
-                self.raw,
-                stream.as_ptr(),
-            );
-            if status != 0 {
-                mlx_sys::mlx_array_free(res);
-                return Err(Exception::custom(
-                    "MLX refused to gather over the process group",
-                ));
-            }
-            Ok(Array::from_ptr(res))
+        all_gather(self.raw, x)
+    }
+
+    /// This group as the one generated sequence-parallel code gathers over
+    /// ([`gather_sequence`]) on this thread, while the returned scope lives.
+    pub fn sequence_scope(&self) -> SequenceScope<'_> {
+        SequenceScope {
+            before: SEQUENCE_GROUP.with(|g| g.replace(Some(self.raw))),
+            _group: std::marker::PhantomData,
+            _thread: std::marker::PhantomData,
         }
     }
 
@@ -129,4 +122,121 @@ impl Drop for Group {
             mlx_sys::mlx_distributed_group_free(self.raw);
         }
     }
+}
+
+/// `mlx_distributed_all_gather` of `x` over the group `raw`.
+fn all_gather(raw: mlx_sys::mlx_distributed_group, x: &Array) -> Result<Array, Exception> {
+    // SAFETY: as in `Group::all_sum`; `raw` is a live group (a `Group` or a live scope's).
+    unsafe {
+        let stream = mlx_rs::Stream::new();
+        let mut res = mlx_sys::mlx_array_new();
+        let status =
+            mlx_sys::mlx_distributed_all_gather(&mut res, x.as_ptr(), raw, stream.as_ptr());
+        if status != 0 {
+            mlx_sys::mlx_array_free(res);
+            return Err(Exception::custom(
+                "MLX refused to gather over the process group",
+            ));
+        }
+        Ok(Array::from_ptr(res))
+    }
+}
+
+thread_local! {
+    /// The group a live [`SequenceScope`] set on this thread.
+    static SEQUENCE_GROUP: std::cell::Cell<Option<mlx_sys::mlx_distributed_group>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// While it lives, [`gather_sequence`] and [`sequence_share`] on this thread work over its
+/// group ([`Group::sequence_scope`]); then the group before it is back.
+#[must_use = "the group holds only while the scope lives"]
+pub struct SequenceScope<'g> {
+    before: Option<mlx_sys::mlx_distributed_group>,
+    _group: std::marker::PhantomData<&'g Group>,
+    /// Not `Send`: dropped on the thread whose group it set.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for SequenceScope<'_> {
+    fn drop(&mut self) {
+        SEQUENCE_GROUP.with(|g| g.set(self.before));
+    }
+}
+
+/// Where this process stands in a sequence split over `parts` ranks of the scoped group
+/// ([`Group::sequence_scope`]): `(share, run)`, its share of the sequence (`rank % parts`)
+/// and which run of `parts` consecutive ranks it is in (`rank / parts`; e.g. the CFG half
+/// the run computes). Without a scope, `(0, 0)` for one part and an error for more.
+pub fn sequence_share(parts: usize) -> Result<(usize, usize), Exception> {
+    let Some(raw) = SEQUENCE_GROUP.with(|g| g.get()) else {
+        return if parts == 1 {
+            Ok((0, 0))
+        } else {
+            Err(Exception::custom(format!(
+                "a sequence split over {parts} ranks, run outside a process group of them"
+            )))
+        };
+    };
+    // SAFETY: `raw` is the live group of a live scope on this thread.
+    let (rank, size) = unsafe {
+        (
+            mlx_sys::mlx_distributed_group_rank(raw) as usize,
+            mlx_sys::mlx_distributed_group_size(raw) as usize,
+        )
+    };
+    if parts == 0 || size % parts != 0 {
+        return Err(Exception::custom(format!(
+            "a sequence split over {parts} ranks in a group of {size}: not a multiple"
+        )));
+    }
+    Ok((rank % parts, rank / parts))
+}
+
+/// The shares `[.., n, ..]` of a sequence split over `parts` ranks, gathered along `axis`
+/// in rank order into `[.., parts·n, ..]`: what generated sequence-parallel code calls
+/// (graph-dsl's `GatherSequence`). The group is the scoped one ([`Group::sequence_scope`]);
+/// in a group of `parts · G` ranks, each run of `parts` consecutive ranks gathers its own
+/// sequence (all ranks gather, and each keeps its run's shares: MLX's NCCL backend cannot
+/// split a group). Lazy like any MLX op; every rank of the group must call it in the same
+/// order with arrays of one shape. With one part and no scope, `x` itself.
+pub fn gather_sequence(x: &Array, axis: i32, parts: i32) -> Result<Array, Exception> {
+    let parts_u = usize::try_from(parts).unwrap_or(0);
+    let (_, run) = sequence_share(parts_u)?;
+    let Some(raw) = SEQUENCE_GROUP.with(|g| g.get()) else {
+        return Ok(x.clone()); // one part, no group (sequence_share refused more)
+    };
+    let rank = x.ndim() as i32;
+    if !(0..rank).contains(&axis) {
+        return Err(Exception::custom(format!(
+            "gather_sequence: no axis {axis} in an array of {rank} axes"
+        )));
+    }
+    // the sequence axis first (MLX gathers along axis 0), contiguous for the collective
+    let to_front: Vec<i32> = std::iter::once(axis)
+        .chain((0..rank).filter(|&a| a != axis))
+        .collect();
+    let front = if axis == 0 {
+        x.clone()
+    } else {
+        mlx_rs::ops::transpose_axes(x, &to_front)?.contiguous()?
+    };
+    let mut all = all_gather(raw, &front)?;
+    let n = x.shape()[axis as usize];
+    // SAFETY: as in `sequence_share`.
+    let size = unsafe { mlx_sys::mlx_distributed_group_size(raw) };
+    if size != parts {
+        let start = run as i32 * parts * n;
+        let idx = mlx_rs::ops::arange::<_, i32>(start, start + parts * n, None)?;
+        all = all.take_axis(&idx, 0)?;
+    }
+    if axis == 0 {
+        return Ok(all);
+    }
+    // back: the inverse of `to_front`
+    let mut back = vec![0i32; rank as usize];
+    for (i, &a) in to_front.iter().enumerate() {
+        back[a as usize] = i as i32;
+    }
+    mlx_rs::ops::transpose_axes(&all, &back)
 }

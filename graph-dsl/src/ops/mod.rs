@@ -7,6 +7,7 @@
 
 mod attention;
 mod blocks;
+mod collective;
 mod conv;
 mod elementwise;
 mod fused;
@@ -133,6 +134,7 @@ pub fn infer(g: &Graph, node: &str, op: &Op, inputs: &[TensorTy]) -> Result<Vec<
         OpFamily::Elementwise => elementwise::infer(&cx),
         OpFamily::Conv => conv::infer(&cx),
         OpFamily::Shape => shape::infer(&cx),
+        OpFamily::Collective => collective::infer(&cx),
         OpFamily::Blocks => blocks::infer(&cx),
     }
 }

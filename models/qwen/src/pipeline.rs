@@ -66,15 +66,16 @@ pub use generate::{Event, Generation, Request, Timings};
 pub use latents::{pack, unpack_nhwc};
 pub use memory::Network;
 pub use open::{OpenTimings, Options, VaeTiling};
+pub use parallel::{plan_ranks, RankPlan};
 pub use prompt::{
     edit_token_ids, format_edit_prompt, format_prompt, Embeddings, EDIT_PROMPT_TEMPLATE,
     EDIT_TEMPLATE_DROP, IMAGE_PAD, MAX_SEQUENCE_LENGTH, PROMPT_TEMPLATE, TEMPLATE_DROP,
     TOKENIZER_MAX_LENGTH,
 };
 pub use variant::{
-    find_one_text_variant, find_variant, variant_by_name, Decoder, Denoiser, EditDenoiser,
-    EditEncoder, EditModulation, EditText, ImageEncoder, ModulationTable, Modulator, Step,
-    TextEncoder, Variant, VARIANTS,
+    find_one_text_variant, find_sequence_variant, find_variant, sequence_modules, variant_by_name,
+    Decoder, Denoiser, EditDenoiser, EditEncoder, EditModulation, EditText, ImageEncoder,
+    ModulationTable, Modulator, Step, TextEncoder, Variant, VARIANTS,
 };
 
 /// An opened model: checked, the VAE loaded, the other networks loaded as [`memory`]'s rule

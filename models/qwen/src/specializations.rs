@@ -31,6 +31,13 @@ qwen_macros::specializations! {
     // (`--lightning`), batch 1, where the joint module would run a second half for nothing.
     specialize!(res = 1024);
 
+    // The image tokens split over two ranks (sequence parallelism, one text per call):
+    // `--gpus 2` without CFG (Lightning), and at 2048², where no module of one text per call
+    // is generated, with CFG (each GPU both halves of its share); `--gpus 4`, the two CFG
+    // halves on two GPUs each.
+    specialize!(res = 1024, sp = 2);
+    specialize!(res = 2048, sp = 2);
+
     // The tiny test config at the block fixtures' resolution (W×H = 96×64), used by the
     // parity tests in tests/.
     specialize!(res = 96x64, config = tiny);
@@ -42,4 +49,8 @@ qwen_macros::specializations! {
     // The tiny config at the pipeline fixture's other resolution (64×64), CFG halves in one
     // call.
     specialize!(res = 64, config = tiny, cfg = split);
+
+    // The same with the image tokens split over two ranks: the sequence-parallel tests (two
+    // and four processes on MLX's ring).
+    specialize!(res = 64, config = tiny, sp = 2);
 }

@@ -694,20 +694,16 @@ fn two_ranks_make_the_image_of_one_process() {
         .unwrap();
     assert!(ranks.status.success(), "{}", stderr(&ranks));
     assert!(stderr(&ranks).contains("ranks: 2"), "{}", stderr(&ranks));
-    let (w, h, a, _) = png_pixels(&one);
-    let (w2, h2, b, _) = png_pixels(&two);
-    assert_eq!((w, h), (w2, h2));
-    let max = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    let max = png_levels(&one, &two);
     assert!(max <= 1, "{max} levels");
-    // a size with only a joint-CFG module: the same image, with a warning that it is no faster
+    // a size with only a joint-CFG module (forced): the same image, with a warning that it
+    // is no faster
     let joint = tmp.path().join("joint.png");
-    let run = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
-        .args(["--device", "cpu", "--gpus", "2", "--res", "64"])
-        .args(common)
-        .args(["-o", joint.to_str().unwrap()])
-        .env("QWEN_RANKS_ON_CPU", "1")
-        .output()
-        .unwrap();
+    let run = on_ranks(
+        &["--gpus", "2", "--res", "64", "--module", "res64_tiny_split"],
+        &common,
+        &joint,
+    );
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(
         stderr(&run).contains("no faster than one GPU"),
@@ -716,13 +712,86 @@ fn two_ranks_make_the_image_of_one_process() {
     );
     for (args, needle) in [
         (&["--gpus", "2"][..], "no GPU here"),
-        (&["--gpus", "3"][..], "only 2 is built"),
-        (&["--gpus", "2", "--cfg", "1"][..], "needs a negative pass"),
+        (
+            &["--gpus", "3"][..],
+            "no generated module splits the image over 3 ranks",
+        ),
+        // the default size (96×64) has no module that splits its tokens
+        (
+            &["--gpus", "2", "--cfg", "1"][..],
+            "no generated module splits the image over 2 ranks",
+        ),
         (&["--gpus", "2", "--count", "2"][..], "not with --count"),
+        (
+            &["--gpus", "4", "--res", "64", "--cfg", "1"][..],
+            "no generated module splits the image over 4 ranks",
+        ),
     ] {
         let mut all = vec!["--prompt", "x", "--steps", "1"];
         all.extend(args);
         assert_fails_with(&qwen_run(&all), needle);
+    }
+}
+
+/// `qwen-run --device cpu ARGS COMMON -o OUT` on MLX's ring (`QWEN_RANKS_ON_CPU=1`).
+fn on_ranks(args: &[&str], common: &[&str], out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args(["--device", "cpu"])
+        .args(args)
+        .args(common)
+        .args(["-o", out.to_str().unwrap()])
+        .env("QWEN_RANKS_ON_CPU", "1")
+        .output()
+        .unwrap()
+}
+
+/// The largest difference in levels between two PNGs of one size.
+fn png_levels(a: &Path, b: &Path) -> u8 {
+    let (w, h, a, _) = png_pixels(a);
+    let (w2, h2, b, _) = png_pixels(b);
+    assert_eq!((w, h), (w2, h2));
+    a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
+}
+
+/// The image tokens split over ranks (the module `res64_tiny_sp2`, sequence parallelism):
+/// over two processes with CFG (each both halves of its share) and without, and over four
+/// (the CFG halves on two ranks each, the tokens over those two), on MLX's ring: the image of
+/// one process (the joint-CFG module at 64², and the one-text module's two calls without
+/// CFG), within one level.
+#[test]
+fn ranks_that_split_the_image_tokens_make_the_image_of_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let common = [
+        "--prompt", "x", "--steps", "3", "--seed", "4", "--res", "64",
+    ];
+    for (cfg, gpus, says) in [
+        ("4", "2", "split: the image tokens over 2 GPUs"),
+        (
+            "4",
+            "4",
+            "split: the two CFG halves, each over 2 GPUs sharing its image tokens",
+        ),
+        ("1", "2", "split: the image tokens over 2 GPUs"),
+    ] {
+        let one = tmp.path().join(format!("one-{cfg}.png"));
+        if !one.exists() {
+            let single =
+                qwen_run(&[&common[..], &["--cfg", cfg, "-o", one.to_str().unwrap()]].concat());
+            assert!(single.status.success(), "{}", stderr(&single));
+        }
+        let split = tmp.path().join(format!("split-{cfg}-{gpus}.png"));
+        let run = on_ranks(&["--gpus", gpus, "--cfg", cfg], &common, &split);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let out = String::from_utf8_lossy(&run.stdout);
+        assert!(out.contains(says), "{out}");
+        assert!(out.contains("module res64_tiny_sp2"), "{out}");
+        assert!(
+            stderr(&run).contains(&format!("ranks: {gpus}")),
+            "{}",
+            stderr(&run)
+        );
+        let max = png_levels(&one, &split);
+        assert!(max <= 1, "cfg {cfg}, {gpus} ranks: {max} levels");
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod attention;
 mod blocks;
+mod collective;
 mod conv;
 mod elementwise;
 mod fused;
@@ -104,6 +105,7 @@ pub(crate) fn emit(cx: &mut FnCx, k: usize) -> Result<TokenStream> {
         OpFamily::Elementwise => elementwise::emit(cx, &n),
         OpFamily::Conv => conv::emit(cx, &n),
         OpFamily::Shape => shape::emit(cx, &n),
+        OpFamily::Collective => collective::emit(cx, &n),
         OpFamily::Blocks => blocks::emit(cx, &n),
     }
 }

@@ -31,6 +31,9 @@ pub struct Request {
     pub height: usize,
     pub config: ConfigName,
     pub cfg: CfgJoin,
+    /// The ranks the image tokens are split over (sequence parallelism,
+    /// [`transformer::transformer_split`]); 1: one process runs them all.
+    pub parts: usize,
 }
 
 /// What codegen needs: consts, a title, the graphs after all passes.
@@ -50,6 +53,8 @@ pub enum BuildError {
     Dsl(#[from] DslError),
     #[error("tiny config (tests/fixtures/tiny_config.json): {0}")]
     Config(#[from] serde_json::Error),
+    #[error("{0}")]
+    Request(String),
 }
 
 fn config_name(c: ConfigName) -> &'static str {
@@ -114,6 +119,20 @@ fn cfg_symbols() -> CfgSymbols {
 pub fn build(r: &Request) -> Result<Built, BuildError> {
     let cfg = r.config.config()?;
     let bindings = image_bindings(r.height, r.width)?;
+    let parts = r.parts;
+    if parts == 0 || bindings["L_img"] % parts != 0 {
+        return Err(DslError::NotDivisible {
+            what: "image tokens (a sequence split over ranks)".into(),
+            value: bindings["L_img"],
+            by: parts,
+        }
+        .into());
+    }
+    if parts > 1 && r.cfg != CfgJoin::Batched {
+        return Err(BuildError::Request(
+            "a sequence split over ranks runs one text per call (no `cfg = split`)".into(),
+        ));
+    }
     // the CFG strategy concerns the transformer only; the other networks keep a free batch
     let pc = PassConfig {
         bindings: bindings.clone(),
@@ -121,14 +140,22 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
         cfg_symbols: cfg_symbols(),
         single_frame: true,
     };
-    let pc_dit = PassConfig {
+    // the transformer of a sequence split over ranks sees its share of the image tokens
+    let mut pc_dit = PassConfig {
         cfg: r.cfg,
         ..pc.clone()
     };
+    pc_dit
+        .bindings
+        .insert("L_img".into(), bindings["L_img"] / parts);
     let t = &cfg.transformer;
+    let dit = match parts {
+        1 => transformer::transformer(t)?,
+        _ => transformer::transformer_split(t, parts)?,
+    };
     let mut graphs = vec![
         passes::run(&transformer::rope(t)?, &pc)?,
-        passes::run(&transformer::transformer(t)?, &pc_dit)?,
+        passes::run(&dit, &pc_dit)?,
         passes::run(&vae::decoder(&cfg.vae)?, &pc)?,
     ];
     // a decoder per tile size of a tiled decode at this size, its shapes bound to the tile
@@ -167,16 +194,24 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
             bindings[transformer::TXT_ROPE_OFFSET],
         ),
     ];
+    let mut consts = consts;
+    if parts > 1 {
+        consts.push(("seq_parts".into(), parts));
+    }
     let cfg_s = match r.cfg {
         CfgJoin::Batched => "batched",
         CfgJoin::SplitHalves => "split halves (B = 2, one text length per half)",
     };
     Ok(Built {
         title: format!(
-            "res = {}x{} (W×H), config = {}, CFG attention = {cfg_s}, VAE NHWC single frame",
+            "res = {}x{} (W×H), config = {}, CFG attention = {cfg_s}{}, VAE NHWC single frame",
             r.width,
             r.height,
-            config_name(r.config)
+            config_name(r.config),
+            match parts {
+                1 => String::new(),
+                p => format!(", image tokens split over {p} ranks"),
+            }
         ),
         consts,
         graphs,
@@ -248,6 +283,7 @@ mod tests {
             height: h,
             config,
             cfg: CfgJoin::Batched,
+            parts: 1,
         }
     }
 

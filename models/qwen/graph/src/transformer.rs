@@ -100,6 +100,7 @@ fn joint_attention(
     ci: Tensor,
     [img_cos, img_sin, txt_cos, txt_sin]: [Tensor; 4],
     seq: &Dim,
+    parts: usize,
 ) -> Result<(Tensor, Tensor)> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
     b.scope("attn", |b| {
@@ -107,10 +108,19 @@ fn joint_attention(
         let txt = qkv_stream(b, c, ci, &TXT_NAMES, [txt_cos, txt_sin])?;
         // [B, H, L_txt+L_img, Dh] each
         let joint = b.joint_qkv_heads(c.num_attention_heads, [txt, img], DIT_EPS)?;
+        // a sequence split over `parts` ranks: this rank's queries (the text and its share
+        // of the image) attend to the text and every rank's image keys, in order
+        let (k, v) = match parts {
+            1 => (joint[1], joint[2]),
+            _ => (
+                gather_image_rows(b, joint[1], seq, parts)?,
+                gather_image_rows(b, joint[2], seq, parts)?,
+            ),
+        };
         let o = b.sdpa(
             joint[0],
-            joint[1],
-            joint[2],
+            k,
+            v,
             1.0 / (dh as f64).sqrt(),
             MaskKind::None,
             None,
@@ -128,6 +138,17 @@ fn joint_attention(
         let txt = b.linear("to_add_out", txt, d, d, true)?;
         Ok((img, txt))
     })
+}
+
+/// Joint keys or values `[B, H, L_txt + seq, Dh]` of this rank (the text's rows, then its
+/// share of the image's) → `[B, H, L_txt + parts·seq, Dh]`: the text's rows, then every
+/// rank's image rows in rank order (the whole image, as one GPU has it). The text is on every
+/// rank; it is kept once.
+fn gather_image_rows(b: &mut GraphBuilder, t: Tensor, seq: &Dim, parts: usize) -> Result<Tensor> {
+    let txt = b.slice(t, 2, 0, l_txt())?;
+    let img = b.slice(t, 2, l_txt(), l_txt().add(seq))?;
+    let all = b.gather_sequence(img, 2, parts)?;
+    b.concat(&[txt, all], 2)
 }
 
 /// The RoPE tables as graph inputs: `img_cos`, `img_sin` `[img, Dh/2]` (`img`: the image
@@ -202,7 +223,7 @@ fn modulation(b: &mut GraphBuilder, name: &str, m: Tensor, d: usize) -> Result<S
 /// `transformer_blocks.{i}`. Its modulation comes in made (`img_mod`, `txt_mod`
 /// `[B, 6D]`: [`block_modulation`] of this block for the step's timestep).
 pub fn dual_stream_block(c: &TransformerConfig) -> Result<Graph> {
-    dual_stream_block_with(c, "dual_stream_block", l_img(), false)
+    dual_stream_block_with(c, "dual_stream_block", l_img(), false, 1)
 }
 
 /// The image stream's modulation: one for every token, or (Edit-2511's `zero_cond_t`) the
@@ -252,6 +273,7 @@ fn dual_stream_block_with(
     name: &str,
     seq: Dim,
     zero_cond: bool,
+    parts: usize,
 ) -> Result<Graph> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
     let mut b = GraphBuilder::new(name);
@@ -293,7 +315,7 @@ fn dual_stream_block_with(
         )?])
     })?[0];
     let ci = b.norm_modulate(ctx, tm.msa.shift, tm.msa.scale, DIT_EPS)?;
-    let (a_img, a_txt) = joint_attention(&mut b, c, xi, ci, rope, &seq)?;
+    let (a_img, a_txt) = joint_attention(&mut b, c, xi, ci, rope, &seq, parts)?;
 
     let r = per_segment(&mut b, &im, &[x, a_img], &|b, m, t| {
         let (x, xm) =
@@ -413,7 +435,18 @@ pub fn timestep_modulation(c: &TransformerConfig) -> Result<Graph> {
 // img_mod, txt_mod: [num_layers, B, 6D]   out_mod: [B, 2D]   (timestep_modulation's, one step)
 // -> [B, L_img, 64] velocity, packed
 pub fn transformer(c: &TransformerConfig) -> Result<Graph> {
-    transformer_with(c, "transformer", dual_stream_block(c)?, false, false)
+    transformer_with(c, "transformer", dual_stream_block(c)?, false, false, 1)
+}
+
+/// [`transformer`] on one rank's share of the image tokens, the sequence split over `parts`
+/// ranks (sequence parallelism): `L_img` is the share's length (the caller binds it to the
+/// image's `L_img / parts`), the hidden states and the image RoPE rows are the share's. In
+/// every block the joint attention's keys and values are gathered over the ranks
+/// ([`graph_dsl::Op::GatherSequence`]), the only op that mixes tokens; the velocity is
+/// gathered at the end, so every rank gets the whole `[B, parts·L_img, 64]`.
+pub fn transformer_split(c: &TransformerConfig, parts: usize) -> Result<Graph> {
+    let block = dual_stream_block_with(c, "dual_stream_block", l_img(), false, parts)?;
+    transformer_with(c, "transformer", block, false, false, parts)
 }
 
 /// The transformer of an edit (Qwen-Image-Edit, spec §5.1), in the shared module: the image
@@ -453,8 +486,8 @@ pub fn edit_transformer_zero_cond_cfg(c: &TransformerConfig) -> Result<Graph> {
 /// An edit transformer graph named `name` around a block named `block`.
 fn edit_graph(c: &TransformerConfig, name: &str, block: &str, zero_cond: bool) -> Result<Graph> {
     let seq = Dim::sym("L_out").add(&Dim::sym("L_ref"));
-    let block = dual_stream_block_with(c, block, seq, zero_cond)?;
-    transformer_with(c, name, block, true, zero_cond)
+    let block = dual_stream_block_with(c, block, seq, zero_cond, 1)?;
+    transformer_with(c, name, block, true, zero_cond, 1)
 }
 
 /// [`edit_transformer`] with Edit-2511's `zero_cond_t`: the references' image tokens take
@@ -477,6 +510,7 @@ fn transformer_with(
     block: Graph,
     edit: bool,
     zero_cond: bool,
+    seq_parts: usize,
 ) -> Result<Graph> {
     let (d, dh) = (c.inner_dim(), c.attention_head_dim);
     let mut b = GraphBuilder::new(name);
@@ -531,6 +565,11 @@ fn transformer_with(
     let x = b.norm_modulate(x, parts[1], parts[0], DIT_EPS)?;
     let p = c.patch_size * c.patch_size * c.out_channels;
     let y = b.linear("proj_out", x, d, p, true)?; // [B, L_img, 64]
+    let y = match seq_parts {
+        1 => y,
+        // every rank's share: [B, seq_parts·L_img, 64]
+        _ => b.gather_sequence(y, 1, seq_parts)?,
+    };
     b.output("velocity", y)?;
     Ok(b.finish())
 }

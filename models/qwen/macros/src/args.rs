@@ -9,7 +9,8 @@ pub const RES: &str = "res";
 pub const CONFIG: &str = "config";
 pub const CFG: &str = "cfg";
 pub const SHARED: &str = "shared";
-const OPTIONS: &str = "res, config, cfg, shared";
+pub const SP: &str = "sp";
+const OPTIONS: &str = "res, config, cfg, sp, shared";
 
 /// Parsed arguments (what could be parsed) and every error found.
 pub struct Args {
@@ -20,6 +21,8 @@ pub struct Args {
     pub res_span: Span,
     pub tiny: bool,
     pub split: bool,
+    /// `sp = N`: the image tokens split over N ranks (sequence parallelism); 1 without it.
+    pub parts: usize,
     /// `specialize!(shared)`: the resolution-independent module of a config.
     pub shared: bool,
     pub errors: Vec<syn::Error>,
@@ -46,6 +49,9 @@ impl Args {
         }
         if self.split {
             s.push_str("_split");
+        }
+        if self.parts > 1 {
+            s.push_str(&format!("_sp{}", self.parts));
         }
         Some(s)
     }
@@ -105,10 +111,12 @@ pub fn parse(input: ParseStream) -> syn::Result<Args> {
         res_span: Span::call_site(),
         tiny: false,
         split: false,
+        parts: 1,
         shared: false,
         errors: vec![],
     };
     let mut cfg_span = None;
+    let mut sp_span = None;
     let mut seen: Vec<String> = vec![];
     while !input.is_empty() {
         let key: Ident = input.parse()?;
@@ -162,6 +170,17 @@ pub fn parse(input: ParseStream) -> syn::Result<Args> {
                     )),
                 }
             }
+            SP => {
+                let lit: LitInt = input.parse()?;
+                sp_span = Some(key.span());
+                match lit.base10_parse::<usize>() {
+                    Ok(n) if n >= 2 => a.parts = n,
+                    _ => a.errors.push(syn::Error::new_spanned(
+                        &lit,
+                        "sp must be a number of ranks, 2 or more (one process is the default)",
+                    )),
+                }
+            }
             other => {
                 // skip the value, whatever it is, and report the key
                 let _: proc_macro2::TokenTree = input.parse()?;
@@ -189,7 +208,19 @@ pub fn parse(input: ParseStream) -> syn::Result<Args> {
                 "`cfg` concerns the transformer, which is not in the `shared` module",
             ));
         }
-    } else if !seen.iter().any(|k| k == RES) {
+        if let Some(s) = sp_span {
+            a.errors.push(syn::Error::new(
+                s,
+                "`sp` concerns the transformer, which is not in the `shared` module",
+            ));
+        }
+    } else if let (Some(s), true) = (sp_span, a.split) {
+        a.errors.push(syn::Error::new(
+            s,
+            "a sequence split over ranks runs one text per call: `sp` takes no `cfg = split`",
+        ));
+    }
+    if !a.shared && !seen.iter().any(|k| k == RES) {
         a.errors.push(syn::Error::new(
             Span::call_site(),
             "missing `res = …` (e.g. `specialize!(res = 1024)`)",

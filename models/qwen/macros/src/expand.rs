@@ -59,6 +59,7 @@ pub fn expand(a: Args) -> TokenStream {
                 } else {
                     CfgJoin::Batched
                 },
+                parts: a.parts,
             };
             match qwen_graph::build(&req) {
                 Ok(b) => {

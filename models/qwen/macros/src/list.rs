@@ -102,7 +102,14 @@ pub fn expand(input: TokenStream) -> TokenStream {
         };
         let m = format_ident!("{}", module);
         let config = format_ident!("{}", if a.tiny { "tiny" } else { "real" });
-        let cfg = format_ident!("{}", if a.split { "split" } else { "batched" });
+        let cfg = format_ident!(
+            "{}",
+            match (a.split, a.parts) {
+                (true, _) => "split",
+                (false, 1) => "batched",
+                (false, _) => "sequence",
+            }
+        );
         let (w, h) = (
             proc_macro2::Literal::usize_unsuffixed(w),
             proc_macro2::Literal::usize_unsuffixed(h),
@@ -111,8 +118,9 @@ pub fn expand(input: TokenStream) -> TokenStream {
     }
     out.extend(quote! {
         /// Calls `$cb! { module: config, cfg, width, height; … }` with every resolution
-        /// module of this list, in order (`config` is `real` or `tiny`, `cfg` is `batched`
-        /// or `split`; the `shared` modules are not listed).
+        /// module of this list, in order (`config` is `real` or `tiny`, `cfg` is `batched`,
+        /// `split` or `sequence` (`sp = N`: one text per call, the image tokens split over
+        /// ranks); the `shared` modules are not listed).
         #[allow(unused_macros)]
         macro_rules! for_each_resolution {
             ($cb:ident) => {

@@ -32,6 +32,7 @@ fn built(width: usize, height: usize, config: ConfigName, cfg: CfgJoin) -> Built
         height,
         config,
         cfg,
+        parts: 1,
     })
     .unwrap()
 }
@@ -291,6 +292,39 @@ fn tiny_split_dual_stream_block() {
     );
     let forward = code(&forward(&split, "dual_stream_block"));
     insta::assert_snapshot!("tiny_split_dual_stream_block", forward);
+}
+
+/// `sp = 2` (the image tokens split over two ranks): the block's forward, its share of the
+/// tokens (24 of 96×64's 24 → 12), the keys and values gathered; the weights are the
+/// batched block's, and the transformer gathers the velocity to the whole image's tokens.
+#[test]
+fn tiny_sp2_dual_stream_block() {
+    let mut b = build(&Request {
+        width: 96,
+        height: 64,
+        config: ConfigName::Tiny,
+        cfg: CfgJoin::Batched,
+        parts: 2,
+    })
+    .unwrap();
+    let t = b.graphs[1].clone();
+    assert_eq!(t.inputs[0].ty.shape.to_string(), "[B, 12, 64]");
+    assert_eq!(t.ty(t.outputs[0].1).shape.to_string(), "[B, 24, 64]");
+    assert_eq!(t.count_op("gather_sequence"), 1);
+    let block = &t.blocks["dual_stream_block"];
+    assert_eq!(block.count_op("gather_sequence"), 2);
+    assert!(b.consts.contains(&("seq_parts".into(), 2)));
+    b.graphs = vec![block.clone()];
+    let m = module("res96x64_tiny_sp2", &b, None);
+    assert_eq!(
+        code(&weights(&m, "dual_stream_block")),
+        code(&weights(&tiny_block(CfgJoin::Batched), "dual_stream_block")),
+        "the split block's weights differ from the batched one's"
+    );
+    insta::assert_snapshot!(
+        "tiny_sp2_dual_stream_block",
+        code(&forward(&m, "dual_stream_block"))
+    );
 }
 
 /// The first residual block of the VAE decoder's up block 1 (32 -> 64 channels at the

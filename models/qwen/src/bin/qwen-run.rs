@@ -92,9 +92,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     count: usize,
 
-    /// GPUs to run on: 2 puts the two halves of true CFG on one GPU each (one process per
-    /// GPU, MLX's NCCL backend between them; rank 0 decodes and writes). Needs a negative
-    /// pass (see --cfg) and as many GPUs.
+    /// GPUs to run on, one process each (MLX's NCCL backend between them; rank 0 decodes
+    /// and writes): the two halves of true CFG on half of them each, and the image tokens
+    /// split over the GPUs of a half where a module generated for that split (`sp = N`)
+    /// exists at the size; without CFG (or at a size without a module of one text per
+    /// call), the tokens over all of them. 1024²: 2 (the halves) or 4 (each half over 2),
+    /// and 2 without CFG; 2048²: 2.
     #[arg(long, value_name = "N", default_value_t = 1)]
     gpus: usize,
 
@@ -572,20 +575,29 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     let outputs = checked_outputs(&args.output, args.count, &inputs, started)?;
     // the model, the latents and the outputs are checked above before any rank starts (each
     // rank checks them again)
+    // how the GPUs share the image (the same answer in every rank)
+    let plan = match args.gpus {
+        1 => None,
+        n => {
+            let config = qwen::pipeline::detect_config(&model)?;
+            let resolution = args
+                .res
+                .map(|r| r.rounded())
+                .unwrap_or_else(|| config.default_resolution());
+            Some(qwen::pipeline::plan_ranks(
+                resolution,
+                config,
+                n,
+                cfg > 1.0,
+                args.module.as_deref(),
+            )?)
+        }
+    };
     if args.gpus > 1 && rank.is_none() {
-        if args.gpus != 2 {
-            bail!(
-                "--gpus {}: only 2 is built (the two CFG halves, one per GPU); splitting the image over more GPUs is not",
-                args.gpus
-            );
-        }
-        if !(cfg > 1.0) {
-            bail!("--gpus 2 puts the two CFG halves on two GPUs: it needs a negative pass (--cfg above 1)");
-        }
         if args.count > 1 {
-            bail!("--gpus 2 makes one image: not with --count");
+            bail!("--gpus {} makes one image: not with --count", args.gpus);
         }
-        return ranks::launch(2, chosen);
+        return ranks::launch(args.gpus, chosen);
     }
 
     if let Some(r) = args.res {
@@ -617,8 +629,9 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
             qwen_runtime::lora::OnQuantized::Separate
         },
         lightning: args.schedule.lightning.is_some(),
-        // a rank runs one CFG half: one text per call
-        negative_pass: cfg > 1.0 && rank.is_none(),
+        // a rank of split CFG halves runs one of them: one text per call
+        negative_pass: cfg > 1.0 && !plan.is_some_and(|p| p.halves),
+        sequence_parts: plan.map_or(1, |p| p.parts),
         vae_tiling: args.vae_tiling.mode(),
         edit: false,
     };
@@ -632,11 +645,19 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         dtype.name()
     );
     println!("resolution: {}x{} (W×H)", r.width, r.height);
-    if rank == Some(0) && pipeline.variant().joint_cfg() {
-        eprintln!(
-            "warning: --gpus 2: no module of one text per call is generated at {}x{}: each GPU runs both CFG halves of its text (no faster than one GPU)",
-            r.width, r.height
-        );
+    if let (Some(0), Some(p)) = (rank, plan) {
+        let split = match (p.halves, p.parts) {
+            (true, 1) => "the two CFG halves, one GPU each".to_string(),
+            (true, n) => format!("the two CFG halves, each over {n} GPUs sharing its image tokens"),
+            (false, n) => format!("the image tokens over {n} GPUs"),
+        };
+        println!("split: {split}");
+        if p.joint_fallback {
+            eprintln!(
+                "warning: --gpus {}: no module of one text per call is generated at {}x{}: each GPU runs both CFG halves of its text (no faster than one GPU)",
+                args.gpus, r.width, r.height
+            );
+        }
     }
     print_load(&pipeline, start.elapsed().as_secs_f64());
     stop_if_signalled(|| "while loading".into())?;
@@ -657,7 +678,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         latents,
     };
 
-    // rank 1 of --gpus 2 runs along rank 0: one bar
+    // the other ranks of --gpus N run along rank 0: one bar
     let bar = if rank.is_some_and(|r| r > 0) {
         ProgressBar::hidden()
     } else {
@@ -669,13 +690,13 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     );
     let group = match rank {
         Some(_) => {
-            let g = ranks::join(chosen)?;
+            let g = ranks::join(chosen, args.gpus)?;
             pipeline.connect_ranks(&g)?;
             Some(g)
         }
         None => None,
     };
-    // rank 1 encodes the same prompts: rank 0 says their warnings
+    // the other ranks encode the same prompts: rank 0 says their warnings
     let warns = rank.is_none_or(|r| r == 0);
     let on_event = &mut |event: Event| match event {
         Event::Warning(w) if warns => bar.suspend(|| eprintln!("warning: {w}")),
@@ -684,14 +705,14 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     };
     let result = match &group {
         Some(g) => pipeline
-            .generate_cfg_parallel(&request, g, on_event)
+            .generate_parallel(&request, g, on_event)
             .map(|one| one.into_iter().collect::<Vec<_>>()),
         None => pipeline.generate_images(&request, args.count, on_event),
     };
     bar.finish_and_clear();
     let generations = result?;
     if generations.is_empty() {
-        // rank 1: its half is done; rank 0 writes the image
+        // a rank other than 0: its share is done; rank 0 writes the image
         return Ok(());
     }
     let t = generations[0].timings;
@@ -931,7 +952,7 @@ mod tests {
     }
 }
 
-/// `--gpus 2`: one process per GPU, started by the one the user runs.
+/// `--gpus N`: one process per GPU, started by the one the user runs.
 mod ranks {
     use std::net::TcpListener;
     use std::path::PathBuf;
@@ -1109,7 +1130,7 @@ mod ranks {
     }
 
     /// Joins the group [`launch`] set up: NCCL between GPUs, MLX's TCP ring on the CPU.
-    pub fn join(chosen: &ChosenDevice) -> Result<Group> {
+    pub fn join(chosen: &ChosenDevice, n: usize) -> Result<Group> {
         let backend = if chosen.backend == Backend::Gpu {
             "nccl"
         } else {
@@ -1117,8 +1138,8 @@ mod ranks {
         };
         let g =
             Group::init(backend, true).with_context(|| format!("joining the ranks ({backend})"))?;
-        if g.size() != 2 {
-            bail!("the group has {} ranks, not 2", g.size());
+        if g.size() as usize != n {
+            bail!("the group has {} ranks, not {n}", g.size());
         }
         Ok(g)
     }

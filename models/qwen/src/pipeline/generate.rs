@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use qwen_runtime::__private::mlx_rs::{error::Exception, memory, ops, transforms, Array, Dtype};
-use qwen_runtime::distributed::Group;
 use qwen_runtime::guidance::true_cfg;
 use qwen_runtime::scheduler::{euler_step_array, Schedule};
 use qwen_runtime::tiles::tiled_decode;
 use qwen_runtime::RgbImage;
 
 use super::latents::{batch_rows, unpack_nhwc, LATENT_CHANNELS};
+use super::parallel::{exchange, texts_of_rank, Ranks};
 use super::{mlx, Embeddings, Network, Pipeline, PipelineError, Result, VaeTiling, Warning};
 
 /// One generation.
@@ -64,7 +64,7 @@ pub struct Generation {
     /// MLX's peak memory (bytes, since the caller's last reset) after each stage: `encode`,
     /// `modulation` (the schedule's modulation table, its network loaded if it was not),
     /// `denoiser` (loaded), `denoise` (every step), `decode`: where the peak of an image is.
-    /// Empty for a CFG-parallel image ([`Pipeline::generate_cfg_parallel`]).
+    /// Empty for an image made over several ranks ([`Pipeline::generate_parallel`]).
     pub peaks: Vec<(&'static str, usize)>,
 }
 
@@ -240,14 +240,15 @@ impl Pipeline {
         self.denoise_with(latents, emb, None, steps, cfg_scale, on_step)
     }
 
-    /// The denoise loop; with `ranks`, this process runs the half of CFG its rank has text
-    /// for in `emb` (rank 0 the prompt, rank 1 the negative) and the two velocities are
-    /// summed over the group every step ([`super::parallel`]).
+    /// The denoise loop; with `ranks`, this process runs its share of every step
+    /// ([`super::parallel`]): where the CFG halves are split, the half its run has text for in
+    /// `emb` (run 0 the prompt, run 1 the negative), the two velocities summed over the group
+    /// every step; where the module splits the image tokens, its share of them.
     pub(super) fn denoise_with(
         &self,
         latents: Array,
         emb: &Embeddings,
-        ranks: Option<&Group>,
+        ranks: Option<Ranks<'_>>,
         steps: usize,
         cfg_scale: f32,
         on_step: &mut dyn FnMut(usize, usize),
@@ -262,13 +263,13 @@ impl Pipeline {
         let loaded = self.loaded.borrow();
         let denoiser = loaded.denoiser.as_deref().expect("ensured");
         let cast = |a: &Array| a.as_dtype(self.dtype).map_err(mlx("casting"));
-        let (cond, uncond) = match ranks {
-            Some(g) => (cast(super::parallel::text_of_rank(emb, g)?)?, None),
-            None => (
-                cast(&emb.prompt)?,
-                emb.negative.as_ref().map(cast).transpose()?,
-            ),
+        let (cond, uncond) = match &ranks {
+            Some(r) => texts_of_rank(emb, r)?,
+            None => (&emb.prompt, emb.negative.as_ref()),
         };
+        let (cond, uncond) = (cast(cond)?, uncond.map(cast).transpose()?);
+        // the group the generated code of a module that splits the tokens gathers over
+        let _sequence = ranks.as_ref().map(|r| r.group.sequence_scope());
         let bound = denoiser
             .bind(cond, uncond, &table)
             .map_err(mlx("building the rope tables"))?;
@@ -292,7 +293,7 @@ impl Pipeline {
         mut x: Array,
         schedule: &Schedule,
         cfg_scale: f32,
-        ranks: Option<&Group>,
+        ranks: Option<Ranks<'_>>,
         velocity: &Velocity<'_>,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Array> {
@@ -311,11 +312,11 @@ impl Pipeline {
             }
             let in_velocity = start.elapsed().as_secs_f64();
             let rest = std::time::Instant::now();
-            let (cond, uncond) = match ranks {
-                Some(g) => {
-                    super::parallel::exchange(g, cond).map_err(mlx("exchanging the velocities"))?
+            let (cond, uncond) = match &ranks {
+                Some(r) if r.halves => {
+                    exchange(r, cond).map_err(mlx("exchanging the velocities"))?
                 }
-                None => (cond, uncond),
+                _ => (cond, uncond),
             };
             let v = match uncond {
                 Some(u) => true_cfg(&cond, &u, cfg_scale).map_err(mlx("combining cfg"))?,
@@ -343,7 +344,9 @@ impl Pipeline {
             on_step(i + 1, schedule.steps());
         }
         if let [(v0, r0), later @ ..] = times.as_slice() {
-            let rank = ranks.map_or(String::new(), |g| format!(" (rank {})", g.rank()));
+            let rank = ranks
+                .as_ref()
+                .map_or(String::new(), |r| format!(" (rank {})", r.group.rank()));
             let n = later.len().max(1) as f64;
             let (v, r) = later
                 .iter()

@@ -14,8 +14,9 @@ use qwen_runtime::__private::mlx_rs::memory as mlx_memory;
 use super::checks::{check_configs, check_model_index, check_token_ids, latents_stats};
 use super::memory::{load_at_open, Sizes};
 use super::{
-    detect_config, find_one_text_variant, find_variant, variant_by_name, Checkpoints, Network,
-    Pipeline, PipelineError, Purpose, Resolution, Result, Variant, VARIANTS,
+    detect_config, find_one_text_variant, find_sequence_variant, find_variant, sequence_modules,
+    variant_by_name, Checkpoints, Network, Pipeline, PipelineError, Purpose, Resolution, Result,
+    Variant, VARIANTS,
 };
 use crate::quantize::Quantization;
 
@@ -47,6 +48,10 @@ pub struct Options {
     /// would compute a second half for nothing); requests with CFG still run on it, as two
     /// calls.
     pub negative_pass: bool,
+    /// The ranks of a process group the image tokens are split over (sequence parallelism):
+    /// above 1, the module generated for that split (`sp = N`) at the resolution, or an
+    /// error where there is none. 1: a module one process runs alone.
+    pub sequence_parts: usize,
     /// Tiled VAE decoding (diffusers' tiles and blending): always, never, or when the
     /// untiled decode would not fit the memory budget ([`super::memory`]).
     pub vae_tiling: VaeTiling,
@@ -78,6 +83,7 @@ impl Default for Options {
             lora_on_quantized: Default::default(),
             lightning: false,
             negative_pass: true,
+            sequence_parts: 1,
             vae_tiling: VaeTiling::Auto,
             edit: false,
         }
@@ -143,6 +149,17 @@ impl Pipeline {
                     )));
                 }
                 v
+            }
+            None if options.sequence_parts > 1 => {
+                find_sequence_variant(resolution, config, options.sequence_parts).ok_or_else(
+                    || {
+                        PipelineError::Request(format!(
+                            "no generated module splits {resolution} over {} ranks ({}; a `specialize!(res = …, sp = N)` line makes one)",
+                            options.sequence_parts,
+                            sequence_modules()
+                        ))
+                    },
+                )?
             }
             // without a negative pass, a module of one text per call where there is one
             None if !options.negative_pass => match find_one_text_variant(resolution, config) {

@@ -18,6 +18,9 @@ pub trait Variant: Sync {
     fn config(&self) -> ModelConfig;
     /// Whether the transformer runs both CFG halves in one call (`cfg = split`).
     fn joint_cfg(&self) -> bool;
+    /// The ranks the transformer's image tokens are split over (`sp = N`: sequence
+    /// parallelism, run in a process group); 1 for a module one process runs alone.
+    fn sequence_parts(&self) -> usize;
     fn text_encoder_specs(&self) -> Vec<TensorSpec>;
     /// The transformer's timestep-only part (`time_text_embed`, every block's `img_mod.1` /
     /// `txt_mod.1`, `norm_out.linear`).
@@ -233,6 +236,7 @@ pub fn find_variant(resolution: Resolution, config: ModelConfig) -> Result<&'sta
         .iter()
         .copied()
         .filter(|v| v.resolution() == resolution && v.config() == config)
+        .filter(|v| v.sequence_parts() == 1)
         .min_by_key(|v| !v.joint_cfg())
         .ok_or_else(|| {
             let mut available: Vec<String> = VARIANTS
@@ -258,10 +262,45 @@ pub fn find_one_text_variant(
     resolution: Resolution,
     config: ModelConfig,
 ) -> Option<&'static dyn Variant> {
-    VARIANTS
+    VARIANTS.iter().copied().find(|v| {
+        v.resolution() == resolution
+            && v.config() == config
+            && !v.joint_cfg()
+            && v.sequence_parts() == 1
+    })
+}
+
+/// The module that splits the image tokens of `resolution` over `parts` ranks (`sp = N`),
+/// if one is generated.
+pub fn find_sequence_variant(
+    resolution: Resolution,
+    config: ModelConfig,
+    parts: usize,
+) -> Option<&'static dyn Variant> {
+    VARIANTS.iter().copied().find(|v| {
+        v.resolution() == resolution && v.config() == config && v.sequence_parts() == parts
+    })
+}
+
+/// The generated modules of a sequence split, as `name (W×H over N ranks)`, or `none`.
+pub fn sequence_modules() -> String {
+    let v: Vec<String> = VARIANTS
         .iter()
-        .copied()
-        .find(|v| v.resolution() == resolution && v.config() == config && !v.joint_cfg())
+        .filter(|v| v.sequence_parts() > 1)
+        .map(|v| {
+            format!(
+                "{} ({} over {} ranks)",
+                v.name(),
+                v.resolution(),
+                v.sequence_parts()
+            )
+        })
+        .collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        format!("generated: {}", v.join(", "))
+    }
 }
 
 /// A variant by module name (e.g. `res96x64_tiny` to force two transformer calls per step).
@@ -274,8 +313,8 @@ mod tests {
     use super::*;
 
     /// What each `specialize!(res = ...)` line of `specializations.rs` declares, read from
-    /// the source text: (module name, resolution, config, joint CFG).
-    fn declared_modules() -> Vec<(String, Resolution, ModelConfig, bool)> {
+    /// the source text: (module name, resolution, config, joint CFG, sequence parts).
+    fn declared_modules() -> Vec<(String, Resolution, ModelConfig, bool, usize)> {
         include_str!("../specializations.rs")
             .lines()
             .map(str::trim)
@@ -283,7 +322,7 @@ mod tests {
             .map(|l| {
                 let args = &l["specialize!(".len()..l.len() - 2];
                 let (mut name, mut res) = (String::new(), None);
-                let (mut config, mut joint) = (ModelConfig::Real, false);
+                let (mut config, mut joint, mut parts) = (ModelConfig::Real, false, 1);
                 for arg in args.split(',') {
                     let (k, v) = arg.split_once('=').unwrap();
                     match (k.trim(), v.trim()) {
@@ -299,10 +338,14 @@ mod tests {
                             name.push_str("_split");
                             joint = true;
                         }
+                        ("sp", n) => {
+                            name.push_str(&format!("_sp{n}"));
+                            parts = n.parse().unwrap();
+                        }
                         other => panic!("unknown specialize! argument {other:?}"),
                     }
                 }
-                (name, res.unwrap(), config, joint)
+                (name, res.unwrap(), config, joint, parts)
             })
             .collect()
     }
@@ -313,7 +356,7 @@ mod tests {
     fn registry_is_the_specialize_lines() {
         let declared = declared_modules();
         assert!(declared.len() >= 4, "{declared:?}");
-        let registry: Vec<(String, Resolution, ModelConfig, bool)> = VARIANTS
+        let registry: Vec<(String, Resolution, ModelConfig, bool, usize)> = VARIANTS
             .iter()
             .map(|v| {
                 (
@@ -321,6 +364,7 @@ mod tests {
                     v.resolution(),
                     v.config(),
                     v.joint_cfg(),
+                    v.sequence_parts(),
                 )
             })
             .collect();
@@ -335,5 +379,62 @@ mod tests {
         };
         let v = find_variant(tiny, ModelConfig::Tiny).unwrap();
         assert_eq!(v.name(), "res96x64_tiny_split");
+        // a module that splits the tokens over ranks is found only when asked for
+        let r64 = Resolution {
+            width: 64,
+            height: 64,
+        };
+        assert_eq!(
+            find_sequence_variant(r64, ModelConfig::Tiny, 2).map(|v| v.name()),
+            Some("res64_tiny_sp2")
+        );
+        assert!(find_sequence_variant(r64, ModelConfig::Tiny, 3).is_none());
+        assert_eq!(
+            find_variant(r64, ModelConfig::Tiny).unwrap().name(),
+            "res64_tiny_split"
+        );
+        assert!(find_one_text_variant(r64, ModelConfig::Tiny).is_none());
+    }
+
+    /// What `--gpus N` makes of the generated modules (the real config's 1024², 2048² and
+    /// 1328², and the forced module).
+    #[test]
+    fn rank_plans_follow_the_generated_modules() {
+        use super::super::plan_ranks;
+        let real = ModelConfig::Real;
+        let sq = |n| Resolution {
+            width: n,
+            height: n,
+        };
+        let plan = |res, gpus, guided| plan_ranks(sq(res), real, gpus, guided, None);
+        let p = |parts, halves| super::super::RankPlan {
+            parts,
+            halves,
+            joint_fallback: false,
+        };
+        // 1024²: the CFG halves on one GPU each (the one-text module); without CFG the tokens
+        // over two; four GPUs: each half over two
+        assert_eq!(plan(1024, 2, true).unwrap(), p(1, true));
+        assert_eq!(plan(1024, 2, false).unwrap(), p(2, false));
+        assert_eq!(plan(1024, 4, true).unwrap(), p(2, true));
+        // 2048²: no one-text module, so both halves on every GPU, the tokens over two
+        assert_eq!(plan(2048, 2, true).unwrap(), p(2, false));
+        // 1328²: the joint module on each rank, said as a fallback; nothing without CFG
+        assert!(plan(1328, 2, true).unwrap().joint_fallback);
+        let e = plan(1328, 2, false).unwrap_err().to_string();
+        assert!(
+            e.contains("no generated module splits the image over 2 ranks"),
+            "{e}"
+        );
+        assert!(e.contains("res1024_sp2"), "{e}");
+        assert!(plan(1024, 3, true).is_err());
+        // a forced module: its parts decide
+        let forced = plan_ranks(sq(1024), real, 4, true, Some("res1024_sp2")).unwrap();
+        assert_eq!(forced, p(2, true));
+        assert!(plan_ranks(sq(1024), real, 4, false, Some("res1024_sp2")).is_err());
+        assert_eq!(
+            plan_ranks(sq(1024), real, 2, true, Some("res1024_sp2")).unwrap(),
+            p(2, false)
+        );
     }
 }

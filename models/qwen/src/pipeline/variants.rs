@@ -120,7 +120,7 @@ macro_rules! variants {
 
 /// `mod $m { struct V }`, `V` implementing [`Variant`] over the generated module
 /// `specializations::$m`; the `cfg` option picks the transformer wrapper `Tr`: `batched` →
-/// `one_text!`, `split` → `joint!`.
+/// `one_text!`, `split` → `joint!`, `sequence` (`sp = N`) → `sequence!`.
 macro_rules! variant {
     ($m:ident, real, $cfg:ident) => {
         variant!(@config $m, ModelConfig::Real, $cfg);
@@ -129,12 +129,15 @@ macro_rules! variant {
         variant!(@config $m, ModelConfig::Tiny, $cfg);
     };
     (@config $m:ident, $config:expr, batched) => {
-        variant!(@impl $m, $config, one_text, false);
+        variant!(@impl $m, $config, one_text, false, 1);
     };
     (@config $m:ident, $config:expr, split) => {
-        variant!(@impl $m, $config, joint, true);
+        variant!(@impl $m, $config, joint, true, 1);
     };
-    (@impl $m:ident, $config:expr, $transformer:ident, $joint:literal) => {
+    (@config $m:ident, $config:expr, sequence) => {
+        variant!(@impl $m, $config, sequence, false, m::SEQ_PARTS);
+    };
+    (@impl $m:ident, $config:expr, $transformer:ident, $joint:literal, $parts:expr) => {
         mod $m {
             use super::*;
             use crate::specializations::$m as m;
@@ -289,6 +292,9 @@ macro_rules! variant {
                 }
                 fn joint_cfg(&self) -> bool {
                     $joint
+                }
+                fn sequence_parts(&self) -> usize {
+                    $parts
                 }
                 fn text_encoder_specs(&self) -> Vec<TensorSpec> {
                     m::TextEncoderWeights::specs("")
@@ -470,6 +476,93 @@ macro_rules! one_text {
             }
         }
     };
+}
+
+/// A transformer of one text per call on this rank's share of the image tokens, made with
+/// `sp = N` (sequence parallelism): the ranks of the group the pipeline scoped on this thread
+/// ([`qwen_runtime::distributed::Group::sequence_scope`]) each take `IMG_TOKENS / N` of the
+/// tokens (rank `r` the share `r % N`), with the RoPE rows of its share; the generated code
+/// gathers the attention's keys and values and the velocity over them, so every rank gets
+/// the whole velocity.
+macro_rules! sequence {
+    ($m:ident) => {
+        struct Tr($m::TransformerWeights);
+
+        struct Bound<'a> {
+            w: &'a $m::TransformerWeights,
+            modulation: &'a ModulationTable,
+            /// this share's image RoPE rows (cos, sin)
+            img: (Array, Array),
+            cond: (Array, Array, Array),
+            uncond: Option<(Array, Array, Array)>,
+            /// this share's tokens, `start..end`
+            tokens: (i32, i32),
+        }
+
+        impl Denoiser for Tr {
+            fn bind<'a>(
+                &'a self,
+                cond: Array,
+                uncond: Option<Array>,
+                modulation: &'a ModulationTable,
+            ) -> Result<Box<dyn Step + 'a>, Exception> {
+                let (share, _) = qwen_runtime::distributed::sequence_share($m::SEQ_PARTS)?;
+                let n = ($m::IMG_TOKENS / $m::SEQ_PARTS) as i32;
+                let tokens = (share as i32 * n, (share as i32 + 1) * n);
+                let (ic, is, tc, ts) = $m::rope(cond.shape()[1])?;
+                let uncond = match uncond {
+                    Some(u) => {
+                        let (_, _, uc, us) = $m::rope(u.shape()[1])?;
+                        Some((u, uc, us))
+                    }
+                    None => None,
+                };
+                Ok(Box::new(Bound {
+                    w: &self.0,
+                    modulation,
+                    img: (rows(&ic, 0, tokens)?, rows(&is, 0, tokens)?),
+                    cond: (cond, tc, ts),
+                    uncond,
+                    tokens,
+                }))
+            }
+        }
+
+        impl Step for Bound<'_> {
+            fn velocity(&self, x: &Array, i: usize) -> Result<(Array, Option<Array>), Exception> {
+                let (ic, is) = &self.img;
+                let n = x.shape()[0];
+                let share = rows(x, 1, self.tokens)?;
+                let [mi, mt, mo] = self.modulation.step(i, n)?;
+                let call = |(c, tc, ts): &(Array, Array, Array)| {
+                    $m::transformer(
+                        self.w,
+                        &share,
+                        &repeat_rows(c, n)?,
+                        &mi,
+                        &mt,
+                        &mo,
+                        ic,
+                        is,
+                        tc,
+                        ts,
+                    )
+                };
+                let cond = call(&self.cond)?;
+                let uncond = self.uncond.as_ref().map(call).transpose()?;
+                Ok((cond, uncond))
+            }
+        }
+    };
+}
+
+/// Rows `start..end` of `a` along `axis` (a view).
+fn rows(a: &Array, axis: i32, (start, end): (i32, i32)) -> Result<Array, Exception> {
+    let parts = ops::split_at_indices(a, &[start, end], axis)?;
+    parts
+        .into_iter()
+        .nth(1)
+        .ok_or_else(|| Exception::custom("no rows to take"))
 }
 
 /// A transformer made with `cfg = split`: both CFG halves (latents repeated, each half with

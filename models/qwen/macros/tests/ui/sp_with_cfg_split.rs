@@ -1,0 +1,3 @@
+qwen_macros::specialize!(res = 1024, cfg = split, sp = 2);
+
+fn main() {}
