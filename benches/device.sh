@@ -345,7 +345,7 @@ phase_count() {
 
 # Issue 11: qwen-run on one GPU, then `--gpus 2` (GPUs 0 and 1: run it on nvidia-h200-x2 with no background job),
 # same seed: rows `image` (encode + denoise + decode as qwen-run prints them) with a `gpus` field and `split` (how the
-# two GPUs shared the image: the CFG halves at 1024², the image tokens at 2048² (RES=2048) or without CFG (CFG=1)),
+# two GPUs shared the image: the CFG halves (1024², 2048²), or without CFG (CFG=1) the image tokens),
 # and the two PNGs' largest difference in 8-bit levels. GPUS_DTYPE=f32 runs all three in f32 (bf16 by default).
 phase_gpus() {
     mlx_env
@@ -369,11 +369,30 @@ phase_gpus() {
     done
     python3 -c 'import sys; from PIL import Image; import numpy as np; a, b = (np.asarray(Image.open(f)).astype(int) for f in sys.argv[1:]); print("gpus: PNGs of 1 and 2 GPUs, max difference", abs(a - b).max(), "levels")' \
         "$QA/gpus-1.png" "$QA/gpus-2.png" || say "gpus: could not compare the PNGs"
-    # the ranks run the module of one text per call, whose bf16 rounding is not the joint module's: one GPU
-    # with that module (two calls a step) must give the two-GPU PNG exactly (unless GPUS_ONE_TEXT=0)
-    [ "${GPUS_ONE_TEXT:-1}" = 1 ] && [ "$RES" = 1024 ] || return 0
-    say "gpus: qwen-run --gpus 1 --module res1024 (one text per call), the PNG of --gpus 2?"
-    CUDA_VISIBLE_DEVICES=$FG_GPU "$QA/bin/qwen-run" --module res1024 --model "$QA/model" --res "$RES" --dtype "$dtype" \
+    # GPUS_ALSO=MODULE: `--gpus 2 --module MODULE` too (e.g. res2048_sp2, the image tokens split where the CFG halves
+    # would be), its row and its PNG against one GPU's
+    if [ -n "${GPUS_ALSO:-}" ]; then
+        log=$QA/gpus-2-$GPUS_ALSO.log
+        say "gpus: qwen-run --gpus 2 --module $GPUS_ALSO, $RES, $dtype, $STEPS steps, cfg $CFG"
+        CUDA_VISIBLE_DEVICES="$FG_GPU,$BG_GPU" "$QA/bin/qwen-run" --gpus 2 --module "$GPUS_ALSO" --model "$QA/model" --res "$RES" \
+            --dtype "$dtype" --steps "$STEPS" --cfg "$CFG" --device "$DEVICE" --seed 0 --prompt "$PROMPT" --negative-prompt "$NEG" \
+            --output "$QA/gpus-2-$GPUS_ALSO.png" 2>&1 | tee "$log"
+        t=$(python3 -c 'import re,sys; t=open(sys.argv[1]).read(); m=re.search(r"encode: ([\d.]+) s, denoise: ([\d.]+) s.*decode: ([\d.]+) s", t); print(round(sum(float(x) for x in m.groups()) * 1000, 1) if m else "")' "$log")
+        split=$(sed -n 's/^split: //p' "$log" | head -1)
+        step=$(sed -n 's/.*denoise: [0-9.]* s (\([0-9.]*\) s\/step).*/\1/p' "$log" | head -1)
+        [ -n "$t" ] && [ "$dtype" = bf16 ] &&
+            rows echo "{\"system\": \"qwen-aot\", \"gpu\": \"$(gpu_name)\", \"width\": $W, \"height\": $H, \"steps\": $STEPS, \"cfg\": $CFG, \"dtype\": \"$dtype\", \"what\": \"image\", \"ms\": $t, \"step_s\": ${step:-null}, \"peak_gb\": null, \"gpus\": 2, \"split\": \"${split:-?}\", \"module\": \"$GPUS_ALSO\"}"
+        python3 -c 'import sys; from PIL import Image; import numpy as np; a, b = (np.asarray(Image.open(f)).astype(int) for f in sys.argv[1:3]); print("gpus: PNGs of 1 GPU and of --module", sys.argv[3], "on 2, max difference", abs(a - b).max(), "levels")' \
+            "$QA/gpus-1.png" "$QA/gpus-2-$GPUS_ALSO.png" "$GPUS_ALSO" || say "gpus: could not compare the PNGs"
+    fi
+    # the ranks of the CFG halves run the module of one text per call, whose bf16 rounding is not the joint
+    # module's: one GPU with that module (two calls a step) must give the two-GPU PNG exactly (unless
+    # GPUS_ONE_TEXT=0; at the sizes with such a module: 1024², 2048²)
+    local one=res$W
+    [ "$W" = "$H" ] || one=res${W}x$H
+    [ "${GPUS_ONE_TEXT:-1}" = 1 ] && grep -q '^split: the two CFG halves, one GPU each' "$QA/gpus-2.log" || return 0
+    say "gpus: qwen-run --gpus 1 --module $one (one text per call), the PNG of --gpus 2?"
+    CUDA_VISIBLE_DEVICES=$FG_GPU "$QA/bin/qwen-run" --module "$one" --model "$QA/model" --res "$RES" --dtype "$dtype" \
         --steps "$STEPS" --cfg "$CFG" --device "$DEVICE" --seed 0 --prompt "$PROMPT" --negative-prompt "$NEG" \
         --output "$QA/gpus-1-one-text.png" 2>&1 | tee "$QA/gpus-1-one-text.log"
     python3 -c 'import sys; from PIL import Image; import numpy as np; a, b = (np.asarray(Image.open(f)).astype(int) for f in sys.argv[1:]); print("gpus: PNGs of 2 GPUs and of 1 GPU with the one-text module, max difference", abs(a - b).max(), "levels")' \
@@ -719,12 +738,15 @@ IMAGES=3 costs nothing (the background job sets the length). Two-call variant, o
   bash benches/device.sh diffusers-timing bg-wait 420 compare table        ~4.5 min
 One GPU: setup qwen-warm | qwen-cold diffusers-timing | qwen-dump diffusers-dump compare | compile
 
-Open measurements (2026-11-30, after that day's device time): issue 11's image of one GPU in f32, where
-the bf16 rounding of the one-GPU module's batch of two halves (6 levels from --gpus 2's PNG in bf16) is
-not in the way; on nvidia-h200-x2, after the first call of benches/fill-dev.sh's two carries (`true`,
-with the MLX pack), ~6-7 min with the start (f32: ~115 GB of weights on each GPU, the text encoder
-freed before the denoise where they do not all fit):
-  call 1  GPUS_DTYPE=f32 bash benches/device.sh setup gpus
+Open measurements (2026-11-30, after that day's device time): the four-GPU kind, when it is lent:
+`--gpus 4` at 1024² and 2048² (the CFG halves on two GPUs each, the image tokens split over them: the
+`sp = 2` modules), which the CPU tests check for the image but no GPU has timed. The phase `gpus` takes
+two GPUs; on nvidia-h200-x4 run qwen-run --gpus 4 by hand after `setup` (CUDA_VISIBLE_DEVICES=0,1,2,3).
+Measured (results/2026-11-30-h200-x2-{h,i,j}.jsonl): the f32 pair, the 2048² pairs, the 1024² pair
+without CFG; re-run them with
+  GPUS_DTYPE=f32 bash benches/device.sh setup gpus                        ~6 min with the start
+  RES=2048 STEPS=10 GPUS_ALSO=res2048_sp2 bash benches/device.sh setup gpus   ~4 min
+  CFG=1 GPUS_ONE_TEXT=0 bash benches/device.sh gpus                       ~1 min after a setup
 On one H200 (64 GiB disk, 128 GiB of host memory) cold runs are slower in a fresh machine's first
 process (its page cache fills): run qwen-cold twice.
 EOF

@@ -89,7 +89,8 @@ impl Group {
     }
 
     /// This group as the one generated sequence-parallel code gathers over
-    /// ([`gather_sequence`]) on this thread, while the returned scope lives.
+    /// ([`gather_sequence`]) on this thread, while the returned scope lives. (Generated code
+    /// with a gather gets no `transforms::compile` twin, whose trace would keep the group.)
     pub fn sequence_scope(&self) -> SequenceScope<'_> {
         SequenceScope {
             before: SEQUENCE_GROUP.with(|g| g.replace(Some(self.raw))),
@@ -201,11 +202,15 @@ pub fn sequence_share(parts: usize) -> Result<(usize, usize), Exception> {
 /// split a group). Lazy like any MLX op; every rank of the group must call it in the same
 /// order with arrays of one shape. With one part and no scope, `x` itself.
 pub fn gather_sequence(x: &Array, axis: i32, parts: i32) -> Result<Array, Exception> {
-    let parts_u = usize::try_from(parts).unwrap_or(0);
+    let parts_u = usize::try_from(parts)
+        .map_err(|_| Exception::custom(format!("a sequence in {parts} parts")))?;
+    if parts_u == 1 {
+        return Ok(x.clone()); // the whole sequence is here
+    }
     let (_, run) = sequence_share(parts_u)?;
-    let Some(raw) = SEQUENCE_GROUP.with(|g| g.get()) else {
-        return Ok(x.clone()); // one part, no group (sequence_share refused more)
-    };
+    let raw = SEQUENCE_GROUP
+        .with(|g| g.get())
+        .ok_or_else(|| Exception::custom("a sequence gathered outside a process group"))?;
     let rank = x.ndim() as i32;
     if !(0..rank).contains(&axis) {
         return Err(Exception::custom(format!(

@@ -333,15 +333,24 @@ fn dims_from_inputs(g: &Graph) -> bool {
     })
 }
 
-/// Whether `g` gets a flat twin and a `_compiled` forward.
+/// Whether `g` gets a flat twin and a `_compiled` forward. Not a graph with a collective:
+/// a trace would keep the process group scoped when it was made (and MLX does not compile
+/// collectives).
 pub(crate) fn has_compiled_twin(g: &Graph) -> bool {
-    dims_from_inputs(g) && weights::has_weights(g)
+    dims_from_inputs(g) && weights::has_weights(g) && !has_collective(g)
+}
+
+/// Whether `g` itself has an op between processes (`OpFamily::Collective`).
+fn has_collective(g: &Graph) -> bool {
+    g.nodes
+        .iter()
+        .any(|n| n.op.family() == graph_dsl::OpFamily::Collective)
 }
 
 /// A flat twin of a forward for `transforms::compile` (arrays only: the weights'
 /// `arrays()`, then the inputs), when every run-time dim comes from an input.
 fn emit_flat(g: &Graph) -> TokenStream {
-    if !dims_from_inputs(g) {
+    if !dims_from_inputs(g) || has_collective(g) {
         return quote!();
     }
     let name = fn_name(&g.name);

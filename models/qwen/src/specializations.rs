@@ -28,13 +28,14 @@ qwen_macros::specializations! {
     specialize!(res = 2048, cfg = split);
 
     // 1024² with one text per transformer call: what runs without a negative pass
-    // (`--lightning`), batch 1, where the joint module would run a second half for nothing.
+    // (`--lightning`), batch 1, where the joint module would run a second half for nothing;
+    // and what each GPU of `--gpus 2` runs (one CFG half each), there and at 2048².
     specialize!(res = 1024);
+    specialize!(res = 2048);
 
     // The image tokens split over two ranks (sequence parallelism, one text per call):
-    // `--gpus 2` without CFG (Lightning), and at 2048², where no module of one text per call
-    // is generated, with CFG (each GPU both halves of its share); `--gpus 4`, the two CFG
-    // halves on two GPUs each.
+    // `--gpus 2` without CFG (Lightning); `--gpus 4` with CFG, the two CFG halves on two GPUs
+    // each.
     specialize!(res = 1024, sp = 2);
     specialize!(res = 2048, sp = 2);
 

@@ -726,6 +726,11 @@ fn two_ranks_make_the_image_of_one_process() {
             &["--gpus", "4", "--res", "64", "--cfg", "1"][..],
             "no generated module splits the image over 4 ranks",
         ),
+        // a module that splits the tokens, forced on one process: refused before loading
+        (
+            &["--res", "64", "--module", "res64_tiny_sp2"][..],
+            "module `res64_tiny_sp2` splits the image tokens over 2 rank(s), not 1",
+        ),
     ] {
         let mut all = vec!["--prompt", "x", "--steps", "1"];
         all.extend(args);
@@ -756,8 +761,7 @@ fn png_levels(a: &Path, b: &Path) -> u8 {
 /// The image tokens split over ranks (the module `res64_tiny_sp2`, sequence parallelism):
 /// over two processes with CFG (each both halves of its share) and without, and over four
 /// (the CFG halves on two ranks each, the tokens over those two), on MLX's ring: the image of
-/// one process (the joint-CFG module at 64², and the one-text module's two calls without
-/// CFG), within one level.
+/// one process (the joint-CFG module, the only other module at 64²), within one level.
 #[test]
 fn ranks_that_split_the_image_tokens_make_the_image_of_one_process() {
     let tmp = tempfile::tempdir().unwrap();

@@ -177,7 +177,7 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
         }
     }
     let (gh, gw) = (bindings["gh"], bindings["gw"]);
-    let consts = vec![
+    let mut consts = vec![
         ("width".into(), r.width),
         ("height".into(), r.height),
         ("latent_h".into(), bindings["h"]),
@@ -194,7 +194,6 @@ pub fn build(r: &Request) -> Result<Built, BuildError> {
             bindings[transformer::TXT_ROPE_OFFSET],
         ),
     ];
-    let mut consts = consts;
     if parts > 1 {
         consts.push(("seq_parts".into(), parts));
     }

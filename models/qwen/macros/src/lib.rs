@@ -23,7 +23,9 @@ use proc_macro::TokenStream;
 
 /// Generate one module of shape-specialized mlx-rs code. Options: `res = N` or
 /// `res = WxH` (multiples of 16, required), `config = real | tiny` (default real),
-/// `cfg = batched | split` (default batched: how CFG halves meet in attention).
+/// `cfg = batched | split` (default batched: how CFG halves meet in attention), `sp = N`
+/// (N ≥ 2: the transformer on one of N ranks' shares of the image tokens, gathering over
+/// them; sequence parallelism, with `cfg = batched`).
 ///
 /// `specialize!(shared)` (with `config = tiny`: `shared_tiny`) generates what every
 /// resolution of a config shares; each resolution module re-exports it from its sibling

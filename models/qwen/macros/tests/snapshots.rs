@@ -321,6 +321,24 @@ fn tiny_sp2_dual_stream_block() {
         code(&weights(&tiny_block(CfgJoin::Batched), "dual_stream_block")),
         "the split block's weights differ from the batched one's"
     );
+    // no flat twin for `transforms::compile` (a trace would keep the group it was made in),
+    // where the batched block has one
+    let fns = |m: &syn::ItemMod| -> Vec<String> {
+        items(m)
+            .iter()
+            .filter_map(|i| match i {
+                Item::Fn(f) => Some(f.sig.ident.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(fns(&tiny_block(CfgJoin::Batched)).contains(&"dual_stream_block_flat".to_string()));
+    let sp_fns = fns(&m);
+    assert!(
+        sp_fns.contains(&"dual_stream_block".to_string()),
+        "{sp_fns:?}"
+    );
+    assert!(!sp_fns.iter().any(|f| f.ends_with("_flat")), "{sp_fns:?}");
     insta::assert_snapshot!(
         "tiny_sp2_dual_stream_block",
         code(&forward(&m, "dual_stream_block"))

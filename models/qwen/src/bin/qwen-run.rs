@@ -96,8 +96,8 @@ struct Args {
     /// and writes): the two halves of true CFG on half of them each, and the image tokens
     /// split over the GPUs of a half where a module generated for that split (`sp = N`)
     /// exists at the size; without CFG (or at a size without a module of one text per
-    /// call), the tokens over all of them. 1024²: 2 (the halves) or 4 (each half over 2),
-    /// and 2 without CFG; 2048²: 2.
+    /// call), the tokens over all of them. 1024² and 2048²: 2 (the halves) or 4 (each half
+    /// over 2), and 2 without CFG; other sizes: 2 with CFG.
     #[arg(long, value_name = "N", default_value_t = 1)]
     gpus: usize,
 
@@ -451,7 +451,7 @@ fn edit(args: &EditArgs, chosen: &ChosenDevice) -> Result<()> {
             };
             let best = VARIANTS
                 .iter()
-                .filter(|v| v.config() == config)
+                .filter(|v| v.config() == config && v.sequence_parts() == 1)
                 .map(|v| v.resolution())
                 .min_by(|a, b| score(a).total_cmp(&score(b)))
                 .ok_or_else(|| anyhow::anyhow!("no generated size for this model's config"))?;

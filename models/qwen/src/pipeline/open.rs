@@ -148,6 +148,15 @@ impl Pipeline {
                         v.config()
                     )));
                 }
+                // a module that splits the tokens runs in a group of its ranks, one of them
+                // (and one that does not, in none)
+                if v.sequence_parts() != options.sequence_parts {
+                    return Err(PipelineError::Request(format!(
+                        "module `{name}` splits the image tokens over {} rank(s), not {} (`qwen-run --gpus` runs it)",
+                        v.sequence_parts(),
+                        options.sequence_parts
+                    )));
+                }
                 v
             }
             None if options.sequence_parts > 1 => {

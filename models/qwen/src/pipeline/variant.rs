@@ -241,7 +241,7 @@ pub fn find_variant(resolution: Resolution, config: ModelConfig) -> Result<&'sta
         .ok_or_else(|| {
             let mut available: Vec<String> = VARIANTS
                 .iter()
-                .filter(|v| v.config() == config)
+                .filter(|v| v.config() == config && v.sequence_parts() == 1)
                 .map(|v| v.resolution().to_string())
                 .collect();
             // the joint and the one-text module of a size are both listed
@@ -417,8 +417,9 @@ mod tests {
         assert_eq!(plan(1024, 2, true).unwrap(), p(1, true));
         assert_eq!(plan(1024, 2, false).unwrap(), p(2, false));
         assert_eq!(plan(1024, 4, true).unwrap(), p(2, true));
-        // 2048²: no one-text module, so both halves on every GPU, the tokens over two
-        assert_eq!(plan(2048, 2, true).unwrap(), p(2, false));
+        // 2048²: the same; without CFG the tokens over two
+        assert_eq!(plan(2048, 2, true).unwrap(), p(1, true));
+        assert_eq!(plan(2048, 2, false).unwrap(), p(2, false));
         // 1328²: the joint module on each rank, said as a fallback; nothing without CFG
         assert!(plan(1328, 2, true).unwrap().joint_fallback);
         let e = plan(1328, 2, false).unwrap_err().to_string();
