@@ -112,10 +112,7 @@ fn joint_attention(
         // of the image) attend to the text and every rank's image keys, in order
         let (k, v) = match parts {
             1 => (joint[1], joint[2]),
-            _ => (
-                gather_image_rows(b, joint[1], seq, parts)?,
-                gather_image_rows(b, joint[2], seq, parts)?,
-            ),
+            _ => gather_image_rows(b, [joint[1], joint[2]], seq, parts)?,
         };
         let o = b.sdpa(
             joint[0],
@@ -140,15 +137,29 @@ fn joint_attention(
     })
 }
 
-/// Joint keys or values `[B, H, L_txt + seq, Dh]` of this rank (the text's rows, then its
-/// share of the image's) → `[B, H, L_txt + parts·seq, Dh]`: the text's rows, then every
+/// Joint keys and values `[B, H, L_txt + seq, Dh]` of this rank (the text's rows, then its
+/// share of the image's) → `[B, H, L_txt + parts·seq, Dh]` each: the text's rows, then every
 /// rank's image rows in rank order (the whole image, as one GPU has it). The text is on every
-/// rank; it is kept once.
-fn gather_image_rows(b: &mut GraphBuilder, t: Tensor, seq: &Dim, parts: usize) -> Result<Tensor> {
-    let txt = b.slice(t, 2, 0, l_txt())?;
-    let img = b.slice(t, 2, l_txt(), l_txt().add(seq))?;
-    let all = b.gather_sequence(img, 2, parts)?;
-    b.concat(&[txt, all], 2)
+/// rank; it is kept once. Keys and values travel in one gather (`[2B, ..]`): one collective a
+/// block, not two.
+fn gather_image_rows(
+    b: &mut GraphBuilder,
+    [k, v]: [Tensor; 2],
+    seq: &Dim,
+    parts: usize,
+) -> Result<(Tensor, Tensor)> {
+    let img = l_txt().add(seq);
+    let ki = b.slice(k, 2, l_txt(), img.clone())?;
+    let vi = b.slice(v, 2, l_txt(), img)?;
+    let both = b.concat(&[ki, vi], 0)?; // [2B, H, seq, Dh]
+    let all = b.gather_sequence(both, 2, parts)?; // [2B, H, parts·seq, Dh]
+    let mut out = vec![];
+    for (i, t) in [k, v].into_iter().enumerate() {
+        let txt = b.slice(t, 2, 0, l_txt())?;
+        let rows = b.slice(all, 0, b_().mul(i), b_().mul(i + 1))?;
+        out.push(b.concat(&[txt, rows], 2)?);
+    }
+    Ok((out[0], out[1]))
 }
 
 /// The RoPE tables as graph inputs: `img_cos`, `img_sin` `[img, Dh/2]` (`img`: the image

@@ -412,17 +412,29 @@ macro_rules! variant {
     };
 }
 
-/// A transformer that takes one text: CFG is two calls per step.
+/// A transformer that takes one text: CFG is two calls per step. With `$parts` above 1 (a
+/// module made with `sp = N`: sequence parallelism) it runs on this rank's share of the image
+/// tokens: the ranks of the group the pipeline scoped on this thread
+/// ([`qwen_runtime::distributed::Group::sequence_scope`]) each take `IMG_TOKENS / N` of them
+/// (rank `r` the share `r % N`) with the RoPE rows of its share, and the generated code
+/// gathers the attention's keys and values and the velocity over them, so that every rank
+/// gets the whole velocity.
 macro_rules! one_text {
     ($m:ident) => {
+        one_text!($m, 1);
+    };
+    ($m:ident, $parts:expr) => {
         struct Tr($m::TransformerWeights);
 
         struct Bound<'a> {
             w: &'a $m::TransformerWeights,
             modulation: &'a ModulationTable,
+            /// the image RoPE rows (cos, sin) of this rank's share
             img: (Array, Array),
             cond: (Array, Array, Array),
             uncond: Option<(Array, Array, Array)>,
+            /// this rank's share of the image tokens, `start..end` (all of them for one part)
+            tokens: (i32, i32),
         }
 
         impl Denoiser for Tr {
@@ -432,6 +444,10 @@ macro_rules! one_text {
                 uncond: Option<Array>,
                 modulation: &'a ModulationTable,
             ) -> Result<Box<dyn Step + 'a>, Exception> {
+                let parts: usize = $parts;
+                let (share, _) = qwen_runtime::distributed::sequence_share(parts)?;
+                let n = ($m::IMG_TOKENS / parts) as i32;
+                let tokens = (share as i32 * n, (share as i32 + 1) * n);
                 let (ic, is, tc, ts) = $m::rope(cond.shape()[1])?;
                 let uncond = match uncond {
                     Some(u) => {
@@ -443,9 +459,10 @@ macro_rules! one_text {
                 Ok(Box::new(Bound {
                     w: &self.0,
                     modulation,
-                    img: (ic, is),
+                    img: (rows(&ic, 0, tokens)?, rows(&is, 0, tokens)?),
                     cond: (cond, tc, ts),
                     uncond,
+                    tokens,
                 }))
             }
         }
@@ -453,6 +470,7 @@ macro_rules! one_text {
         impl Step for Bound<'_> {
             fn velocity(&self, x: &Array, i: usize) -> Result<(Array, Option<Array>), Exception> {
                 let (ic, is) = &self.img;
+                let x = &rows(x, 1, self.tokens)?;
                 // a batch of images of one text: the text and the step's modulation repeated
                 let n = x.shape()[0];
                 let [mi, mt, mo] = self.modulation.step(i, n)?;
@@ -478,86 +496,18 @@ macro_rules! one_text {
     };
 }
 
-/// A transformer of one text per call on this rank's share of the image tokens, made with
-/// `sp = N` (sequence parallelism): the ranks of the group the pipeline scoped on this thread
-/// ([`qwen_runtime::distributed::Group::sequence_scope`]) each take `IMG_TOKENS / N` of the
-/// tokens (rank `r` the share `r % N`), with the RoPE rows of its share; the generated code
-/// gathers the attention's keys and values and the velocity over them, so every rank gets
-/// the whole velocity.
+/// [`one_text!`] on this rank's share of the image tokens (`sp = N`).
 macro_rules! sequence {
     ($m:ident) => {
-        struct Tr($m::TransformerWeights);
-
-        struct Bound<'a> {
-            w: &'a $m::TransformerWeights,
-            modulation: &'a ModulationTable,
-            /// this share's image RoPE rows (cos, sin)
-            img: (Array, Array),
-            cond: (Array, Array, Array),
-            uncond: Option<(Array, Array, Array)>,
-            /// this share's tokens, `start..end`
-            tokens: (i32, i32),
-        }
-
-        impl Denoiser for Tr {
-            fn bind<'a>(
-                &'a self,
-                cond: Array,
-                uncond: Option<Array>,
-                modulation: &'a ModulationTable,
-            ) -> Result<Box<dyn Step + 'a>, Exception> {
-                let (share, _) = qwen_runtime::distributed::sequence_share($m::SEQ_PARTS)?;
-                let n = ($m::IMG_TOKENS / $m::SEQ_PARTS) as i32;
-                let tokens = (share as i32 * n, (share as i32 + 1) * n);
-                let (ic, is, tc, ts) = $m::rope(cond.shape()[1])?;
-                let uncond = match uncond {
-                    Some(u) => {
-                        let (_, _, uc, us) = $m::rope(u.shape()[1])?;
-                        Some((u, uc, us))
-                    }
-                    None => None,
-                };
-                Ok(Box::new(Bound {
-                    w: &self.0,
-                    modulation,
-                    img: (rows(&ic, 0, tokens)?, rows(&is, 0, tokens)?),
-                    cond: (cond, tc, ts),
-                    uncond,
-                    tokens,
-                }))
-            }
-        }
-
-        impl Step for Bound<'_> {
-            fn velocity(&self, x: &Array, i: usize) -> Result<(Array, Option<Array>), Exception> {
-                let (ic, is) = &self.img;
-                let n = x.shape()[0];
-                let share = rows(x, 1, self.tokens)?;
-                let [mi, mt, mo] = self.modulation.step(i, n)?;
-                let call = |(c, tc, ts): &(Array, Array, Array)| {
-                    $m::transformer(
-                        self.w,
-                        &share,
-                        &repeat_rows(c, n)?,
-                        &mi,
-                        &mt,
-                        &mo,
-                        ic,
-                        is,
-                        tc,
-                        ts,
-                    )
-                };
-                let cond = call(&self.cond)?;
-                let uncond = self.uncond.as_ref().map(call).transpose()?;
-                Ok((cond, uncond))
-            }
-        }
+        one_text!($m, $m::SEQ_PARTS);
     };
 }
 
-/// Rows `start..end` of `a` along `axis` (a view).
+/// Rows `start..end` of `a` along `axis` (a view; `a` itself when they are all of its rows).
 fn rows(a: &Array, axis: i32, (start, end): (i32, i32)) -> Result<Array, Exception> {
+    if start == 0 && a.shape().get(axis as usize) == Some(&end) {
+        return Ok(a.clone());
+    }
     let parts = ops::split_at_indices(a, &[start, end], axis)?;
     parts
         .into_iter()
