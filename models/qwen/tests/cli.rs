@@ -803,6 +803,7 @@ fn ranks_that_split_the_image_tokens_make_the_image_of_one_process() {
 /// after the `ranks:` line, and the ranks' pids from that line.
 fn start_ranks(
     out: &Path,
+    env: &[(&str, &str)],
 ) -> (
     std::process::Child,
     std::io::BufReader<std::process::ChildStderr>,
@@ -815,6 +816,7 @@ fn start_ranks(
         ])
         .args(["-o", out.to_str().unwrap()])
         .env("QWEN_RANKS_ON_CPU", "1")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -859,7 +861,7 @@ fn ends_within_30_s(run: &mut std::process::Child, after: &str) -> std::process:
 fn a_killed_rank_ends_the_other() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("k.png");
-    let (mut run, mut err, pids) = start_ranks(&out);
+    let (mut run, mut err, pids) = start_ranks(&out, &[]);
     let killed = Command::new("kill")
         .args(["-9", &pids[1]])
         .status()
@@ -873,13 +875,60 @@ fn a_killed_rank_ends_the_other() {
     assert!(!out.exists());
 }
 
+/// A rank that hangs (stopped with SIGSTOP: alive, silent) ends the run: with
+/// `QWEN_RANK_TIMEOUT=5` the launcher stops every rank once one has made no progress for 5 s,
+/// and fails naming it, within 30 s; no rank is left behind. A bad limit is refused.
+#[test]
+fn a_hung_rank_ends_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("h.png");
+    let (mut run, mut err, pids) = start_ranks(&out, &[("QWEN_RANK_TIMEOUT", "5")]);
+    let stopped = Command::new("kill")
+        .args(["-STOP", &pids[1]])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let status = ends_within_30_s(&mut run, "rank 1 stopped");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(!status.success());
+    assert!(rest.contains("made no progress for"), "{rest}");
+    assert!(
+        rest.contains("QWEN_RANK_TIMEOUT sets the limit, now 5 s"),
+        "{rest}"
+    );
+    // where each rank was (the stop may come before the steps on a loaded machine)
+    assert!(rest.contains("rank 0: ") && rest.contains("rank 1: "), "{rest}");
+    for pid in pids {
+        let alive = Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!alive.success(), "rank {pid} still runs");
+    }
+    assert!(!out.exists());
+    let bad = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args([
+            "--device", "cpu", "--gpus", "2", "--prompt", "x", "--steps", "1",
+        ])
+        .env("QWEN_RANKS_ON_CPU", "1")
+        .env("QWEN_RANK_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert_fails_with(
+        &bad,
+        "QWEN_RANK_TIMEOUT must be a number of seconds above 0",
+    );
+}
+
 /// SIGTERM to the process the user ran with `--gpus 2` stops its ranks too (it waits for them
 /// and exits as an interrupted run: 143), and leaves no rank behind.
 #[test]
 fn a_signal_to_the_launcher_stops_the_ranks() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("s.png");
-    let (mut run, _err, pids) = start_ranks(&out);
+    let (mut run, _err, pids) = start_ranks(&out, &[]);
     send("-TERM", run.id());
     let status = ends_within_30_s(&mut run, "SIGTERM");
     assert_eq!(status.code(), Some(143));

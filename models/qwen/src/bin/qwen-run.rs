@@ -661,6 +661,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     }
     print_load(&pipeline, start.elapsed().as_secs_f64());
     stop_if_signalled(|| "while loading".into())?;
+    ranks::beat("loaded");
 
     let latents = match (&args.latents_file, &args.latents_key) {
         (Some(file), Some(key)) => {
@@ -692,6 +693,7 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
         Some(_) => {
             let g = ranks::join(chosen, args.gpus)?;
             pipeline.connect_ranks(&g)?;
+            ranks::beat("connected");
             Some(g)
         }
         None => None,
@@ -701,7 +703,10 @@ fn generate(args: &Args, chosen: &ChosenDevice) -> Result<()> {
     let on_event = &mut |event: Event| match event {
         Event::Warning(w) if warns => bar.suspend(|| eprintln!("warning: {w}")),
         Event::Warning(_) => {}
-        Event::Step { done, total } => step_done(&bar, done, total),
+        Event::Step { done, total } => {
+            ranks::beat(&format!("step {done} of {total}"));
+            step_done(&bar, done, total)
+        }
     };
     let result = match &group {
         Some(g) => pipeline
@@ -955,9 +960,9 @@ mod tests {
 /// `--gpus N`: one process per GPU, started by the one the user runs.
 mod ranks {
     use std::net::TcpListener;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     use anyhow::{bail, Context, Result};
     use qwen_runtime::device::{self, Backend, ChosenDevice};
@@ -977,6 +982,7 @@ mod ranks {
     /// Starts `n` copies of this process, rank `r` on GPU `r`, and waits for them: the first
     /// that fails ends the others, and its failure is this one's.
     pub fn launch(n: usize, chosen: &ChosenDevice) -> Result<()> {
+        let timeout = rank_timeout()?;
         let gpu = chosen.backend == Backend::Gpu;
         if gpu {
             let have = device::count(Backend::Gpu);
@@ -1019,16 +1025,20 @@ mod ranks {
             Some(f)
         };
         let nccl_port = port("NCCL")?;
+        let beats = std::env::temp_dir().join(format!("qwen-run-beats-{}", std::process::id()));
+        std::fs::create_dir_all(&beats).context("making the ranks' progress folder")?;
         let mut ranks = Ranks {
             children: vec![],
             hostfile,
+            beats: beats.clone(),
         };
         for rank in 0..n {
             let mut c = Command::new(&exe);
             c.args(&args)
                 .env("QWEN_RANK", rank.to_string())
                 .env("MLX_RANK", rank.to_string())
-                .env("MLX_WORLD_SIZE", n.to_string());
+                .env("MLX_WORLD_SIZE", n.to_string())
+                .env(BEAT_ENV, beats.join(format!("rank-{rank}")));
             if gpu {
                 c.env("CUDA_VISIBLE_DEVICES", device_of(&visible, rank, n)?)
                     .env("NCCL_HOST_IP", "127.0.0.1")
@@ -1046,7 +1056,48 @@ mod ranks {
         }
         let pids: Vec<String> = ranks.children.iter().map(|c| c.id().to_string()).collect();
         eprintln!("ranks: {n} (pids {})", pids.join(", "));
-        wait(&mut ranks.children)
+        wait(&mut ranks.children, &beats, timeout)
+    }
+
+    /// Where a rank says how far it got ([`beat`]): a file the launcher reads.
+    const BEAT_ENV: &str = "QWEN_RANK_BEAT";
+
+    /// Seconds a rank may go without progress (loading, connecting, a step) before the
+    /// launcher takes it for hung and stops every rank: `QWEN_RANK_TIMEOUT`, 600 by default
+    /// (a cold load of the 58 GB checkpoint takes tens of seconds, a step at most seconds).
+    fn rank_timeout() -> Result<Duration> {
+        match std::env::var("QWEN_RANK_TIMEOUT") {
+            Err(_) => Ok(Duration::from_secs(600)),
+            Ok(v) => match v.parse::<f64>() {
+                Ok(s) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+                _ => bail!("QWEN_RANK_TIMEOUT must be a number of seconds above 0, got {v:?}"),
+            },
+        }
+    }
+
+    /// In a rank (started by [`launch`]): says how far it got (`what`: "loaded", "step 3 of
+    /// 50", …) to the launcher, which takes a rank that says nothing for too long for hung.
+    /// Elsewhere nothing.
+    pub fn beat(what: &str) {
+        if let Some(f) = std::env::var_os(BEAT_ENV) {
+            // best effort: a beat that cannot be written shows as no progress, with a message
+            let _ = std::fs::write(f, what);
+        }
+    }
+
+    /// Each rank's last word and how long ago it came (the files [`beat`] writes; before the
+    /// first, since `started`).
+    fn last_beats(beats: &Path, n: usize, started: SystemTime) -> Vec<(String, Duration)> {
+        (0..n)
+            .map(|rank| {
+                let f = beats.join(format!("rank-{rank}"));
+                let when = std::fs::metadata(&f)
+                    .and_then(|m| m.modified())
+                    .unwrap_or(started);
+                let what = std::fs::read_to_string(&f).unwrap_or_else(|_| "starting".into());
+                (what, when.elapsed().unwrap_or_default())
+            })
+            .collect()
     }
 
     /// `CUDA_VISIBLE_DEVICES` of rank `rank`: the `rank`-th of the GPUs given.
@@ -1062,6 +1113,8 @@ mod ranks {
     struct Ranks {
         children: Vec<Child>,
         hostfile: Option<PathBuf>,
+        /// the ranks' progress files ([`beat`])
+        beats: PathBuf,
     }
 
     impl Drop for Ranks {
@@ -1070,12 +1123,15 @@ mod ranks {
             if let Some(f) = &self.hostfile {
                 let _ = std::fs::remove_file(f);
             }
+            let _ = std::fs::remove_dir_all(&self.beats);
         }
     }
 
     /// Waits for every rank; the first to fail has the others killed (a rank whose peer is
-    /// gone would wait in the exchange forever).
-    fn wait(children: &mut [Child]) -> Result<()> {
+    /// gone would wait in the exchange forever), and so does a rank that makes no progress
+    /// for `timeout` (hung: the others soon wait for it in a collective).
+    fn wait(children: &mut [Child], beats: &Path, timeout: Duration) -> Result<()> {
+        let started = SystemTime::now();
         let mut done = vec![false; children.len()];
         let interrupted = |children: &mut [Child]| -> Option<anyhow::Error> {
             let (signal, code) = super::signals::received()?;
@@ -1115,6 +1171,27 @@ mod ranks {
             }
             if done.iter().all(|d| *d) {
                 return Ok(());
+            }
+            let last = last_beats(beats, children.len(), started);
+            let stalled = last
+                .iter()
+                .enumerate()
+                .filter(|(rank, (_, ago))| !done[*rank] && *ago > timeout)
+                .max_by_key(|(_, (_, ago))| *ago);
+            if let Some((rank, (what, ago))) = stalled {
+                stop(children);
+                let all: Vec<String> = last
+                    .iter()
+                    .enumerate()
+                    .map(|(r, (w, a))| format!("rank {r}: {w}, {:.0} s ago", a.as_secs_f64()))
+                    .collect();
+                bail!(
+                    "rank {rank} of {} made no progress for {:.0} s (hung?; it was at: {what}): the ranks were stopped ({}; QWEN_RANK_TIMEOUT sets the limit, now {} s)",
+                    children.len(),
+                    ago.as_secs_f64(),
+                    all.join("; "),
+                    timeout.as_secs_f64()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
