@@ -70,55 +70,7 @@ fn two_processes_sum_over_the_ring() {
         Group::is_available("ring"),
         "MLX's ring backend is built in"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let hostfile = dir.path().join("hosts.json");
-    std::fs::write(
-        &hostfile,
-        format!(
-            r#"[["127.0.0.1:{}"], ["127.0.0.1:{}"]]"#,
-            ports[0], ports[1]
-        ),
-    )
-    .unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut children: Vec<_> = (0..2)
-        .map(|rank| {
-            Command::new(&exe)
-                .args(["--exact", "ring_rank", "--nocapture", "--test-threads", "1"])
-                .env("QWEN_RING_RANK", rank.to_string())
-                .env("MLX_RANK", rank.to_string())
-                .env("MLX_HOSTFILE", &hostfile)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    // both end within a minute (a rank that cannot reach the other would wait)
-    let start = Instant::now();
-    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
-        if start.elapsed() > Duration::from_secs(60) {
-            for c in &mut children {
-                let _ = c.kill();
-            }
-            panic!("the two ranks did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (rank, c) in children.into_iter().enumerate() {
-        let out = c.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "rank {rank}: {text}");
+    for (rank, text) in ring_of(2, "ring_rank", "QWEN_RING_RANK").iter().enumerate() {
         assert!(
             text.contains(&format!("ring sum [3.0, 3.0, 3.0, 3.0] at rank {rank}")),
             "rank {rank}: {text}"
@@ -223,34 +175,48 @@ fn four_ranks_gather_split_sequences() {
     assert!(gather_sequence(&x, 2, 2).is_err());
     assert_eq!(sequence_share(1).unwrap(), (0, 0));
 
+    for (rank, text) in ring_of(4, "gather_rank", "QWEN_GATHER_RANK")
+        .iter()
+        .enumerate()
+    {
+        for line in [
+            format!("gather parts 2: whole [2, 3, 6, 4] at rank {rank}"),
+            format!("gather parts 4: whole [2, 3, 8, 4] at rank {rank}"),
+            format!("two gathers in one graph: whole at rank {rank}"),
+        ] {
+            assert!(text.contains(&line), "rank {rank}: want {line:?} in {text}");
+        }
+        assert!(
+            text.contains("share of 3 parts: Some(") && text.contains("not a multiple"),
+            "rank {rank}: {text}"
+        );
+    }
+}
+
+/// Runs `n` copies of this test binary as the ranks of a ring on this machine, each running
+/// only the test `child` with `env_var` set to its rank, and returns each rank's output
+/// (stdout, then stderr) once all have ended successfully, within a minute (a rank that
+/// cannot reach the others would wait).
+fn ring_of(n: usize, child: &str, env_var: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..4)
+    let hosts: Vec<String> = (0..n)
         .map(|_| {
-            TcpListener::bind("127.0.0.1:0")
+            let port = TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
-                .port()
+                .port();
+            format!(r#"["127.0.0.1:{port}"]"#)
         })
         .collect();
     let hostfile = dir.path().join("hosts.json");
-    let hosts: Vec<String> = ports
-        .iter()
-        .map(|p| format!(r#"["127.0.0.1:{p}"]"#))
-        .collect();
     std::fs::write(&hostfile, format!("[{}]", hosts.join(", "))).unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut children: Vec<_> = (0..4)
+    let mut children: Vec<_> = (0..n)
         .map(|rank| {
             Command::new(&exe)
-                .args([
-                    "--exact",
-                    "gather_rank",
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
-                .env("QWEN_GATHER_RANK", rank.to_string())
+                .args(["--exact", child, "--nocapture", "--test-threads", "1"])
+                .env(env_var, rank.to_string())
                 .env("MLX_RANK", rank.to_string())
                 .env("MLX_HOSTFILE", &hostfile)
                 .stdout(Stdio::piped())
@@ -265,25 +231,19 @@ fn four_ranks_gather_split_sequences() {
             for c in &mut children {
                 let _ = c.kill();
             }
-            panic!("the four ranks did not finish within 60 s");
+            panic!("the {n} ranks did not finish within 60 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    for (rank, c) in children.into_iter().enumerate() {
-        let out = c.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "rank {rank}: {text}");
-        for line in [
-            format!("gather parts 2: whole [2, 3, 6, 4] at rank {rank}"),
-            format!("gather parts 4: whole [2, 3, 8, 4] at rank {rank}"),
-            format!("two gathers in one graph: whole at rank {rank}"),
-        ] {
-            assert!(text.contains(&line), "rank {rank}: want {line:?} in {text}");
-        }
-        assert!(
-            text.contains("share of 3 parts: Some(") && text.contains("not a multiple"),
-            "rank {rank}: {text}"
-        );
-    }
+    children
+        .into_iter()
+        .enumerate()
+        .map(|(rank, c)| {
+            let out = c.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "rank {rank}: {text}");
+            text
+        })
+        .collect()
 }

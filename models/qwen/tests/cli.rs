@@ -855,6 +855,18 @@ fn ends_within_30_s(run: &mut std::process::Child, after: &str) -> std::process:
     }
 }
 
+/// Fails the test if a process of `pids` still exists.
+fn assert_no_rank_left(pids: &[String]) {
+    for pid in pids {
+        let alive = Command::new("kill")
+            .args(["-0", pid])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!alive.success(), "rank {pid} still runs");
+    }
+}
+
 /// A rank that dies mid-run (killed) ends the run: the other is stopped and `qwen-run`
 /// fails, naming the rank, within 30 s.
 #[test]
@@ -898,15 +910,11 @@ fn a_hung_rank_ends_the_run() {
         "{rest}"
     );
     // where each rank was (the stop may come before the steps on a loaded machine)
-    assert!(rest.contains("rank 0: ") && rest.contains("rank 1: "), "{rest}");
-    for pid in pids {
-        let alive = Command::new("kill")
-            .args(["-0", &pid])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(!alive.success(), "rank {pid} still runs");
-    }
+    assert!(
+        rest.contains("rank 0: ") && rest.contains("rank 1: "),
+        "{rest}"
+    );
+    assert_no_rank_left(&pids);
     assert!(!out.exists());
     let bad = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
         .args([
@@ -932,14 +940,7 @@ fn a_signal_to_the_launcher_stops_the_ranks() {
     send("-TERM", run.id());
     let status = ends_within_30_s(&mut run, "SIGTERM");
     assert_eq!(status.code(), Some(143));
-    for pid in pids {
-        let alive = Command::new("kill")
-            .args(["-0", &pid])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(!alive.success(), "rank {pid} still runs");
-    }
+    assert_no_rank_left(&pids);
     assert!(!out.exists());
 }
 

@@ -36,30 +36,13 @@ impl<'g> Ranks<'g> {
     /// The layout of `group` for a module of `parts` parts, for steps with a negative pass
     /// (`guided`) or without.
     pub fn new(group: &'g Group, parts: usize, guided: bool) -> Result<Self> {
-        let size = group.size() as usize;
-        if parts == 0 || size % parts != 0 {
-            return Err(PipelineError::Request(format!(
-                "a module that splits the image over {parts} ranks, in a group of {size}"
-            )));
-        }
-        match size / parts {
-            1 => Ok(Ranks {
-                group,
-                parts,
-                halves: false,
-            }),
-            2 if guided => Ok(Ranks {
-                group,
-                parts,
-                halves: true,
-            }),
-            2 => Err(PipelineError::Request(format!(
-                "{size} ranks put the two CFG halves on {parts} each: they need a negative pass (a CFG scale above 1 and a negative prompt)"
-            ))),
-            runs => Err(PipelineError::Request(format!(
-                "{size} ranks with a module of {parts} parts make {runs} runs: only 1 (the tokens split) or 2 (the CFG halves) are built"
-            ))),
-        }
+        let halves =
+            split_halves(group.size() as usize, parts, guided).map_err(PipelineError::Request)?;
+        Ok(Ranks {
+            group,
+            parts,
+            halves,
+        })
     }
 
     /// This rank's run: its CFG half when the halves are split (0 the conditional one).
@@ -70,6 +53,26 @@ impl<'g> Ranks<'g> {
     /// This rank's share of the image tokens within its run.
     pub fn share(&self) -> usize {
         self.group.rank() as usize % self.parts
+    }
+}
+
+/// Whether `size` ranks with a module of `parts` parts make two runs, one per CFG half
+/// (which takes a negative pass: `guided`), or one; any other layout is an error.
+fn split_halves(size: usize, parts: usize, guided: bool) -> std::result::Result<bool, String> {
+    if parts == 0 || size % parts != 0 {
+        return Err(format!(
+            "a module that splits the image over {parts} ranks, in a group of {size}"
+        ));
+    }
+    match size / parts {
+        1 => Ok(false),
+        2 if guided => Ok(true),
+        2 => Err(format!(
+            "{size} ranks put the two CFG halves on {parts} each: they need a negative pass (a CFG scale above 1 and a negative prompt)"
+        )),
+        runs => Err(format!(
+            "{size} ranks with a module of {parts} parts make {runs} runs: only 1 (the tokens split) or 2 (the CFG halves) are built"
+        )),
     }
 }
 
@@ -233,17 +236,13 @@ pub fn plan_ranks(
         let v = super::variant_by_name(name)
             .ok_or_else(|| PipelineError::Request(format!("no generated module `{name}`")))?;
         let parts = v.sequence_parts();
-        return match (gpus % parts, gpus / parts) {
-            (0, 1) => Ok(plan(parts, false)),
-            (0, 2) if guided => Ok(RankPlan {
-                joint_fallback: v.joint_cfg(),
-                ..plan(parts, true)
-            }),
-            _ => Err(PipelineError::Request(format!(
-                "--gpus {gpus} with module `{name}` (the image over {parts} rank(s)): the GPUs must be {parts}{}",
-                if guided { format!(" or {} (the CFG halves)", 2 * parts) } else { String::new() }
-            ))),
-        };
+        let halves = split_halves(gpus, parts, guided).map_err(|e| {
+            PipelineError::Request(format!("--gpus {gpus} with module `{name}`: {e}"))
+        })?;
+        return Ok(RankPlan {
+            joint_fallback: halves && v.joint_cfg(),
+            ..plan(parts, halves)
+        });
     }
     let split = |parts| find_sequence_variant(resolution, config, parts).is_some();
     let missing =
